@@ -1,0 +1,24 @@
+/* The few Linux calls Swift cannot reach through Glibc alone: epoll/eventfd/signalfd headers,
+ * and wrappers for calls that need _GNU_SOURCE (defined only in shims.c) or are macros. */
+#ifndef TCPOPS_CSHIMS_H
+#define TCPOPS_CSHIMS_H
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <spawn.h>
+
+int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len);
+int tcpops_pipe2(int fds[2]);
+ssize_t tcpops_splice(int fd_in, int fd_out, size_t len);
+int tcpops_set_pipe_size(int fd, int size);
+int tcpops_pidfd_open(pid_t pid);
+int tcpops_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+/* Decode a wait status: returns 1 and the exit code if it exited, 2 and the signal if killed. */
+int tcpops_wait_status(int status, int *value);
+#endif

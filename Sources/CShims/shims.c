@@ -1,0 +1,35 @@
+/* _GNU_SOURCE lives here, not in the header, so it never leaks into Swift's Glibc module. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include "CShims.h"
+
+int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
+    return accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int tcpops_pipe2(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
+
+ssize_t tcpops_splice(int fd_in, int fd_out, size_t len) {
+    return splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+int tcpops_set_pipe_size(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }
+
+int tcpops_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int tcpops_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
+    return 0;
+}
+
+int tcpops_wait_status(int status, int *value) {
+    if (WIFEXITED(status)) { *value = WEXITSTATUS(status); return 1; }
+    if (WIFSIGNALED(status)) { *value = WTERMSIG(status); return 2; }
+    *value = 0;
+    return 0;
+}

@@ -1,0 +1,358 @@
+// TOML text -> Configuration. Walks the TOMLTable with our own type checks so that every problem
+// (unknown key, wrong type, bad value) is reported with its line, all of them in one pass.
+import Glibc
+import TOMLKit
+
+public enum ConfigLoader {
+    /// Reads and validates the file at `path`.
+    public static func load(path: String) throws(ConfigError) -> Configuration {
+        guard let text = readTextFile(path) else {
+            let reason = String(cString: strerror(errno))
+            throw ConfigError(path: path, problems: [.init(line: 0, message: "cannot read the file: \(reason)")])
+        }
+        return try parse(text, path: path)
+    }
+
+    public static func parse(_ text: String, path: String) throws(ConfigError) -> Configuration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigError(path: path, problems: [.init(line: e.source.begin.line, message: "TOML syntax error: \(e.description)")])
+        } catch {
+            throw ConfigError(path: path, problems: [.init(line: 1, message: "TOML syntax error: \(error)")])
+        }
+        var walker = Walker(locator: SourceLocator(text: text))
+        let config = walker.configuration(root, path: path)
+        if !walker.problems.isEmpty {
+            throw ConfigError(path: path, problems: walker.problems.sorted { $0.line < $1.line })
+        }
+        return config
+    }
+
+    static func readTextFile(_ path: String) -> String? {
+        guard let f = fopen(path, "r") else { return nil }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n > 0 { bytes.append(contentsOf: buf[0..<n]) }
+            if n < buf.count {
+                if ferror(f) != 0 { return nil }
+                break
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+private struct Walker {
+    let locator: SourceLocator
+    var problems: [ConfigError.Problem] = []
+
+    init(locator: SourceLocator) { self.locator = locator }
+
+    mutating func fail(_ table: String, _ key: String?, _ message: String) {
+        problems.append(.init(line: locator.line(table, key), message: message))
+    }
+
+    /// "[daemon] key 'x'" style label for messages.
+    func label(_ table: String, _ key: String) -> String {
+        if table.hasPrefix("listener#") { return "[[listener]] #\(Int(table.dropFirst(9)).map { $0 + 1 } ?? 0) key '\(key)'" }
+        return table.isEmpty ? "key '\(key)'" : "[\(table)] key '\(key)'"
+    }
+
+    mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String], lineTable: String? = nil, lineKey: String? = nil) {
+        for key in t.keys where !allowed.contains(key) {
+            let where_ = table.isEmpty ? "at top level" : (table.hasPrefix("listener#") ? "in [[listener]]" : "in [\(table)]")
+            let lt = lineTable ?? table
+            let line = locator.line(lt, lineKey ?? key)
+            problems.append(.init(line: line, message: "unknown key '\(key)' \(where_) (known keys: \(allowed.joined(separator: ", ")))"))
+        }
+    }
+
+    mutating func typeName(_ v: TOMLValueConvertible) -> String { v.type.description }
+
+    mutating func string(_ t: TOMLTable, _ table: String, _ key: String) -> String? {
+        guard let v = t[key] else { return nil }
+        guard let s = v.string, v.type == .string else {
+            fail(table, key, "\(label(table, key)): expected a string, got \(typeName(v))")
+            return nil
+        }
+        return s
+    }
+
+    mutating func int(_ t: TOMLTable, _ table: String, _ key: String, range: ClosedRange<Int>) -> Int? {
+        guard let v = t[key] else { return nil }
+        guard v.type == .int, let i = v.int else {
+            fail(table, key, "\(label(table, key)): expected an integer, got \(typeName(v))")
+            return nil
+        }
+        guard range.contains(i) else {
+            fail(table, key, "\(label(table, key)): \(i) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
+            return nil
+        }
+        return i
+    }
+
+    mutating func bool(_ t: TOMLTable, _ table: String, _ key: String) -> Bool? {
+        guard let v = t[key] else { return nil }
+        guard v.type == .bool, let b = v.bool else {
+            fail(table, key, "\(label(table, key)): expected true or false, got \(typeName(v))")
+            return nil
+        }
+        return b
+    }
+
+    /// Seconds, as an integer or a decimal; never negative.
+    mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
+        guard let v = t[key] else { return nil }
+        let seconds: Double
+        if v.type == .int, let i = v.int {
+            seconds = Double(i)
+        } else if v.type == .double, let d = v.double {
+            seconds = d
+        } else {
+            fail(table, key, "\(label(table, key)): expected a duration in seconds (a number), got \(typeName(v))")
+            return nil
+        }
+        guard seconds.isFinite, seconds >= 0, seconds <= 31_536_000 else {
+            fail(table, key, "\(label(table, key)): \(v.debugDescription) is not a duration (expected seconds from 0 to 31536000)")
+            return nil
+        }
+        if !allowZero && seconds == 0 {
+            fail(table, key, "\(label(table, key)): must be greater than 0")
+            return nil
+        }
+        return seconds
+    }
+
+    mutating func argv(_ t: TOMLTable, _ table: String, _ key: String) -> [String]? {
+        guard let v = t[key] else { return nil }
+        guard v.type == .array, let a = v.array else {
+            fail(table, key, "\(label(table, key)): expected an array of strings (program and arguments), got \(typeName(v))")
+            return nil
+        }
+        var out: [String] = []
+        for item in a {
+            guard item.type == .string, let s = item.string else {
+                fail(table, key, "\(label(table, key)): expected an array of strings, found a \(typeName(item))")
+                return nil
+            }
+            out.append(s)
+        }
+        guard let program = out.first, !program.isEmpty else {
+            fail(table, key, "\(label(table, key)): the command is empty")
+            return nil
+        }
+        guard program.hasPrefix("/") else {
+            fail(table, key, "\(label(table, key)): \"\(program)\" must be an absolute path (hooks run without a shell or PATH search)")
+            return nil
+        }
+        guard access(program, X_OK) == 0 else {
+            fail(table, key, "\(label(table, key)): \"\(program)\" is not an executable file")
+            return nil
+        }
+        return out
+    }
+
+    mutating func address(_ t: TOMLTable, _ table: String, _ key: String) -> SocketAddress? {
+        guard let s = string(t, table, key) else { return nil }
+        do {
+            return try SocketAddress.parse(s)
+        } catch {
+            fail(table, key, "\(label(table, key)): \"\(s)\": \(error)")
+            return nil
+        }
+    }
+
+    mutating func keepaliveSetting(_ t: TOMLTable, _ table: String, _ key: String) -> KeepaliveSettings? {
+        guard let v = t[key] else { return nil }
+        guard v.type == .table, let k = v.table else {
+            fail(table, key, "\(label(table, key)): expected a table { idle = S, count = N, interval = S }, got \(typeName(v))")
+            return nil
+        }
+        checkKeys(k, "\(table).\(key)", allowed: ["idle", "count", "interval"], lineTable: table, lineKey: key)
+        var missing: [String] = []
+        func need(_ name: String, _ value: Int?) -> Int32 {
+            if value == nil && k[name] == nil { missing.append(name) }
+            return Int32(value ?? 0)
+        }
+        let sub = "\(table).\(key)"
+        let idle = need("idle", intIn(k, sub, "idle", range: 1...32767, lineTable: table, lineKey: key))
+        let count = need("count", intIn(k, sub, "count", range: 1...127, lineTable: table, lineKey: key))
+        let interval = need("interval", intIn(k, sub, "interval", range: 1...32767, lineTable: table, lineKey: key))
+        if !missing.isEmpty {
+            fail(table, key, "\(label(table, key)): missing \(missing.joined(separator: ", "))")
+            return nil
+        }
+        guard idle > 0, count > 0, interval > 0 else { return nil }
+        return KeepaliveSettings(idle: idle, count: count, interval: interval)
+    }
+
+    private mutating func intIn(_ t: TOMLTable, _ sub: String, _ key: String, range: ClosedRange<Int>, lineTable: String, lineKey: String) -> Int? {
+        guard let v = t[key] else { return nil }
+        let what = "\(label(lineTable, lineKey)).\(key)"
+        guard v.type == .int, let i = v.int else {
+            fail(lineTable, lineKey, "\(what): expected an integer, got \(typeName(v))")
+            return nil
+        }
+        guard range.contains(i) else {
+            fail(lineTable, lineKey, "\(what): \(i) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
+            return nil
+        }
+        return i
+    }
+
+    mutating func configuration(_ root: TOMLTable, path: String) -> Configuration {
+        var config = Configuration(path: path)
+        checkKeys(root, "", allowed: ["daemon", "events", "listener"])
+
+        if let v = root["daemon"] {
+            if let t = v.table, v.type == .table {
+                config.daemon = daemon(t)
+            } else {
+                fail("", "daemon", "'daemon' must be a table ([daemon])")
+            }
+        }
+        if let v = root["events"] {
+            if let t = v.table, v.type == .table {
+                config.events = events(t)
+            } else {
+                fail("", "events", "'events' must be a table ([events])")
+            }
+        }
+        guard let lv = root["listener"] else {
+            fail("", nil, "no [[listener]] is configured (at least one is needed)")
+            return config
+        }
+        guard lv.type == .array, let list = lv.array else {
+            fail("", "listener", "'listener' must be an array of tables ([[listener]])")
+            return config
+        }
+        var names: [String: Int] = [:]
+        var addresses: [SocketAddress: String] = [:]
+        for (i, item) in list.enumerated() {
+            let id = "listener#\(i)"
+            guard item.type == .table, let t = item.table else {
+                fail(id, nil, "[[listener]] #\(i + 1) must be a table")
+                continue
+            }
+            guard let l = listener(t, id) else { continue }
+            if let first = names[l.name] {
+                fail(id, "name", "\(label(id, "name")): duplicate listener name \"\(l.name)\" (first used by [[listener]] #\(first + 1))")
+                continue
+            }
+            if let other = addresses[l.listen] {
+                fail(id, "listen", "\(label(id, "listen")): \(l.listen) is already used by listener \"\(other)\"")
+                continue
+            }
+            names[l.name] = i
+            addresses[l.listen] = l.name
+            config.listeners.append(l)
+        }
+        if list.isEmpty { fail("", "listener", "no [[listener]] is configured (at least one is needed)") }
+        return config
+    }
+
+    mutating func daemon(_ t: TOMLTable) -> DaemonSettings {
+        let tb = "daemon"
+        var d = DaemonSettings()
+        checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout"])
+        if let s = string(t, tb, "control_socket") {
+            if s.hasPrefix("/") && s.utf8.count < 108 { d.controlSocket = s } else {
+                fail(tb, "control_socket", "\(label(tb, "control_socket")): \"\(s)\" must be an absolute path shorter than 108 bytes")
+            }
+        }
+        if let s = string(t, tb, "control_mode") {
+            if let m = UInt32(s, radix: 8), m <= 0o777 { d.controlMode = m } else {
+                fail(tb, "control_mode", "\(label(tb, "control_mode")): \"\(s)\" is not an octal file mode such as \"0660\"")
+            }
+        }
+        if let s = string(t, tb, "control_group") {
+            if getgrnam(s) != nil { d.controlGroup = s } else {
+                fail(tb, "control_group", "\(label(tb, "control_group")): no such group \"\(s)\"")
+            }
+        }
+        if let n = int(t, tb, "max_connections", range: 2...10_000_000) { d.maxConnections = n }
+        if let s = string(t, tb, "log_level") {
+            if let l = LogLevel(name: s) { d.logLevel = l } else {
+                fail(tb, "log_level", "\(label(tb, "log_level")): \"\(s)\" is not one of debug, info, notice, warning, error")
+            }
+        }
+        if let s = duration(t, tb, "shutdown_timeout") { d.shutdownTimeout = s }
+        return d
+    }
+
+    mutating func events(_ t: TOMLTable) -> EventSettings {
+        let tb = "events"
+        var e = EventSettings()
+        checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route"])
+        if let n = int(t, tb, "closed_event", range: 0...2) { e.closedEvent = n }
+        if let a = argv(t, tb, "callback") { e.callback = a }
+        if let s = duration(t, tb, "hook_timeout", allowZero: false) { e.hookTimeout = s }
+        if let n = int(t, tb, "max_running_hooks", range: 1...4096) { e.maxRunningHooks = n }
+        if let n = int(t, tb, "queue_limit", range: 0...10_000_000) { e.queueLimit = n }
+        if let v = t["route"] {
+            if let r = v.table, v.type == .table {
+                let rt = "events.route"
+                checkKeys(r, rt, allowed: Configuration.eventNames)
+                for name in Configuration.eventNames {
+                    if let a = argv(r, rt, name) { e.routes[name] = a }
+                }
+            } else {
+                fail(tb, "route", "\(label(tb, "route")): expected a table ([events.route]), got \(typeName(v))")
+            }
+        }
+        return e
+    }
+
+    mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
+        checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
+                                   "closed_event", "event_sides", "upstream_keepalive"])
+        let before = problems.count
+        let name = string(t, id, "name")
+        if t["name"] == nil { fail(id, nil, "[[listener]] #\(Int(id.dropFirst(9))! + 1): missing key 'name'") }
+        if let name, name.isEmpty || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }) {
+            fail(id, "name", "\(label(id, "name")): \"\(name)\" must be non-empty and use only letters, digits, '-', '_' and '.'")
+        }
+        let listen = address(t, id, "listen")
+        if t["listen"] == nil { fail(id, nil, "[[listener]] \(name.map { "\"\($0)\"" } ?? ""): missing key 'listen'") }
+        let upstream = address(t, id, "upstream")
+        if t["upstream"] == nil { fail(id, nil, "[[listener]] \(name.map { "\"\($0)\"" } ?? ""): missing key 'upstream'") }
+        let connectTimeout = duration(t, id, "connect_timeout", allowZero: false)
+        let lifetime = duration(t, id, "lifetime")
+        let keepalive = keepaliveSetting(t, id, "keepalive")
+        let userTimeout = duration(t, id, "user_timeout")
+        if let u = userTimeout, u > 0 && u < 0.001 {
+            fail(id, "user_timeout", "\(label(id, "user_timeout")): must be 0 or at least 0.001 (it is set in milliseconds)")
+        }
+        let closedEvent = bool(t, id, "closed_event")
+        var sides: Set<Side>? = nil
+        if let v = t["event_sides"] {
+            if v.type == .array, let a = v.array {
+                var s: Set<Side> = []
+                for item in a {
+                    if let str = item.string, item.type == .string, let side = Side(rawValue: str) { s.insert(side) } else {
+                        fail(id, "event_sides", "\(label(id, "event_sides")): \(item.debugDescription) is not \"client\" or \"upstream\"")
+                    }
+                }
+                sides = s
+            } else {
+                fail(id, "event_sides", "\(label(id, "event_sides")): expected an array such as [\"client\", \"upstream\"], got \(typeName(v))")
+            }
+        }
+        let upstreamKeepalive = keepaliveSetting(t, id, "upstream_keepalive")
+        guard problems.count == before, let name, let listen, let upstream else { return nil }
+        var l = ListenerSettings(name: name, listen: listen, upstream: upstream)
+        if let connectTimeout { l.connectTimeout = connectTimeout }
+        if let lifetime { l.lifetime = lifetime }
+        l.keepalive = keepalive
+        if let userTimeout { l.userTimeout = userTimeout }
+        if let closedEvent { l.closedEvent = closedEvent }
+        if let sides { l.eventSides = sides }
+        l.upstreamKeepalive = upstreamKeepalive
+        return l
+    }
+}

@@ -1,0 +1,107 @@
+// The validated, immutable configuration: what the TOML file says, with defaults filled in.
+import Glibc
+
+public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
+    // Values are syslog priorities, as the journal's PRIORITY field wants them.
+    case error = 3, warning = 4, notice = 5, info = 6, debug = 7
+
+    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue > b.rawValue }
+
+    public init?(name: String) {
+        switch name {
+        case "debug": self = .debug
+        case "info": self = .info
+        case "notice": self = .notice
+        case "warning": self = .warning
+        case "error": self = .error
+        default: return nil
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .debug: return "debug"
+        case .info: return "info"
+        case .notice: return "notice"
+        case .warning: return "warning"
+        case .error: return "error"
+        }
+    }
+}
+
+/// Which side of a relay a connection is.
+public enum Side: String, Sendable, CaseIterable {
+    case client, upstream
+}
+
+public struct DaemonSettings: Sendable, Equatable {
+    public var controlSocket = "/run/tcpopsd/control.sock"
+    public var controlMode: UInt32 = 0o660
+    public var controlGroup: String? = nil
+    public var maxConnections = 100_000
+    public var logLevel = LogLevel.info
+    public var shutdownTimeout = 10.0
+}
+
+public struct EventSettings: Sendable, Equatable {
+    /// 0 never, 1 always, 2 only where enabled.
+    public var closedEvent = 1
+    public var callback: [String]? = nil
+    public var routes: [String: [String]] = [:]
+    public var hookTimeout = 10.0
+    public var maxRunningHooks = 16
+    public var queueLimit = 10_000
+}
+
+public struct ListenerSettings: Sendable, Equatable {
+    public var name: String
+    public var listen: SocketAddress
+    public var upstream: SocketAddress
+    public var connectTimeout = 5.0
+    /// Idle lifetime in seconds; 0 = none.
+    public var lifetime = 0.0
+    public var keepalive: KeepaliveSettings? = nil
+    /// TCP_USER_TIMEOUT in seconds; 0 = kernel default.
+    public var userTimeout = 0.0
+    public var closedEvent = false
+    public var eventSides: Set<Side> = [.client, .upstream]
+    public var upstreamKeepalive: KeepaliveSettings? = nil
+
+    public init(name: String, listen: SocketAddress, upstream: SocketAddress) {
+        self.name = name
+        self.listen = listen
+        self.upstream = upstream
+    }
+}
+
+public struct Configuration: Sendable, Equatable {
+    public var path: String
+    public var daemon = DaemonSettings()
+    public var events = EventSettings()
+    public var listeners: [ListenerSettings] = []
+
+    public init(path: String) { self.path = path }
+
+    public static let defaultPath = "/etc/tcpopsd/tcpopsd.toml"
+    public static let eventNames = ["tcp:closed", "tcp:reset", "tcp:timeout"]
+}
+
+/// Every problem found in one file, each as `PATH:LINE: message`.
+public struct ConfigError: Error, CustomStringConvertible {
+    public struct Problem: Sendable, Equatable {
+        public let line: Int
+        public let message: String
+    }
+
+    public let path: String
+    public let problems: [Problem]
+
+    public var description: String {
+        problems.map { "\(path):\($0.line): \($0.message)" }.joined(separator: "\n")
+    }
+}
+
+extension Double {
+    /// Seconds to nanoseconds for the loop's clock.
+    var nanoseconds: UInt64 { self <= 0 ? 0 : UInt64(self * 1_000_000_000) }
+}

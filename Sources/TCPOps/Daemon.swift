@@ -1,0 +1,183 @@
+// Wires the parts together and owns the lifecycle: start (bind, hooks, READY=1), reload on SIGHUP,
+// drain on SIGTERM/SIGINT bounded by shutdown_timeout, stop.
+import Glibc
+
+public enum DaemonError: Error, CustomStringConvertible {
+    case bind(listener: String, address: SocketAddress, SystemError)
+    case resource(SystemError)
+
+    public var description: String {
+        switch self {
+        case let .bind(name, address, e): return "cannot listen on \(address) for listener \"\(name)\": \(e)"
+        case let .resource(e): return "\(e)"
+        }
+    }
+}
+
+public final class Daemon {
+    private var config: Configuration
+    private let logger: Logger
+    private let loop: EventLoop
+    private let hooks: HookRunner
+    private let ctx: RelayContext
+    private var listeners: [String: Listener] = [:]
+    private var signals: SignalReader?
+    private var stopping = false
+    private var stopStartedAt: UInt64 = 0
+    private var lastStatus = ""
+
+    public init(config: Configuration, logger: Logger) throws(DaemonError) {
+        self.config = config
+        self.logger = logger
+        do {
+            loop = try EventLoop()
+            hooks = try HookRunner(settings: .init(config.events, controlSocket: config.daemon.controlSocket), logger: logger)
+        } catch {
+            throw .resource(error)
+        }
+        let dispatcher = EventDispatcher(logger: logger, hooks: hooks)
+        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, closedEventMode: config.events.closedEvent,
+                           maxConnections: config.daemon.maxConnections)
+    }
+
+    /// Runs until stopped by a signal. Throws only what prevents starting.
+    public func run() throws(DaemonError) {
+        do {
+            signals = try SignalReader([SIGTERM, SIGINT, SIGHUP], loop: loop) { [unowned self] in self.signal($0) }
+        } catch {
+            throw .resource(error)
+        }
+        for l in config.listeners {
+            do {
+                listeners[l.name] = try Listener(settings: l, ctx: ctx)
+            } catch {
+                for l in listeners.values { l.close() }
+                throw .bind(listener: l.name, address: l.listen, error)
+            }
+        }
+        do {
+            try hooks.start()
+        } catch {
+            throw .resource(error)
+        }
+        for l in listeners.values {
+            logger.log(.info, "listening on \(l.settings.listen) for \"\(l.settings.name)\", relaying to \(l.settings.upstream)", id: .listener,
+                       [("TCPOPS_LISTENER", l.settings.name), ("TCPOPS_LOCAL", l.settings.listen.description)])
+        }
+        logger.log(.notice, "tcpopsd started with \(config.path): \(listeners.count) listener(s)", id: .started)
+        Notify.send("READY=1\nSTATUS=\(statusLine())")
+        scheduleStatus()
+        do {
+            try loop.run()
+        } catch {
+            logger.log(.error, "event loop failed: \(error)")
+        }
+        let deadline = stopStartedAt + config.daemon.shutdownTimeout.nanoseconds
+        hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds()))
+        ctx.shutdown()
+        let h = hooks.snapshot
+        let counts = ctx.events.counts
+        logger.log(.notice, "tcpopsd stopped", id: .stopped, [
+            ("TCPOPS_ACCEPTED", String(ctx.accepted)), ("TCPOPS_RELAYED_BYTES", String(ctx.relayedBytes)),
+            ("TCPOPS_EVENTS_CLOSED", String(counts[.closed] ?? 0)), ("TCPOPS_EVENTS_RESET", String(counts[.reset] ?? 0)),
+            ("TCPOPS_EVENTS_TIMEOUT", String(counts[.timeout] ?? 0)),
+            ("TCPOPS_HOOKS_RUN", String(h.started)), ("TCPOPS_HOOKS_FAILED", String(h.failed)),
+            ("TCPOPS_HOOKS_KILLED", String(h.killed)), ("TCPOPS_HOOKS_DROPPED", String(h.dropped)),
+        ])
+    }
+
+    private func signal(_ signo: Int32) {
+        switch signo {
+        case SIGHUP: reload()
+        default: beginStop(signo)
+        }
+    }
+
+    // MARK: status
+
+    private func statusLine() -> String {
+        let state = stopping ? "draining" : "relaying"
+        return "\(state): \(ctx.relays) relays, \(ctx.table.count) connections; \(ctx.accepted) accepted"
+    }
+
+    private func scheduleStatus() {
+        loop.timers.schedule(at: loop.now + 1_000_000_000) { [weak self] in
+            guard let self else { return }
+            let s = self.statusLine()
+            if s != self.lastStatus {
+                self.lastStatus = s
+                Notify.send("STATUS=\(s)")
+            }
+            self.scheduleStatus()
+        }
+    }
+
+    // MARK: stop
+
+    private func beginStop(_ signo: Int32) {
+        if stopping {
+            logger.log(.notice, "second stop signal: closing \(ctx.relays) relays now", id: .stopping)
+            ctx.closeAll()
+            return
+        }
+        stopping = true
+        stopStartedAt = loop.now
+        Notify.send("STOPPING=1\nSTATUS=\(statusLine())")
+        for l in listeners.values { l.close() }
+        listeners.removeAll()
+        logger.log(.notice, "stopping on signal \(signo): draining \(ctx.relays) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
+        if ctx.relays == 0 {
+            loop.stop()
+            return
+        }
+        ctx.onIdle = { [unowned self] in self.loop.stop() }
+        loop.timers.schedule(at: loop.now + config.daemon.shutdownTimeout.nanoseconds) { [unowned self] in
+            self.logger.log(.notice, "shutdown_timeout reached: closing \(self.ctx.relays) relays", id: .stopping)
+            self.ctx.closeAll()
+        }
+    }
+
+    // MARK: reload
+
+    private func reload() {
+        guard !stopping else { return }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let usec = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+        Notify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
+        let next: Configuration
+        do {
+            next = try ConfigLoader.load(path: config.path)
+        } catch {
+            logger.log(.error, "reload failed, keeping the running configuration: \(error)", id: .configInvalid)
+            Notify.send("READY=1\nSTATUS=reload failed: configuration invalid; \(statusLine())")
+            return
+        }
+        var failures: [String] = []
+        let wanted = Dictionary(uniqueKeysWithValues: next.listeners.map { ($0.name, $0) })
+        // Remove listeners that went away or changed first, so a changed one can rebind its address.
+        for (name, l) in listeners where wanted[name] != l.settings {
+            l.close()
+            listeners[name] = nil
+            logger.log(.info, "listener \"\(name)\" removed", id: .listener, [("TCPOPS_LISTENER", name)])
+        }
+        for s in next.listeners where listeners[s.name] == nil {
+            do {
+                listeners[s.name] = try Listener(settings: s, ctx: ctx)
+                logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstream)", id: .listener,
+                           [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
+            } catch {
+                failures.append("\(s.name): \(error)")
+                logger.log(.error, "reload: cannot listen on \(s.listen) for \"\(s.name)\": \(error)", id: .listener, [("TCPOPS_LISTENER", s.name)])
+            }
+        }
+        config = next
+        logger.setLevel(next.daemon.logLevel)
+        ctx.closedEventMode = next.events.closedEvent
+        ctx.maxConnections = next.daemon.maxConnections
+        hooks.update(.init(next.events, controlSocket: next.daemon.controlSocket))
+        let summary = failures.isEmpty ? "reloaded" : "reloaded with errors: \(failures.joined(separator: "; "))"
+        logger.log(failures.isEmpty ? .notice : .error, "configuration \(summary)", id: .started)
+        Notify.send("READY=1\nSTATUS=\(summary); \(statusLine())")
+    }
+}

@@ -1,0 +1,302 @@
+// The hook runner: its own thread and event loop. Events arrive through the loop's inbox; at most
+// `max_running_hooks` children run at once, each killed at `hook_timeout`; what they print, how
+// they end and every drop past `queue_limit` is logged. The relay's loop never waits on it.
+import Glibc
+import Synchronization
+
+public final class HookRunner: Sendable {
+    public struct Settings: Sendable {
+        public var callback: [String]?
+        public var routes: [String: [String]]
+        public var timeout: Double
+        public var maxRunning: Int
+        public var queueLimit: Int
+        public var controlSocket: String
+
+        public init(_ e: EventSettings, controlSocket: String) {
+            callback = e.callback
+            routes = e.routes
+            timeout = e.hookTimeout
+            maxRunning = e.maxRunningHooks
+            queueLimit = e.queueLimit
+            self.controlSocket = controlSocket
+        }
+
+        func commands(for event: EventKind) -> [[String]] {
+            var out: [[String]] = []
+            if let callback { out.append(callback + [event.rawValue]) }
+            if let route = routes[event.rawValue] { out.append(route) }
+            return out
+        }
+    }
+
+    struct Job: Sendable {
+        let argv: [String]
+        let environment: [String]
+        let event: EventKind
+        let conid: UInt64
+    }
+
+    public struct Counters: Sendable {
+        public var started: UInt64 = 0
+        public var failed: UInt64 = 0
+        public var killed: UInt64 = 0
+        public var dropped: UInt64 = 0
+    }
+
+    private let logger: Logger
+    private let settings: Mutex<Settings>
+    private let waiting = Atomic<Int>(0)
+    private let counters = Mutex(Counters())
+    private let lastDropLog = Atomic<UInt64>(0)
+    private let thread = PosixThread()
+    private let inbox: Inbox
+    private let worker: Handoff<Worker>
+
+    public init(settings: Settings, logger: Logger) throws(SystemError) {
+        self.logger = logger
+        self.settings = Mutex(settings)
+        let loop = try EventLoop()
+        inbox = loop.inbox
+        worker = Handoff(Worker(loop: loop, logger: logger))
+    }
+
+    public func start() throws(SystemError) {
+        let worker = self.worker
+        let owner = Handoff(self)
+        try thread.start {
+            worker.value.owner = owner.value
+            worker.value.run()
+        }
+    }
+
+    public func update(_ s: Settings) { settings.withLock { $0 = s } }
+
+    public var snapshot: Counters { counters.withLock { $0 } }
+
+    /// Queues the hooks of one event. Called on the relay's loop; never blocks on a child.
+    public func submit(_ event: TCPEvent) {
+        let s = settings.withLock { $0 }
+        let commands = s.commands(for: event.kind)
+        guard !commands.isEmpty else { return }
+        let env = event.hookEnvironment + ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TCPOPS_CONTROL_SOCKET=\(s.controlSocket)"]
+        for argv in commands {
+            if waiting.load(ordering: .relaxed) >= s.queueLimit {
+                let total = counters.withLock { c -> UInt64 in
+                    c.dropped += 1
+                    return c.dropped
+                }
+                let now = Clock.monotonicNanoseconds()
+                if now - lastDropLog.load(ordering: .relaxed) >= 1_000_000_000 || total == 1 {
+                    lastDropLog.store(now, ordering: .relaxed)
+                    logger.log(.warning, "hook queue full (queue_limit \(s.queueLimit)): event dropped", id: .hookDropped,
+                               [("TCPOPS_EVENT", event.kind.rawValue), ("TCPOPS_CONID", String(event.conid)),
+                                ("TCPOPS_HOOKS_DROPPED", String(total))])
+                }
+                continue
+            }
+            waiting.add(1, ordering: .relaxed)
+            let job = Job(argv: argv, environment: env, event: event.kind, conid: event.conid)
+            let worker = self.worker
+            inbox.post { _ in worker.value.enqueue(job) }
+        }
+    }
+
+    /// Lets queued and running hooks finish until `deadline` (monotonic ns), kills what is left, joins.
+    public func shutdown(deadline: UInt64) {
+        let worker = self.worker
+        inbox.post { _ in worker.value.stop(deadline: deadline) }
+        thread.join()
+        let c = snapshot
+        if c.dropped > 0 {
+            logger.log(.warning, "hooks dropped in all: \(c.dropped)", id: .hookDropped, [("TCPOPS_HOOKS_DROPPED", String(c.dropped))])
+        }
+    }
+
+    fileprivate func settingsNow() -> Settings { settings.withLock { $0 } }
+    fileprivate func dequeued() { waiting.subtract(1, ordering: .relaxed) }
+    fileprivate func count(_ body: (inout Counters) -> Void) { counters.withLock { body(&$0) } }
+}
+
+/// Lives on the runner's thread only.
+private final class Worker {
+    let loop: EventLoop
+    let logger: Logger
+    var owner: HookRunner?
+    var queue: [HookRunner.Job] = []
+    var head = 0
+    var running: [Int32: RunningHook] = [:]  // by pidfd
+    var stopDeadline: UInt64?
+
+    init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+    }
+
+    func run() {
+        do {
+            try loop.run()
+        } catch {
+            logger.log(.error, "hook runner loop failed: \(error)")
+        }
+        owner = nil
+    }
+
+    func enqueue(_ job: HookRunner.Job) {
+        queue.append(job)
+        startWaiting()
+    }
+
+    func stop(deadline: UInt64) {
+        stopDeadline = deadline
+        loop.timers.schedule(at: deadline) { [self] in
+            for hook in running.values { hook.kill(reason: "shutdown") }
+            let left = queue.count - head
+            if left > 0 {
+                owner?.count { $0.dropped += UInt64(left) }
+                logger.log(.warning, "\(left) queued hooks not run: shutdown", id: .hookDropped)
+                for _ in 0..<left { owner?.dequeued() }
+                queue.removeAll()
+                head = 0
+            }
+            finishIfDone()
+        }
+        finishIfDone()
+    }
+
+    func finishIfDone() {
+        if stopDeadline != nil && running.isEmpty && head == queue.count { loop.stop() }
+    }
+
+    func startWaiting() {
+        guard let owner else { return }
+        let s = owner.settingsNow()
+        while running.count < s.maxRunning && head < queue.count {
+            let job = queue[head]
+            head += 1
+            owner.dequeued()
+            if head > 1024 && head * 2 > queue.count {
+                queue.removeFirst(head)
+                head = 0
+            }
+            start(job, timeout: s.timeout)
+        }
+        if head == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            head = 0
+        }
+        finishIfDone()
+    }
+
+    func start(_ job: HookRunner.Job, timeout: Double) {
+        let child: Spawn.Child
+        do {
+            child = try Spawn.run(argv: job.argv, environment: job.environment)
+        } catch {
+            owner?.count { $0.failed += 1 }
+            logger.log(.error, "hook could not start: \(error)", id: .hookFinished, fields(job))
+            return
+        }
+        owner?.count { $0.started += 1 }
+        let hook = RunningHook(job: job, child: child, worker: self)
+        running[child.pidfd] = hook
+        do {
+            try loop.register(child.pidfd, mask: Events.read, handler: hook.exitHandler)
+            try loop.register(child.output, mask: Events.read, handler: hook.outputHandler)
+        } catch {
+            logger.log(.error, "hook runner cannot watch a child: \(error)", id: .hookFinished, fields(job))
+        }
+        hook.timer = loop.timers.schedule(at: loop.now + timeout.nanoseconds) { [weak hook] in
+            hook?.kill(reason: "hook_timeout \(timeout) s")
+        }
+    }
+
+    func fields(_ job: HookRunner.Job) -> [Logger.Field] {
+        [("TCPOPS_HOOK", job.argv.joined(separator: " ")), ("TCPOPS_EVENT", job.event.rawValue), ("TCPOPS_CONID", String(job.conid))]
+    }
+
+    func finished(_ hook: RunningHook) {
+        guard let result = Spawn.reap(hook.child.pid) else { return }
+        if let t = hook.timer { loop.timers.cancel(t) }
+        hook.drainOutput()
+        loop.unregister(hook.child.pidfd)
+        loop.unregister(hook.child.output)
+        closeFD(hook.child.pidfd)
+        closeFD(hook.child.output)
+        running[hook.child.pidfd] = nil
+
+        var f = fields(hook.job)
+        for line in hook.outputLines() {
+            logger.log(.info, "hook output: \(line)", id: .hookFinished, f)
+        }
+        let durationMs = (loop.now - hook.startedAt) / 1_000_000
+        f.append(("TCPOPS_HOOK_DURATION_MS", String(durationMs)))
+        if let why = hook.killedFor {
+            owner?.count { $0.killed += 1 }
+            logger.log(.warning, "hook killed after \(durationMs) ms (\(why))", id: .hookKilled, f + [("TCPOPS_HOOK_SIGNAL", "SIGKILL")])
+        } else if result.exited {
+            f.append(("TCPOPS_HOOK_STATUS", String(result.value)))
+            if result.value == 0 {
+                logger.log(.info, "hook exited with status 0", id: .hookFinished, f)
+            } else {
+                owner?.count { $0.failed += 1 }
+                logger.log(.warning, "hook exited with status \(result.value)", id: .hookFinished, f)
+            }
+        } else {
+            owner?.count { $0.failed += 1 }
+            logger.log(.warning, "hook killed by signal \(result.value)", id: .hookFinished, f + [("TCPOPS_HOOK_SIGNAL", String(result.value))])
+        }
+        startWaiting()
+    }
+}
+
+private final class RunningHook {
+    let job: HookRunner.Job
+    let child: Spawn.Child
+    unowned let worker: Worker
+    let startedAt: UInt64
+    var output: [UInt8] = []
+    var outputOpen = true
+    var killedFor: String?
+    var timer: TimerQueue.ID?
+    var exitHandler: Handler!
+    var outputHandler: Handler!
+
+    static let outputLimit = 8192
+
+    final class Handler: EventHandler {
+        let body: (UInt32) -> Void
+        init(_ body: @escaping (UInt32) -> Void) { self.body = body }
+        func handleEvents(_ events: UInt32) { body(events) }
+    }
+
+    init(job: HookRunner.Job, child: Spawn.Child, worker: Worker) {
+        self.job = job
+        self.child = child
+        self.worker = worker
+        startedAt = worker.loop.now
+        exitHandler = Handler { [unowned self] _ in self.worker.finished(self) }
+        outputHandler = Handler { [unowned self] _ in self.drainOutput() }
+    }
+
+    func drainOutput() {
+        guard outputOpen else { return }
+        if !Spawn.readAvailable(child.output, into: &output, limit: RunningHook.outputLimit) {
+            outputOpen = false
+            worker.loop.unregister(child.output)
+        }
+    }
+
+    func kill(reason: String) {
+        guard killedFor == nil else { return }
+        killedFor = reason
+        Spawn.killGroup(child.pid)
+    }
+
+    func outputLines() -> [String] {
+        guard !output.isEmpty else { return [] }
+        var lines = String(decoding: output, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+        if output.count >= RunningHook.outputLimit { lines.append("[output truncated at \(RunningHook.outputLimit) bytes]") }
+        return lines
+    }
+}

@@ -1,0 +1,108 @@
+// The event value and the closed list of reasons a connection ends. One CloseReason feeds the
+// journal, the hook environment and (later) the control output alike.
+import Glibc
+
+public enum EventKind: String, Sendable, CaseIterable {
+    case closed = "tcp:closed"
+    case reset = "tcp:reset"
+    case timeout = "tcp:timeout"
+
+    var messageID: MessageID {
+        switch self {
+        case .closed: return .eventClosed
+        case .reset: return .eventReset
+        case .timeout: return .eventTimeout
+        }
+    }
+}
+
+public enum CloseReason: String, Sendable {
+    case fin, rst, refused, keepalive, unreachable
+    case connectTimeout = "connect-timeout"
+    case lifetime
+    /// tcpopsd closed it itself: no event.
+    case local
+
+    /// The event this reason raises; nil for closes tcpopsd starts (other than lifetime).
+    public var event: EventKind? {
+        switch self {
+        case .fin: return .closed
+        case .rst, .refused: return .reset
+        case .keepalive, .unreachable, .connectTimeout, .lifetime: return .timeout
+        case .local: return nil
+        }
+    }
+
+    /// Sorts a socket error. ETIMEDOUT comes from keepalive probes or TCP_USER_TIMEOUT.
+    public static func classify(errno e: Int32, connecting: Bool = false) -> CloseReason {
+        switch e {
+        case ECONNREFUSED: return .refused
+        case ETIMEDOUT: return connecting ? .connectTimeout : .keepalive
+        case EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, ENETDOWN: return .unreachable
+        default: return .rst  // ECONNRESET, EPIPE, ECONNABORTED and any other broken-connection error
+        }
+    }
+}
+
+public struct TCPEvent: Sendable {
+    public var kind: EventKind
+    public var reason: CloseReason
+    public var conid: UInt64
+    public var peerConid: UInt64?
+    public var side: Side
+    public var listener: String
+    public var local: SocketAddress?
+    public var remote: SocketAddress?
+    public var durationMs: UInt64
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+
+    /// Journal fields, SPEC names.
+    public var journalFields: [Logger.Field] {
+        var f: [Logger.Field] = [
+            ("TCPOPS_EVENT", kind.rawValue), ("TCPOPS_REASON", reason.rawValue), ("TCPOPS_CONID", String(conid)),
+        ]
+        if let p = peerConid { f.append(("TCPOPS_PEER_CONID", String(p))) }
+        f.append(("TCPOPS_SIDE", side.rawValue))
+        f.append(("TCPOPS_LISTENER", listener))
+        if let local { f.append(("TCPOPS_LOCAL", local.description)) }
+        if let remote { f.append(("TCPOPS_REMOTE", remote.description)) }
+        f.append(("TCPOPS_DURATION_MS", String(durationMs)))
+        f.append(("TCPOPS_BYTES_IN", String(bytesIn)))
+        f.append(("TCPOPS_BYTES_OUT", String(bytesOut)))
+        return f
+    }
+
+    /// The hook environment (SPEC "Hooks"), without PATH and TCPOPS_CONTROL_SOCKET.
+    public var hookEnvironment: [String] {
+        [
+            "TCPOPS_EVENT=\(kind.rawValue)",
+            "TCPOPS_REASON=\(reason.rawValue)",
+            "TCPOPS_CONID=\(conid)",
+            "TCPOPS_PEER_CONID=\(peerConid.map(String.init) ?? "")",
+            "TCPOPS_SIDE=\(side.rawValue)",
+            "TCPOPS_LISTENER=\(listener)",
+            "TCPOPS_PROTO=tcp",
+            "TCPOPS_LOCAL_IP=\(local?.ip ?? "")",
+            "TCPOPS_LOCAL_PORT=\(local.map { String($0.port) } ?? "")",
+            "TCPOPS_REMOTE_IP=\(remote?.ip ?? "")",
+            "TCPOPS_REMOTE_PORT=\(remote.map { String($0.port) } ?? "")",
+            "TCPOPS_DURATION_MS=\(durationMs)",
+            "TCPOPS_BYTES_IN=\(bytesIn)",
+            "TCPOPS_BYTES_OUT=\(bytesOut)",
+        ]
+    }
+}
+
+/// closed_event: 0 none, 1 all, 2 only where enabled (listener closed_event = true or by hand);
+/// event_sides narrows it to the listed sides.
+public enum EventPolicy {
+    public static func raises(mode: Int, enabled: Bool, side: Side, sides: Set<Side>) -> Bool {
+        guard sides.contains(side) else { return false }
+        switch mode {
+        case 0: return false
+        case 2: return enabled
+        default: return true
+        }
+    }
+}

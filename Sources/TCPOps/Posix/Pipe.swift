@@ -1,0 +1,72 @@
+// Kernel pipes for splice(): one per direction while bytes are in flight, kept in a small pool.
+import CShims
+import Glibc
+
+final class PipePool {
+    struct Pipe {
+        let read: Int32
+        let write: Int32
+    }
+
+    private var idle: [Pipe] = []
+    private let keepIdle: Int
+    /// Bytes a pipe holds; splice moves at most this much per step.
+    let capacity: Int
+
+    init(keepIdle: Int = 256, capacity: Int = 1 << 16) {
+        self.keepIdle = keepIdle
+        self.capacity = capacity
+    }
+
+    func take() throws(SystemError) -> Pipe {
+        if let p = idle.popLast() { return p }
+        var fds: [Int32] = [0, 0]
+        try sys("pipe2") { tcpops_pipe2(&fds) }
+        _ = tcpops_set_pipe_size(fds[1], Int32(capacity))
+        return Pipe(read: fds[0], write: fds[1])
+    }
+
+    /// Returns an empty pipe to the pool (a pipe still holding bytes must be closed instead).
+    func give(_ p: Pipe) {
+        if idle.count < keepIdle {
+            idle.append(p)
+        } else {
+            close(p)
+        }
+    }
+
+    func close(_ p: Pipe) {
+        closeFD(p.read)
+        closeFD(p.write)
+    }
+
+    func drain() {
+        for p in idle { close(p) }
+        idle.removeAll()
+    }
+
+    var idleCount: Int { idle.count }
+}
+
+enum Splice {
+    enum Result {
+        case moved(Int)
+        case wouldBlock
+        case endOfFile
+        case failed(Int32)
+    }
+
+    /// One splice() step from `from` to `to`, at most `length` bytes.
+    @inline(__always)
+    static func move(from: Int32, to: Int32, length: Int) -> Result {
+        while true {
+            let n = tcpops_splice(from, to, length)
+            if n > 0 { return .moved(n) }
+            if n == 0 { return .endOfFile }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN { return .wouldBlock }
+            return .failed(e)
+        }
+    }
+}

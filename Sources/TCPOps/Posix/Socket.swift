@@ -1,0 +1,121 @@
+// TCP socket calls: listen, accept, non-blocking connect, options, addresses, shutdown and close.
+import CShims
+import Glibc
+
+public struct KeepaliveSettings: Equatable, Sendable {
+    public var idle: Int32
+    public var count: Int32
+    public var interval: Int32
+    public init(idle: Int32, count: Int32, interval: Int32) {
+        self.idle = idle
+        self.count = count
+        self.interval = interval
+    }
+}
+
+enum Socket {
+    static func setInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SystemError) {
+        var v = value
+        try sys("setsockopt(\(what))") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
+    }
+
+    static func getInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ what: String) throws(SystemError) -> Int32 {
+        var v: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        try sys("getsockopt(\(what))") { getsockopt(fd, level, name, &v, &len) }
+        return v
+    }
+
+    /// A bound, listening, non-blocking socket.
+    static func listen(_ address: SocketAddress, backlog: Int32 = 4096) throws(SystemError) -> Int32 {
+        let fd = try sys("socket") { socket(address.domain, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            try setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
+            if address.family == .v6 { try setInt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "IPV6_V6ONLY") }
+            try sys("bind") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }
+            try sys("listen") { Glibc.listen(fd, backlog) }
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Accepts one connection (non-blocking, close-on-exec); nil when none is waiting.
+    static func accept(_ fd: Int32) throws(SystemError) -> Int32? {
+        try sysNonBlocking("accept4") { tcpops_accept4(fd, nil, nil) }
+    }
+
+    /// Starts a non-blocking connect. Returns the fd and whether it is already connected.
+    /// A refusal that the kernel reports at once comes back as the thrown error.
+    static func connect(_ address: SocketAddress) throws(SystemError) -> (fd: Int32, connected: Bool) {
+        let fd = try sys("socket") { socket(address.domain, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
+        while true {
+            let r = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+            if r == 0 { return (fd, true) }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EINPROGRESS { return (fd, false) }
+            closeFD(fd)
+            throw SystemError("connect", e)
+        }
+    }
+
+    /// Reads and clears the socket's pending error (0 if none).
+    static func pendingError(_ fd: Int32) -> Int32 {
+        (try? getInt(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
+    }
+
+    static func setKeepalive(_ fd: Int32, _ k: KeepaliveSettings?) throws(SystemError) {
+        guard let k else {
+            try setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE")
+            return
+        }
+        try setInt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, k.idle, "TCP_KEEPIDLE")
+        try setInt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, k.count, "TCP_KEEPCNT")
+        try setInt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, k.interval, "TCP_KEEPINTVL")
+        try setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE")
+    }
+
+    /// TCP_USER_TIMEOUT in milliseconds (0 = kernel default).
+    static func setUserTimeout(_ fd: Int32, milliseconds: UInt32) throws(SystemError) {
+        try setInt(fd, Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), Int32(bitPattern: milliseconds), "TCP_USER_TIMEOUT")
+    }
+
+    static func setNoDelay(_ fd: Int32) {
+        try? setInt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
+    }
+
+    static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard r == 0 else { return nil }
+        return withUnsafePointer(to: &ss) { SocketAddress(storage: $0) }
+    }
+
+    static func peerAddress(_ fd: Int32) -> SocketAddress? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard r == 0 else { return nil }
+        return withUnsafePointer(to: &ss) { SocketAddress(storage: $0) }
+    }
+
+    /// shutdown(SHUT_WR): passes a FIN on. Errors mean the connection is already gone, which the
+    /// next read or write reports with its cause.
+    static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Closes with an RST instead of a FIN (SO_LINGER 0).
+    static func closeWithReset(_ fd: Int32) {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        closeFD(fd)
+    }
+}

@@ -1,0 +1,41 @@
+// A plain pthread running one closure, and a box that hands a non-Sendable value to it exactly once.
+import Glibc
+
+public final class PosixThread: @unchecked Sendable {
+    // @unchecked: `handle` is written once by start() before any other thread can see it, and read by join().
+    private var handle = pthread_t()
+    private var started = false
+
+    private final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+
+    public init() {}
+
+    public func start(_ body: @escaping @Sendable () -> Void) throws(SystemError) {
+        let box = Unmanaged.passRetained(Body(body)).toOpaque()
+        let r = pthread_create(&handle, nil, { arg in
+            guard let arg else { return nil }
+            Unmanaged<Body>.fromOpaque(arg).takeRetainedValue().run()
+            return nil
+        }, box)
+        if r != 0 {
+            Unmanaged<Body>.fromOpaque(box).release()
+            throw SystemError("pthread_create", r)
+        }
+        started = true
+    }
+
+    public func join() {
+        guard started else { return }
+        pthread_join(handle, nil)
+        started = false
+    }
+}
+
+/// Moves a value that is not Sendable to another thread that becomes its only user.
+public struct Handoff<T>: @unchecked Sendable {
+    public let value: T
+    public init(_ value: T) { self.value = value }
+}

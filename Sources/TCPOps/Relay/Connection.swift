@@ -1,0 +1,54 @@
+// One tracked TCP connection: a side of a relay, under its conid.
+public enum ConnectionState: Int, Sendable {
+    case ok = 1, accepting = 2, connecting = 3, gone = -1, eof = -2, error = -3, bad = -4
+
+    public var name: String {
+        switch self {
+        case .ok: return "ok"
+        case .accepting: return "accepting"
+        case .connecting: return "connecting"
+        case .gone: return "gone"
+        case .eof: return "eof"
+        case .error: return "error"
+        case .bad: return "bad"
+        }
+    }
+}
+
+public final class Connection: EventHandler {
+    public let conid: UInt64
+    public let side: Side
+    let fd: Int32
+    public internal(set) var state: ConnectionState
+    public internal(set) var local: SocketAddress?
+    public internal(set) var remote: SocketAddress?
+    public let openedAt: UInt64
+    var lastActivity: UInt64
+    public internal(set) var bytesIn: UInt64 = 0
+    public internal(set) var bytesOut: UInt64 = 0
+    /// closed_event = 2: raise events for this connection (listener closed_event, or by hand).
+    public var eventsEnabled: Bool
+    /// Set once an event was raised or the close was classified: at most one event a connection.
+    var closeReason: CloseReason?
+    /// Idle lifetime in ns; 0 = none.
+    var lifetime: UInt64 = 0
+    var lifetimeTimer: TimerQueue.ID?
+    /// The relay owns both of its connections and they own it back; Relay.end() breaks the cycle.
+    var relay: Relay!
+
+    init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
+        self.conid = conid
+        self.side = side
+        self.fd = fd
+        self.state = state
+        self.openedAt = now
+        self.lastActivity = now
+        self.eventsEnabled = eventsEnabled
+    }
+
+    public func handleEvents(_ events: UInt32) {
+        relay.handle(self, events)
+    }
+
+    public var peer: Connection { side == .client ? relay.upstream : relay.client }
+}

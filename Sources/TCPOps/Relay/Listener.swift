@@ -1,0 +1,80 @@
+// A listening socket of one [[listener]]: accepts in batches, hands each client to a new Relay,
+// and pauses (instead of spinning) when the process runs out of file descriptors.
+import Glibc
+
+public final class Listener: EventHandler {
+    public let settings: ListenerSettings
+    let fd: Int32
+    unowned let ctx: RelayContext
+    private var paused = false
+    private var lastRejectLog: UInt64 = 0
+
+    /// Binds and listens; the error names the address.
+    public init(settings: ListenerSettings, ctx: RelayContext) throws(SystemError) {
+        self.settings = settings
+        self.ctx = ctx
+        fd = try Socket.listen(settings.listen)
+        do {
+            try ctx.loop.register(fd, mask: Events.read, handler: self)
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+    }
+
+    public var boundAddress: SocketAddress? { Socket.localAddress(fd) }
+
+    private var closed = false
+
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        ctx.loop.unregister(fd)
+        closeFD(fd)
+    }
+
+    public func handleEvents(_ events: UInt32) {
+        for _ in 0..<64 {
+            let client: Int32
+            do {
+                guard let fd = try Socket.accept(fd) else { return }
+                client = fd
+            } catch {
+                switch error.errno {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    pause(error)
+                    return
+                case ECONNABORTED, EPROTO, EPERM:
+                    continue
+                default:
+                    ctx.logger.log(.error, "accept on \(settings.listen) failed: \(error)", id: .listener, [("TCPOPS_LISTENER", settings.name)])
+                    return
+                }
+            }
+            guard ctx.hasRoomForRelay else {
+                ctx.rejected += 1
+                Socket.closeWithReset(client)
+                if ctx.loop.now - lastRejectLog > 1_000_000_000 {
+                    lastRejectLog = ctx.loop.now
+                    ctx.logger.log(.warning, "max_connections (\(ctx.maxConnections)) reached: new connections are refused",
+                                   id: .listener, [("TCPOPS_LISTENER", settings.name), ("TCPOPS_REJECTED", String(ctx.rejected))])
+                }
+                continue
+            }
+            Relay.start(ctx: ctx, listener: settings, clientFD: client)
+        }
+    }
+
+    /// Out of fds: stop accepting for a moment rather than spin on a ready listener.
+    private func pause(_ error: SystemError) {
+        guard !paused else { return }
+        paused = true
+        ctx.loop.modify(fd, mask: 0)
+        ctx.logger.log(.warning, "accept on \(settings.listen) paused for 100 ms: \(error)", id: .listener, [("TCPOPS_LISTENER", settings.name)])
+        ctx.loop.timers.schedule(at: ctx.loop.now + 100_000_000) { [weak self] in
+            guard let self, !self.closed else { return }
+            self.paused = false
+            self.ctx.loop.modify(self.fd, mask: Events.read)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+// A relay: an accepted client, its upstream, and the bytes between them. Bytes move with splice()
+// through one pipe per direction, taken from the pool only while bytes are in flight. Epoll
+// interest is recomputed from each direction's state after every pass, so backpressure falls out
+// of state: a side is read only while its direction's pipe has room and its destination is not
+// blocked. A FIN is passed on with shutdown(SHUT_WR); the relay ends when both directions are
+// done, or when either side fails, times out or is closed.
+import Glibc
+
+final class Direction {
+    var pipe: PipePool.Pipe?
+    /// Bytes in the pipe.
+    var fill = 0
+    /// The source sent FIN.
+    var eof = false
+    /// The FIN was passed on to the destination.
+    var shut = false
+    /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
+    var blocked = false
+}
+
+public final class Relay {
+    let ctx: RelayContext
+    let listener: ListenerSettings
+    let client: Connection
+    var upstream: Connection!
+    let toUpstream = Direction()
+    let toClient = Direction()
+    var connectTimer: TimerQueue.ID?
+    private(set) var ended = false
+
+    private init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
+        self.ctx = ctx
+        self.listener = listener
+        self.client = client
+    }
+
+    /// Takes an accepted socket: applies the listener's options, starts the upstream connect.
+    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32) {
+        let now = ctx.loop.now
+        let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
+                                eventsEnabled: listener.closedEvent)
+        client.local = Socket.localAddress(clientFD)
+        client.remote = Socket.peerAddress(clientFD)
+        client.lifetime = listener.lifetime.nanoseconds
+        let relay = Relay(ctx: ctx, listener: listener, client: client)
+        client.relay = relay
+        ctx.track(client)
+        ctx.added(relay)
+        ctx.accepted += 1
+
+        do {
+            try Socket.setKeepalive(clientFD, listener.keepalive)
+            if listener.userTimeout > 0 {
+                try Socket.setUserTimeout(clientFD, milliseconds: UInt32(listener.userTimeout * 1000))
+            }
+            Socket.setNoDelay(clientFD)
+        } catch {
+            ctx.logger.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
+        }
+
+        let upstreamConid = ctx.newConid()
+        let upFD: Int32
+        let connected: Bool
+        do {
+            (upFD, connected) = try Socket.connect(listener.upstream)
+        } catch {
+            // Refused (or unreachable) at once: the upstream conid still raises its event.
+            let up = Connection(conid: upstreamConid, side: .upstream, fd: -1, state: .error, now: now, eventsEnabled: listener.closedEvent)
+            up.remote = listener.upstream
+            up.relay = relay
+            relay.upstream = up
+            ctx.track(up)
+            relay.register(client, mask: 0)
+            relay.end(failed: up, reason: CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
+            return
+        }
+        let up = Connection(conid: upstreamConid, side: .upstream, fd: upFD, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
+        up.remote = listener.upstream
+        up.relay = relay
+        relay.upstream = up
+        ctx.track(up)
+        do {
+            try Socket.setKeepalive(upFD, listener.upstreamKeepalive)
+            Socket.setNoDelay(upFD)
+        } catch {
+            ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", relay.fields(up))
+        }
+        guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.write) else { return }
+        relay.armLifetime(client)
+        if connected {
+            relay.connected()
+        } else {
+            relay.connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [weak relay] in
+                guard let relay, !relay.ended, relay.upstream.state == .connecting else { return }
+                relay.connectTimer = nil
+                relay.end(failed: relay.upstream, reason: .connectTimeout, why: "no answer within \(relay.listener.connectTimeout) s")
+            }
+        }
+        if ctx.logger.enabled(.debug) {
+            ctx.logger.log(.debug, "accepted conid \(client.conid) from \(client.remote?.description ?? "?"), upstream conid \(up.conid)",
+                           id: .connectionOpened, relay.fields(client))
+        }
+    }
+
+    @discardableResult
+    private func register(_ c: Connection, mask: UInt32) -> Bool {
+        do {
+            try ctx.loop.register(c.fd, mask: mask, handler: c)
+            return true
+        } catch {
+            end(failed: nil, reason: .local, why: "cannot watch conid \(c.conid): \(error)")
+            return false
+        }
+    }
+
+    private func connected() {
+        upstream.state = .ok
+        client.state = .ok
+        upstream.local = Socket.localAddress(upstream.fd)
+        if let t = connectTimer {
+            ctx.loop.timers.cancel(t)
+            connectTimer = nil
+        }
+    }
+
+    // MARK: events from the loop
+
+    func handle(_ conn: Connection, _ events: UInt32) {
+        guard !ended else { return }
+        if conn === upstream && upstream.state == .connecting {
+            guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
+            let err = Socket.pendingError(upstream.fd)
+            if err != 0 {
+                end(failed: upstream, reason: CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
+                return
+            }
+            connected()
+            shovel(toUpstream, from: client, to: upstream)
+            if ended { return }
+            updateInterest()
+            return
+        }
+        let (readDir, writeDir, other) = conn === client ? (toUpstream, toClient, upstream!) : (toClient, toUpstream, client)
+        if events & Events.error != 0 && events & Events.read == 0 {
+            // No bytes to read first: the pending error is the whole story (reading it clears it,
+            // so it is read only here, never after a read).
+            let err = Socket.pendingError(conn.fd)
+            if err != 0 {
+                end(failed: conn, reason: CloseReason.classify(errno: err), why: errnoName(err))
+                return
+            }
+        }
+        if events & Events.write != 0 {
+            writeDir.blocked = false
+            shovel(writeDir, from: other, to: conn)
+            if ended { return }
+        }
+        if events & (Events.read | Events.hangup | Events.error) != 0 {
+            shovel(readDir, from: conn, to: other)
+            if ended { return }
+        }
+        if toUpstream.shut && toClient.shut {
+            end(failed: nil, reason: .fin, why: "both sides closed")
+            return
+        }
+        updateInterest()
+    }
+
+    /// Moves bytes from `from` through the direction's pipe to `to` while either step progresses.
+    private func shovel(_ d: Direction, from: Connection, to: Connection) {
+        let capacity = ctx.pipes.capacity
+        let now = ctx.loop.now
+        let canWrite = to.state == .ok || to.state == .eof
+        var readDrained = false
+        while true {
+            var progress = false
+            if !d.eof && !readDrained && !d.blocked && d.fill < capacity {
+                if d.pipe == nil {
+                    do {
+                        d.pipe = try ctx.pipes.take()
+                    } catch {
+                        end(failed: nil, reason: .local, why: "no pipe for splice: \(error)")
+                        return
+                    }
+                }
+                let want = capacity - d.fill
+                switch Splice.move(from: from.fd, to: d.pipe!.write, length: want) {
+                case .moved(let n):
+                    d.fill += n
+                    from.bytesIn &+= UInt64(n)
+                    from.lastActivity = now
+                    progress = true
+                    if n < want { readDrained = true }
+                case .endOfFile:
+                    d.eof = true
+                    from.state = .eof
+                    raise(from, .fin)
+                case .wouldBlock:
+                    readDrained = true
+                case .failed(let e):
+                    end(failed: from, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    return
+                }
+            }
+            if d.fill > 0 && canWrite && !d.blocked, let pipe = d.pipe {
+                switch Splice.move(from: pipe.read, to: to.fd, length: d.fill) {
+                case .moved(let n):
+                    d.fill -= n
+                    to.bytesOut &+= UInt64(n)
+                    to.lastActivity = now
+                    ctx.relayedBytes &+= UInt64(n)
+                    progress = true
+                case .wouldBlock:
+                    d.blocked = true
+                case .endOfFile:
+                    break
+                case .failed(let e):
+                    end(failed: to, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    return
+                }
+            }
+            if !progress { break }
+        }
+        if d.fill == 0, let p = d.pipe {
+            ctx.pipes.give(p)
+            d.pipe = nil
+        }
+        if d.eof && d.fill == 0 && !d.shut && canWrite {
+            Socket.shutdownWrite(to.fd)
+            d.shut = true
+        }
+    }
+
+    private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
+        if c.state == .connecting { return Events.write }
+        var m: UInt32 = 0
+        if !reading.eof && !reading.blocked && reading.fill < ctx.pipes.capacity { m |= Events.read }
+        if writing.fill > 0 && writing.blocked { m |= Events.write }
+        return m
+    }
+
+    private func updateInterest() {
+        ctx.loop.modify(client.fd, mask: interest(client, reading: toUpstream, writing: toClient))
+        ctx.loop.modify(upstream.fd, mask: interest(upstream, reading: toClient, writing: toUpstream))
+    }
+
+    // MARK: timers
+
+    func armLifetime(_ c: Connection) {
+        if let t = c.lifetimeTimer {
+            ctx.loop.timers.cancel(t)
+            c.lifetimeTimer = nil
+        }
+        guard c.lifetime > 0, !ended else { return }
+        c.lifetimeTimer = ctx.loop.timers.schedule(at: c.lastActivity + c.lifetime) { [weak self, weak c] in
+            guard let self, let c, !self.ended else { return }
+            c.lifetimeTimer = nil
+            // Idle time is checked here rather than by moving the timer on every packet.
+            if self.ctx.loop.now >= c.lastActivity + c.lifetime {
+                self.end(failed: c, reason: .lifetime, why: "idle for \(Double(c.lifetime) / 1e9) s")
+            } else {
+                self.armLifetime(c)
+            }
+        }
+    }
+
+    // MARK: ending
+
+    /// Classifies `conn`'s close once and raises its event if the policy says so.
+    private func raise(_ conn: Connection, _ reason: CloseReason) {
+        guard conn.closeReason == nil else { return }
+        conn.closeReason = reason
+        guard let kind = reason.event,
+              EventPolicy.raises(mode: ctx.closedEventMode, enabled: conn.eventsEnabled, side: conn.side, sides: listener.eventSides)
+        else { return }
+        ctx.events.emit(event(conn, kind, reason))
+    }
+
+    func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
+        TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peer.conid, side: c.side, listener: listener.name,
+                 local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
+                 bytesIn: c.bytesIn, bytesOut: c.bytesOut)
+    }
+
+    /// Ends the relay. `failed` is the side whose peer closed, reset or timed out (it raises the
+    /// event); the other side is closed by us (reason local, no event). nil: we end it ourselves.
+    func end(failed: Connection?, reason: CloseReason, why: String) {
+        guard !ended else { return }
+        ended = true
+        if let failed {
+            raise(failed, reason)
+            if reason != .fin && reason != .lifetime { failed.state = .error }
+        }
+        for c in [client, upstream!] {
+            if c.closeReason == nil { c.closeReason = .local }
+            if let t = c.lifetimeTimer { ctx.loop.timers.cancel(t) }
+            if c.fd >= 0 {
+                ctx.loop.unregister(c.fd)
+                closeFD(c.fd)
+            }
+        }
+        if let t = connectTimer { ctx.loop.timers.cancel(t) }
+        for d in [toUpstream, toClient] {
+            if let p = d.pipe {
+                if d.fill == 0 { ctx.pipes.give(p) } else { ctx.pipes.close(p) }
+                d.pipe = nil
+            }
+        }
+        var f = fields(client)
+        f.append(("TCPOPS_PEER_CONID", String(upstream.conid)))
+        f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
+        f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
+        f.append(("TCPOPS_UPSTREAM_REASON", upstream.closeReason?.rawValue ?? "local"))
+        f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream.bytesOut)))
+        f.append(("TCPOPS_BYTES_TO_CLIENT", String(client.bytesOut)))
+        ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.conid) (\(why))", id: .connectionClosed, f)
+        client.state = .gone
+        upstream.state = .gone
+        ctx.removed(self)
+        client.relay = nil
+        upstream.relay = nil
+    }
+
+    func fields(_ c: Connection) -> [Logger.Field] {
+        var f: [Logger.Field] = [("TCPOPS_CONID", String(c.conid)), ("TCPOPS_SIDE", c.side.rawValue), ("TCPOPS_LISTENER", listener.name)]
+        if let l = c.local { f.append(("TCPOPS_LOCAL", l.description)) }
+        if let r = c.remote { f.append(("TCPOPS_REMOTE", r.description)) }
+        f.append(("TCPOPS_DURATION_MS", String((ctx.loop.now &- c.openedAt) / 1_000_000)))
+        f.append(("TCPOPS_BYTES_IN", String(c.bytesIn)))
+        f.append(("TCPOPS_BYTES_OUT", String(c.bytesOut)))
+        return f
+    }
+}

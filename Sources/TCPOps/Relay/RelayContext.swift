@@ -1,0 +1,58 @@
+// What every relay on one loop shares: the loop, the pipe pool, the connection table, where
+// events go, and the counters. Lives on the loop's thread.
+public final class RelayContext {
+    public let loop: EventLoop
+    let pipes: PipePool
+    public let logger: Logger
+    public let events: EventDispatcher
+    /// [events] closed_event: 0, 1 or 2.
+    public var closedEventMode: Int
+    public var maxConnections: Int
+    /// Every tracked connection by conid. Invariant: a Connection is here from accept (or
+    /// connect) until its relay closes its fd; both sides of a relay leave together.
+    public private(set) var table: [UInt64: Connection] = [:]
+    private var nextConid: UInt64 = 1
+    public private(set) var relays = 0
+    public var accepted: UInt64 = 0
+    public var rejected: UInt64 = 0
+    public var relayedBytes: UInt64 = 0
+    /// Called when the last relay has ended (used to finish a drain).
+    public var onIdle: (() -> Void)?
+
+    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int) {
+        self.loop = loop
+        self.logger = logger
+        self.events = events
+        self.closedEventMode = closedEventMode
+        self.maxConnections = maxConnections
+        self.pipes = PipePool()
+    }
+
+    func newConid() -> UInt64 {
+        defer { nextConid += 1 }
+        return nextConid
+    }
+
+    func track(_ c: Connection) { table[c.conid] = c }
+
+    func added(_ r: Relay) { relays += 1 }
+
+    func removed(_ r: Relay) {
+        table[r.client.conid] = nil
+        table[r.upstream.conid] = nil
+        relays -= 1
+        if relays == 0 { onIdle?() }
+    }
+
+    public var hasRoomForRelay: Bool { table.count + 2 <= maxConnections }
+
+    /// Closes every relay (shutdown after the drain time): no events, reason local.
+    public func closeAll() {
+        var seen = Set<ObjectIdentifier>()
+        for c in Array(table.values) where seen.insert(ObjectIdentifier(c.relay)).inserted {
+            c.relay.end(failed: nil, reason: .local, why: "shutdown_timeout reached")
+        }
+    }
+
+    public func shutdown() { pipes.drain() }
+}

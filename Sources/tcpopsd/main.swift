@@ -1,0 +1,51 @@
+// tcpopsd: parse the command line, load the configuration, run the daemon.
+import ArgumentParser
+import Glibc
+import TCPOps
+
+enum ExitStatus {
+    static let config: Int32 = 78  // EX_CONFIG
+    static let osResource: Int32 = 71  // EX_OSERR
+}
+
+extension Logger.Target: ExpressibleByArgument {}
+
+@main
+struct TCPOpsD: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tcpopsd",
+        abstract: "A TCP connection manager: relays, tracks, times out and reports TCP connections."
+    )
+
+    @Option(name: .long, help: "The configuration file.")
+    var config: String = Configuration.defaultPath
+
+    @Flag(name: .long, help: "Validate the configuration and exit (0 valid, 78 invalid).")
+    var checkConfig = false
+
+    @Option(name: .long, help: "Where to log: auto, journal or stderr.")
+    var logTarget: Logger.Target = .auto
+
+    func run() throws {
+        let configuration: Configuration
+        do {
+            configuration = try ConfigLoader.load(path: config)
+        } catch {
+            writeStderr("\(error)\n")
+            throw ExitCode(ExitStatus.config)
+        }
+        if checkConfig {
+            print("\(config): configuration is valid (\(configuration.listeners.count) listener(s))")
+            return
+        }
+        let logger = Logger(target: logTarget, level: configuration.daemon.logLevel)
+        do {
+            let daemon = try Daemon(config: configuration, logger: logger)
+            try daemon.run()
+        } catch {
+            logger.log(.error, "\(error)")
+            if logger.writesToJournal { writeStderr("tcpopsd: \(error)\n") }
+            throw ExitCode(ExitStatus.osResource)
+        }
+    }
+}
