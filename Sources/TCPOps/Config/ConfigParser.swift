@@ -65,7 +65,16 @@ private struct Walker {
 
     mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String], lineTable: String? = nil, lineKey: String? = nil) {
         for key in t.keys where !allowed.contains(key) {
-            let where_ = table.isEmpty ? "at top level" : (table.hasPrefix("listener#") ? "in [[listener]]" : "in [\(table)]")
+            let where_: String
+            if table.isEmpty {
+                where_ = "at top level"
+            } else if table.hasPrefix("listener#") {
+                let parts = table.dropFirst(9).split(separator: ".", maxSplits: 1)
+                let n = (Int(parts[0]) ?? 0) + 1
+                where_ = parts.count > 1 ? "in '\(parts[1])' of [[listener]] #\(n)" : "in [[listener]] #\(n)"
+            } else {
+                where_ = "in [\(table)]"
+            }
             let lt = lineTable ?? table
             let line = locator.line(lt, lineKey ?? key)
             problems.append(.init(line: line, message: "unknown key '\(key)' \(where_) (known keys: \(allowed.joined(separator: ", ")))"))

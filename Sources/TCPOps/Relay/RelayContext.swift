@@ -48,10 +48,9 @@ public final class RelayContext {
 
     /// Closes every relay (shutdown after the drain time): no events, reason local.
     public func closeAll() {
-        var seen = Set<ObjectIdentifier>()
-        for c in Array(table.values) where seen.insert(ObjectIdentifier(c.relay)).inserted {
-            c.relay.end(failed: nil, reason: .local, why: "shutdown_timeout reached")
-        }
+        // Client sides only: each relay once (ending it removes both of its sides from the table).
+        let relays = table.values.filter { $0.side == .client }.compactMap { $0.relay }
+        for r in relays { r.end(failed: nil, reason: .local, why: "shutdown_timeout reached") }
     }
 
     public func shutdown() { pipes.drain() }

@@ -1,0 +1,306 @@
+"""Building blocks for tests: Daemon (the real tcpopsd), EchoServer, hook scripts, waiting."""
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("TCPOPSD", os.path.join(ROOT, ".build", "debug", "tcpopsd"))
+
+
+def free_port(host="127.0.0.1"):
+    s = socket.socket()
+    s.bind((host, 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def render_config(daemon=None, events=None, routes=None, listeners=()):
+    out = []
+    if daemon:
+        out.append("[daemon]")
+        out += [f"{k} = {toml_value(v)}" for k, v in daemon.items()]
+    if events:
+        out.append("[events]")
+        out += [f"{k} = {toml_value(v)}" for k, v in events.items()]
+    if routes:
+        out.append("[events.route]")
+        out += [f'"{k}" = {toml_value(v)}' for k, v in routes.items()]
+    for l in listeners:
+        out.append("[[listener]]")
+        out += [f"{k} = {toml_value(v)}" for k, v in l.items()]
+    return "\n".join(out) + "\n"
+
+
+def write_hook(path, record_dir, sleep=0, extra=""):
+    """A hook script that writes its whole environment and argv to a file per run."""
+    path = str(path)
+    with open(path, "w") as f:
+        f.write(f"""#!/bin/sh
+out="{record_dir}/$TCPOPS_CONID.$$.$(basename "$0").env"
+{{ env; echo "ARGV=$*"; }} > "$out.tmp"
+mv "$out.tmp" "$out"
+{extra}
+{"sleep " + str(sleep) if sleep else ""}
+""")
+    os.chmod(path, 0o755)
+    return path
+
+
+def read_records(record_dir):
+    """Every hook run recorded in record_dir, as dicts of its environment."""
+    recs = []
+    for name in sorted(os.listdir(record_dir)):
+        if not name.endswith(".env"):
+            continue
+        env = {}
+        with open(os.path.join(record_dir, name)) as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    env[k] = v
+        recs.append(env)
+    return recs
+
+
+class NotifySocket:
+    """A datagram socket passed to tcpopsd as NOTIFY_SOCKET; collects its messages."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages = []
+        self.lock = threading.Lock()
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.1)
+        while not self.stop:
+            try:
+                msg, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(64 * 4))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    for i in range(0, len(data) - len(data) % 4, 4):
+                        os.close(struct.unpack("i", data[i:i + 4])[0])
+            with self.lock:
+                self.messages.append((time.monotonic(), msg.decode()))
+
+    def has(self, text):
+        with self.lock:
+            return [t for t, m in self.messages if text in m.split("\n")]
+
+    def all(self):
+        with self.lock:
+            return list(self.messages)
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
+                 extra_env=None, config_text=None, wait_ready=True):
+        self.tmp = str(tmp)
+        self.records = os.path.join(self.tmp, "records")
+        os.makedirs(self.records, exist_ok=True)
+        d = {"control_socket": os.path.join(self.tmp, "control.sock"), "shutdown_timeout": 5}
+        d.update(daemon or {})
+        self.config_path = os.path.join(self.tmp, "tcpopsd.toml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text if config_text is not None else render_config(d, events, routes, listeners))
+        self.log_path = os.path.join(self.tmp, "tcpopsd.log")
+        self.log_target = log_target
+        self.extra_env = extra_env or {}
+        self.wait_ready = wait_ready
+        self.proc = None
+        self.notify = None
+
+    def start(self):
+        npath = os.path.join(self.tmp, "notify.sock")
+        self.notify = NotifySocket(npath)
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        env.pop("INVOCATION_ID", None)
+        env["NOTIFY_SOCKET"] = npath
+        env.update(self.extra_env)
+        self.fds_before = None
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([BIN, "--config", self.config_path, "--log-target", self.log_target],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        if self.wait_ready:
+            wait_for(lambda: self.notify.has("READY=1") or self.proc.poll() is not None, timeout=20, what="READY=1")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tcpopsd exited with {self.proc.returncode}:\n{self.logtext()}")
+        return self
+
+    def logtext(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def loglines(self):
+        return self.logtext().splitlines()
+
+    def open_fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self, timeout=15):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=timeout)
+        self.log.close()
+        self.notify.close()
+        return rc
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.notify:
+            self.notify.close()
+
+    def events(self):
+        return read_records(self.records)
+
+
+class EchoServer:
+    """A threaded upstream. mode 'echo' echoes and passes half-close on; 'sink' reads and discards;
+    'after_fin' answers a FIN with a trailer then closes; 'hold' accepts and keeps quiet."""
+
+    def __init__(self, host="127.0.0.1", port=0, mode="echo", trailer=b""):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.host = host
+        self.mode = mode
+        self.trailer = trailer
+        self.conns = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            if self.mode == "hold":
+                while c.recv(65536):
+                    pass
+                return
+            while True:
+                data = c.recv(262144)
+                if not data:
+                    break
+                if self.mode == "echo":
+                    c.sendall(data)
+            if self.trailer:
+                c.sendall(self.trailer)
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
+def connect(port, host="127.0.0.1", timeout=10):
+    s = socket.create_connection((host, port), timeout=timeout)
+    return s
+
+
+def reset_close(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def recv_all(s, timeout=30):
+    s.settimeout(timeout)
+    chunks = []
+    while True:
+        d = s.recv(262144)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
+def listener(name, port, upstream, **kw):
+    l = {"name": name, "listen": f"127.0.0.1:{port}", "upstream": upstream}
+    l.update(kw)
+    return l
+
+
+def events_for(records, conid):
+    return [r for r in records if r.get("TCPOPS_CONID") == str(conid)]
+
+
+def find_client_event(records, client_port, event=None):
+    out = [r for r in records if r.get("TCPOPS_SIDE") == "client" and r.get("TCPOPS_REMOTE_PORT") == str(client_port)]
+    if event:
+        out = [r for r in out if r.get("TCPOPS_EVENT") == event]
+    return out
+
+
+def is_root():
+    return os.geteuid() == 0

@@ -1,0 +1,73 @@
+"""Issue 2, item 9: events reach a real journal with their SPEC fields. Starts a standalone
+systemd-journald (as root) when none is running, and stops it afterwards."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from helpers import connect, free_port, listener, reset_close, wait_for, is_root
+
+SOCKET = "/run/systemd/journal/socket"
+
+
+@pytest.fixture(scope="module")
+def journal():
+    if os.path.exists(SOCKET):
+        yield None
+        return
+    if not is_root() or not os.path.exists("/lib/systemd/systemd-journald") or not shutil.which("journalctl"):
+        pytest.skip("no journal socket, and a journald cannot be started here (needs root and systemd's journald)")
+    os.makedirs("/run/systemd/journal", exist_ok=True)
+    p = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(SOCKET), timeout=10, what="journald socket")
+    yield p
+    p.terminate()
+    p.wait(10)
+    for name in ("socket", "stdout", "dev-log", "syslog"):
+        try:
+            os.unlink(f"/run/systemd/journal/{name}")
+        except FileNotFoundError:
+            pass
+    try:
+        os.unlink("/dev/log")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        pass
+
+
+def journal_entries(*matches):
+    p = subprocess.run(["journalctl", "--no-pager", "-o", "json", *matches], capture_output=True, text=True)
+    return [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+
+
+def test_reset_event_in_journal_with_fields(journal, daemon, echo):
+    up = echo(mode="hold")
+    port = free_port()
+    d = daemon(listeners=[listener("journaled", port, up.address)], log_target="journal")
+    s = connect(port)
+    cport = s.getsockname()[1]
+    s.sendall(b"0123456789")
+    time.sleep(0.3)
+    reset_close(s)
+    pid = str(d.proc.pid)
+
+    def found():
+        return [e for e in journal_entries("TCPOPS_EVENT=tcp:reset", f"_PID={pid}") if e.get("TCPOPS_REMOTE") == f"127.0.0.1:{cport}"]
+
+    entries = wait_for(found, timeout=10, what="journal entry")
+    assert len(entries) == 1
+    e = entries[0]
+    assert e["SYSLOG_IDENTIFIER"] == "tcpopsd"
+    assert e["TCPOPS_REASON"] == "rst" and e["TCPOPS_SIDE"] == "client" and e["TCPOPS_LISTENER"] == "journaled"
+    assert e["TCPOPS_LOCAL"] == f"127.0.0.1:{port}"
+    assert e["TCPOPS_BYTES_IN"] == "10" and int(e["TCPOPS_DURATION_MS"]) >= 250
+    assert int(e["TCPOPS_CONID"]) > 0 and int(e["TCPOPS_PEER_CONID"]) > 0
+    assert e["MESSAGE_ID"] == "6493216fb804485a9b6bdb453f8e94e3"
+    assert e["PRIORITY"] == "5"
+    assert "tcp:reset" in e["MESSAGE"]
+    assert d.stop() == 0
+    # The relay's end and the daemon's stop are there too, and nothing went to stderr instead.
+    assert journal_entries(f"_PID={pid}", "MESSAGE_ID=fcd51e0ab813459e80e9ce6c6334e826")
+    assert "tcp:reset" not in d.logtext()
