@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Relay throughput (one iperf3 stream) and connections per second, each measured directly and
+# through tcpopsd on loopback. Usage: Benchmarks/run.sh [path/to/tcpopsd]   (make bench)
+set -euo pipefail
+BIN=$(realpath "${1:-.build/release/tcpopsd}")
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+command -v iperf3 >/dev/null || { echo "iperf3 is needed (apt-get install iperf3)"; exit 1; }
+gcc -O2 -pthread -o "$work/connrate" "$here/connrate.c"
+
+cat > "$work/bench.toml" <<TOML
+[daemon]
+control_socket = "$work/control.sock"
+log_level = "warning"
+max_connections = 100000
+[events]
+closed_event = 0
+[[listener]]
+name = "iperf"
+listen = "127.0.0.1:15201"
+upstream = "127.0.0.1:5201"
+[[listener]]
+name = "echo"
+listen = "127.0.0.1:15300"
+upstream = "127.0.0.1:5300"
+TOML
+
+iperf3 -s -p 5201 -D -I "$work/iperf.pid" >/dev/null 2>&1; sleep 0.3; pids+=("$(cat "$work/iperf.pid")")
+"$work/connrate" server 5300 & pids+=($!)
+"$BIN" --config "$work/bench.toml" --log-target stderr 2>"$work/tcpopsd.log" & pids+=($!)
+daemon=$!
+sleep 0.5
+
+gbps() { iperf3 -c 127.0.0.1 -p "$1" -t "${SECONDS_PER_RUN:-5}" -J | python3 -c 'import json,sys; print("%.2f Gbit/s" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+echo "one stream, iperf3 -t ${SECONDS_PER_RUN:-5}:"
+echo "  direct          $(gbps 5201)"
+echo "  through tcpopsd $(gbps 15201)"
+echo "connections/s, connect + 32-byte echo + close, 8 client threads, ${SECONDS_PER_RUN:-5} s:"
+echo "  direct          $("$work/connrate" client 5300 "${SECONDS_PER_RUN:-5}" 8)"
+echo "  through tcpopsd $("$work/connrate" client 15300 "${SECONDS_PER_RUN:-5}" 8)"
+echo "tcpopsd RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$daemon/status)"

@@ -1,0 +1,117 @@
+// Config parsing and validation: values, defaults and line-numbered errors.
+import Testing
+@testable import TCPOps
+
+@Suite struct ConfigTests {
+    let minimal = """
+    [[listener]]
+    name = "sip"
+    listen = "0.0.0.0:5060"
+    upstream = "127.0.0.1:5070"
+    """
+
+    @Test func defaultsFilled() throws {
+        let c = try ConfigLoader.parse(minimal, path: "t.toml")
+        #expect(c.daemon.controlSocket == "/run/tcpopsd/control.sock")
+        #expect(c.daemon.controlMode == 0o660)
+        #expect(c.daemon.maxConnections == 100_000)
+        #expect(c.daemon.shutdownTimeout == 10)
+        #expect(c.events.closedEvent == 1)
+        #expect(c.events.maxRunningHooks == 16 && c.events.queueLimit == 10_000 && c.events.hookTimeout == 10)
+        let l = try #require(c.listeners.first)
+        #expect(l.name == "sip" && l.listen.port == 5060 && l.upstream.description == "127.0.0.1:5070")
+        #expect(l.connectTimeout == 5 && l.lifetime == 0 && l.keepalive == nil && l.userTimeout == 0)
+        #expect(l.eventSides == [.client, .upstream] && !l.closedEvent)
+    }
+
+    @Test func everyKeyParsed() throws {
+        let text = """
+        [daemon]
+        control_socket = "/tmp/x.sock"
+        control_mode = "0600"
+        max_connections = 500
+        log_level = "debug"
+        shutdown_timeout = 2.5
+        [events]
+        closed_event = 2
+        callback = ["/bin/true"]
+        hook_timeout = 0.5
+        max_running_hooks = 3
+        queue_limit = 7
+        [events.route]
+        "tcp:reset" = ["/bin/true", "x"]
+        [[listener]]
+        name = "a"
+        listen = "[::1]:6000"
+        upstream = "127.0.0.1:6001"
+        connect_timeout = 0.25
+        lifetime = 120
+        keepalive = { idle = 60, count = 5, interval = 5 }
+        user_timeout = 30
+        closed_event = true
+        event_sides = ["upstream"]
+        upstream_keepalive = { idle = 1, count = 2, interval = 3 }
+        """
+        let c = try ConfigLoader.parse(text, path: "t.toml")
+        #expect(c.daemon.controlMode == 0o600 && c.daemon.logLevel == .debug && c.daemon.shutdownTimeout == 2.5)
+        #expect(c.events.closedEvent == 2 && c.events.callback == ["/bin/true"] && c.events.routes["tcp:reset"] == ["/bin/true", "x"])
+        let l = c.listeners[0]
+        #expect(l.listen.family == .v6 && l.listen.description == "[::1]:6000")
+        #expect(l.keepalive == KeepaliveSettings(idle: 60, count: 5, interval: 5))
+        #expect(l.upstreamKeepalive == KeepaliveSettings(idle: 1, count: 2, interval: 3))
+        #expect(l.connectTimeout == 0.25 && l.lifetime == 120 && l.userTimeout == 30 && l.closedEvent && l.eventSides == [.upstream])
+    }
+
+    func problems(_ text: String) -> [ConfigError.Problem] {
+        do {
+            _ = try ConfigLoader.parse(text, path: "t.toml")
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test func unknownKeyNamesLine() {
+        let p = problems(minimal + "\nlifetimee = 3\n")
+        #expect(p.count == 1)
+        #expect(p.first?.line == 5)
+        #expect(p.first?.message.contains("lifetimee") == true)
+    }
+
+    @Test func wrongTypesAndRanges() {
+        let p = problems("""
+        [daemon]
+        max_connections = 1.5
+        [events]
+        closed_event = 3
+        [[listener]]
+        name = "x"
+        listen = "1.2.3.4:0"
+        upstream = "localhost:80"
+        lifetime = "forever"
+        """)
+        #expect(p.map(\.line) == [2, 4, 7, 8, 9])
+    }
+
+    @Test func duplicateNameAndAddress() {
+        let p = problems(minimal + "\n[[listener]]\nname = \"sip\"\nlisten = \"0.0.0.0:5061\"\nupstream = \"127.0.0.1:1\"\n"
+                         + "[[listener]]\nname = \"other\"\nlisten = \"0.0.0.0:5060\"\nupstream = \"127.0.0.1:1\"\n")
+        #expect(p.count == 2)
+        #expect(p[0].line == 6 && p[0].message.contains("duplicate listener name"))
+        #expect(p[1].line == 11 && p[1].message.contains("already used"))
+    }
+
+    @Test func noListener() {
+        #expect(problems("[daemon]\nlog_level = \"info\"\n").first?.message.contains("no [[listener]]") == true)
+    }
+
+    @Test func syntaxErrorLine() {
+        let p = problems("[daemon]\nlog_level = \n")
+        #expect(p.count == 1 && p[0].line == 2 && p[0].message.contains("syntax"))
+    }
+
+    @Test func errorText() {
+        let e = ConfigError(path: "/etc/x.toml", problems: [.init(line: 3, message: "bad")])
+        #expect(e.description == "/etc/x.toml:3: bad")
+    }
+}

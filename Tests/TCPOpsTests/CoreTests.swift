@@ -1,0 +1,79 @@
+// Addresses, close classification, event policy and the timer queue.
+import Glibc
+import Testing
+@testable import TCPOps
+
+@Suite struct AddressTests {
+    @Test func parsesAndFormats() throws {
+        #expect(try SocketAddress.parse("127.0.0.1:80").description == "127.0.0.1:80")
+        #expect(try SocketAddress.parse("[::1]:5060").description == "[::1]:5060")
+        #expect(try SocketAddress.parse("10.0.0.1", defaultPort: 5060).port == 5060)
+        #expect(try SocketAddress.parse("[fe80::1]:1").ip == "fe80::1")
+    }
+
+    @Test func rejects() {
+        #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.parse("127.0.0.1") }
+        #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.parse("127.0.0.1:0") }
+        #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.parse("127.0.0.1:65536") }
+        #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.parse("::1:80") }
+        #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.parse("host.example:80") }
+    }
+}
+
+@Suite struct ClassificationTests {
+    @Test func errnoToReason() {
+        #expect(CloseReason.classify(errno: ECONNRESET) == .rst)
+        #expect(CloseReason.classify(errno: EPIPE) == .rst)
+        #expect(CloseReason.classify(errno: ECONNREFUSED, connecting: true) == .refused)
+        #expect(CloseReason.classify(errno: ETIMEDOUT) == .keepalive)
+        #expect(CloseReason.classify(errno: ETIMEDOUT, connecting: true) == .connectTimeout)
+        #expect(CloseReason.classify(errno: EHOSTUNREACH) == .unreachable)
+    }
+
+    @Test func reasonToEvent() {
+        #expect(CloseReason.fin.event == .closed)
+        #expect(CloseReason.refused.event == .reset)
+        #expect(CloseReason.lifetime.event == .timeout)
+        #expect(CloseReason.connectTimeout.rawValue == "connect-timeout")
+        #expect(CloseReason.local.event == nil)
+    }
+
+    @Test func policy() {
+        #expect(!EventPolicy.raises(mode: 0, enabled: true, side: .client, sides: [.client]))
+        #expect(EventPolicy.raises(mode: 1, enabled: false, side: .client, sides: [.client, .upstream]))
+        #expect(!EventPolicy.raises(mode: 2, enabled: false, side: .client, sides: [.client]))
+        #expect(EventPolicy.raises(mode: 2, enabled: true, side: .upstream, sides: [.upstream]))
+        #expect(!EventPolicy.raises(mode: 1, enabled: true, side: .upstream, sides: [.client]))
+    }
+}
+
+@Suite struct TimerQueueTests {
+    @Test func firesInOrderAndSkipsCancelled() {
+        let q = TimerQueue()
+        var fired: [Int] = []
+        q.schedule(at: 300) { fired.append(3) }
+        let c = q.schedule(at: 100) { fired.append(99) }
+        q.schedule(at: 200) { fired.append(2) }
+        q.schedule(at: 50) { fired.append(1) }
+        q.cancel(c)
+        #expect(q.millisecondsUntilNext(now: 0) == 1)  // 50 ns rounds up to 1 ms
+        q.fire(now: 250)
+        #expect(fired == [1, 2])
+        #expect(q.millisecondsUntilNext(now: 250) == 1)
+        q.fire(now: 1000)
+        #expect(fired == [1, 2, 3])
+        #expect(q.millisecondsUntilNext(now: 1000) == -1)
+    }
+
+    @Test func manyTimersStayOrdered() {
+        let q = TimerQueue()
+        var out: [UInt64] = []
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<5000 {
+            let d = UInt64.random(in: 1...1_000_000, using: &rng)
+            q.schedule(at: d) { out.append(d) }
+        }
+        q.fire(now: 2_000_000)
+        #expect(out.count == 5000 && out == out.sorted())
+    }
+}
