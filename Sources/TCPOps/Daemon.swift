@@ -47,6 +47,13 @@ public final class Daemon {
         } catch {
             throw .resource(error)
         }
+        let fdLimit = FileLimit.raiseToHard()
+        // Each tracked connection is one fd; a relay with bytes in flight holds a pipe (two more).
+        if UInt64(config.daemon.maxConnections) + 64 > fdLimit {
+            logger.log(.warning, "max_connections \(config.daemon.maxConnections) exceeds what the open-files limit (\(fdLimit)) allows; "
+                       + "past about \(fdLimit > 64 ? fdLimit - 64 : 0) connections, accepting pauses until fds are free",
+                       [("TCPOPS_FD_LIMIT", String(fdLimit))])
+        }
         for l in config.listeners {
             do {
                 listeners[l.name] = try Listener(settings: l, ctx: ctx)

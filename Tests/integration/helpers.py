@@ -137,7 +137,7 @@ class NotifySocket:
 
 class Daemon:
     def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
-                 extra_env=None, config_text=None, wait_ready=True):
+                 extra_env=None, config_text=None, wait_ready=True, preexec=None):
         self.tmp = str(tmp)
         self.records = os.path.join(self.tmp, "records")
         os.makedirs(self.records, exist_ok=True)
@@ -150,6 +150,7 @@ class Daemon:
         self.log_target = log_target
         self.extra_env = extra_env or {}
         self.wait_ready = wait_ready
+        self.preexec = preexec
         self.proc = None
         self.notify = None
 
@@ -164,7 +165,7 @@ class Daemon:
         self.fds_before = None
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.config_path, "--log-target", self.log_target],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=self.preexec)
         if self.wait_ready:
             wait_for(lambda: self.notify.has("READY=1") or self.proc.poll() is not None, timeout=20, what="READY=1")
             if self.proc.poll() is not None:

@@ -61,7 +61,10 @@ public final class Listener: EventHandler {
                 }
                 continue
             }
-            Relay.start(ctx: ctx, listener: settings, clientFD: client)
+            if !Relay.start(ctx: ctx, listener: settings, clientFD: client) {
+                pause(SystemError("socket", EMFILE))
+                return
+            }
         }
     }
 

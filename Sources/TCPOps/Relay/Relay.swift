@@ -35,7 +35,10 @@ public final class Relay {
     }
 
     /// Takes an accepted socket: applies the listener's options, starts the upstream connect.
-    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32) {
+    /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
+    /// socket: the client was closed, and the listener should pause.
+    @discardableResult
+    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32) -> Bool {
         let now = ctx.loop.now
         let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
                                 eventsEnabled: listener.closedEvent)
@@ -64,15 +67,21 @@ public final class Relay {
         do {
             (upFD, connected) = try Socket.connect(listener.upstream)
         } catch {
-            // Refused (or unreachable) at once: the upstream conid still raises its event.
+            let localShortage = error.call == "socket" || [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)
+            // Refused (or unreachable) at once: the upstream conid still raises its event. A local
+            // shortage is ours, not the upstream's: no event, the client is closed.
             let up = Connection(conid: upstreamConid, side: .upstream, fd: -1, state: .error, now: now, eventsEnabled: listener.closedEvent)
             up.remote = listener.upstream
             up.relay = relay
             relay.upstream = up
             ctx.track(up)
             relay.register(client, mask: 0)
+            if localShortage {
+                relay.end(failed: nil, reason: .local, why: "no upstream socket: \(error)")
+                return false
+            }
             relay.end(failed: up, reason: CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
-            return
+            return true
         }
         let up = Connection(conid: upstreamConid, side: .upstream, fd: upFD, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
         up.remote = listener.upstream
@@ -85,7 +94,7 @@ public final class Relay {
         } catch {
             ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", relay.fields(up))
         }
-        guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.write) else { return }
+        guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.write) else { return true }
         relay.armLifetime(client)
         if connected {
             relay.connected()
@@ -100,6 +109,7 @@ public final class Relay {
             ctx.logger.log(.debug, "accepted conid \(client.conid) from \(client.remote?.description ?? "?"), upstream conid \(up.conid)",
                            id: .connectionOpened, relay.fields(client))
         }
+        return true
     }
 
     @discardableResult
