@@ -32,13 +32,36 @@ iperf3 -s -p 5201 -D -I "$work/iperf.pid" >/dev/null 2>&1; sleep 0.3; pids+=("$(
 "$work/connrate" server 5300 & pids+=($!)
 "$BIN" --config "$work/bench.toml" --log-target stderr 2>"$work/tcpopsd.log" & pids+=($!)
 daemon=$!
+# HAProxy in TCP mode over the same upstreams, for comparison, when it is installed.
+haproxy=""
+if command -v haproxy >/dev/null; then
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen iperf
+  bind 127.0.0.1:16201
+  server s 127.0.0.1:5201
+listen echo
+  bind 127.0.0.1:16300
+  server s 127.0.0.1:5300
+CFG
+  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+  haproxy=1
+fi
 sleep 0.5
 
 gbps() { iperf3 -c 127.0.0.1 -p "$1" -t "${SECONDS_PER_RUN:-5}" -J | python3 -c 'import json,sys; print("%.2f Gbit/s" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 echo "one stream, iperf3 -t ${SECONDS_PER_RUN:-5}:"
 echo "  direct          $(gbps 5201)"
 echo "  through tcpopsd $(gbps 15201)"
+[ -n "$haproxy" ] && echo "  through haproxy $(gbps 16201)"
 echo "connections/s, connect + 32-byte echo + close, 8 client threads, ${SECONDS_PER_RUN:-5} s:"
 echo "  direct          $("$work/connrate" client 5300 "${SECONDS_PER_RUN:-5}" 8)"
 echo "  through tcpopsd $("$work/connrate" client 15300 "${SECONDS_PER_RUN:-5}" 8)"
+[ -n "$haproxy" ] && echo "  through haproxy $("$work/connrate" client 16300 "${SECONDS_PER_RUN:-5}" 8)"
 echo "tcpopsd RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$daemon/status)"

@@ -8,6 +8,8 @@ public final class Listener: EventHandler {
     unowned let ctx: RelayContext
     private var paused = false
     private var lastRejectLog: UInt64 = 0
+    private var lastPauseLog: UInt64 = 0
+    private var pausesSinceLog = 0
 
     /// Binds and listens; the error names the address.
     public init(settings: ListenerSettings, ctx: RelayContext) throws(SystemError) {
@@ -73,7 +75,13 @@ public final class Listener: EventHandler {
         guard !paused else { return }
         paused = true
         ctx.loop.modify(fd, mask: 0)
-        ctx.logger.log(.warning, "accept on \(settings.listen) paused for 100 ms: \(error)", id: .listener, [("TCPOPS_LISTENER", settings.name)])
+        pausesSinceLog += 1
+        if lastPauseLog == 0 || ctx.loop.now - lastPauseLog >= 5_000_000_000 {
+            ctx.logger.log(.warning, "accept on \(settings.listen) paused for 100 ms: \(error) (\(pausesSinceLog) pause(s) since the last report)",
+                           id: .listener, [("TCPOPS_LISTENER", settings.name)])
+            lastPauseLog = ctx.loop.now
+            pausesSinceLog = 0
+        }
         ctx.loop.timers.schedule(at: ctx.loop.now + 100_000_000) { [weak self] in
             guard let self, !self.closed else { return }
             self.paused = false
