@@ -78,6 +78,15 @@ public final class EventLoop {
         return registrations[index]?.mask
     }
 
+    /// Forgets an fd that is about to be closed, without epoll_ctl(DEL): closing the fd's only
+    /// reference removes it from epoll, and a stale event already in this batch is dropped by
+    /// its generation. Only for fds never shared with another process (all ours are CLOEXEC).
+    public func forget(_ fd: Int32) {
+        let index = Int(fd)
+        guard index < registrations.count else { return }
+        registrations[index] = nil
+    }
+
     /// Forgets an fd. Call before closing it.
     public func unregister(_ fd: Int32) {
         let index = Int(fd)

@@ -41,9 +41,18 @@ enum Socket {
         return fd
     }
 
-    /// Accepts one connection (non-blocking, close-on-exec); nil when none is waiting.
-    static func accept(_ fd: Int32) throws(SystemError) -> Int32? {
-        try sysNonBlocking("accept4") { tcpops_accept4(fd, nil, nil) }
+    /// Accepts one connection (non-blocking, close-on-exec) with its peer's address; nil when
+    /// none is waiting.
+    static func accept(_ fd: Int32) throws(SystemError) -> (fd: Int32, peer: SocketAddress?)? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let client = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
+                try sysNonBlocking("accept4") { tcpops_accept4(fd, sa, &len) }
+            }
+        }
+        guard let client else { return nil }
+        return (client, withUnsafePointer(to: &ss) { SocketAddress(storage: $0) })
     }
 
     /// Starts a non-blocking connect. Returns the fd and whether it is already connected.
@@ -66,8 +75,10 @@ enum Socket {
         (try? getInt(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
     }
 
-    static func setKeepalive(_ fd: Int32, _ k: KeepaliveSettings?) throws(SystemError) {
+    /// Sets keepalive, or turns it off (nil); `fresh`: a new socket, already off, needs no call for nil.
+    static func setKeepalive(_ fd: Int32, _ k: KeepaliveSettings?, fresh: Bool = false) throws(SystemError) {
         guard let k else {
+            if fresh { return }
             try setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE")
             return
         }

@@ -77,6 +77,9 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     /// "ip:port", IPv6 in brackets.
     public var description: String { family == .v4 ? "\(ip):\(port)" : "[\(ip)]:\(port)" }
 
+    /// 0.0.0.0 or ::
+    public var isWildcard: Bool { bytes.allSatisfy { $0 == 0 } }
+
     var domain: Int32 { family == .v4 ? AF_INET : AF_INET6 }
 
     /// Calls `body` with this address as a sockaddr.

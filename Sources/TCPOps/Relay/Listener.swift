@@ -38,9 +38,10 @@ public final class Listener: EventHandler {
     public func handleEvents(_ events: UInt32) {
         for _ in 0..<64 {
             let client: Int32
+            let peer: SocketAddress?
             do {
-                guard let fd = try Socket.accept(fd) else { return }
-                client = fd
+                guard let accepted = try Socket.accept(fd) else { return }
+                (client, peer) = accepted
             } catch {
                 switch error.errno {
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
@@ -63,7 +64,9 @@ public final class Listener: EventHandler {
                 }
                 continue
             }
-            if !Relay.start(ctx: ctx, listener: settings, clientFD: client) {
+            // Only a wildcard listener needs to ask which local address a client reached.
+            let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
+            if !Relay.start(ctx: ctx, listener: settings, clientFD: client, local: local, remote: peer) {
                 pause(SystemError("socket", EMFILE))
                 return
             }

@@ -38,12 +38,12 @@ public final class Relay {
     /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
     /// socket: the client was closed, and the listener should pause.
     @discardableResult
-    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32) -> Bool {
+    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32, local: SocketAddress?, remote: SocketAddress?) -> Bool {
         let now = ctx.loop.now
         let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
                                 eventsEnabled: listener.closedEvent)
-        client.local = Socket.localAddress(clientFD)
-        client.remote = Socket.peerAddress(clientFD)
+        client.local = local
+        client.remote = remote
         client.lifetime = listener.lifetime.nanoseconds
         let relay = Relay(ctx: ctx, listener: listener, client: client)
         client.relay = relay
@@ -52,7 +52,7 @@ public final class Relay {
         ctx.accepted += 1
 
         do {
-            try Socket.setKeepalive(clientFD, listener.keepalive)
+            try Socket.setKeepalive(clientFD, listener.keepalive, fresh: true)
             if listener.userTimeout > 0 {
                 try Socket.setUserTimeout(clientFD, milliseconds: UInt32(listener.userTimeout * 1000))
             }
@@ -89,7 +89,7 @@ public final class Relay {
         relay.upstream = up
         ctx.track(up)
         do {
-            try Socket.setKeepalive(upFD, listener.upstreamKeepalive)
+            try Socket.setKeepalive(upFD, listener.upstreamKeepalive, fresh: true)
             Socket.setNoDelay(upFD)
         } catch {
             ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", relay.fields(up))
@@ -236,7 +236,9 @@ public final class Relay {
             d.pipe = nil
         }
         if d.eof && d.fill == 0 && !d.shut && canWrite {
-            Socket.shutdownWrite(to.fd)
+            // The last FIN to pass on ends the relay: close() sends it, no shutdown() needed.
+            let otherDone = (d === toUpstream ? toClient : toUpstream).shut
+            if !otherDone { Socket.shutdownWrite(to.fd) }
             d.shut = true
         }
     }
@@ -305,7 +307,7 @@ public final class Relay {
             if c.closeReason == nil { c.closeReason = .local }
             if let t = c.lifetimeTimer { ctx.loop.timers.cancel(t) }
             if c.fd >= 0 {
-                ctx.loop.unregister(c.fd)
+                ctx.loop.forget(c.fd)
                 closeFD(c.fd)
             }
         }
