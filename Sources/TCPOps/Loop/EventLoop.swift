@@ -21,6 +21,8 @@ public final class EventLoop {
         let handler: EventHandler
         let generation: UInt32
         var mask: UInt32
+        /// Taken out of epoll while nothing is wanted from a hung-up fd (see park).
+        var parked = false
     }
 
     private let epfd: Int32
@@ -58,17 +60,31 @@ public final class EventLoop {
         registrations[index] = Registration(handler: handler, generation: gen, mask: mask)
     }
 
-    /// Changes the interest mask; a no-op when it is unchanged.
+    /// Changes the interest mask; a no-op when it is unchanged. A parked fd goes back into epoll.
     public func modify(_ fd: Int32, mask: UInt32) {
         let index = Int(fd)
-        guard index < registrations.count, var reg = registrations[index], reg.mask != mask else { return }
+        guard index < registrations.count, var reg = registrations[index], reg.mask != mask || reg.parked else { return }
         var ev = epoll_event()
         ev.events = mask
         ev.data.u64 = UInt64(reg.generation) << 32 | UInt64(UInt32(bitPattern: fd))
         // Only fails for an fd that is not registered, which would be our bug; the next
         // dispatch then finds no registration and nothing is lost.
-        _ = epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev)
+        _ = epoll_ctl(epfd, reg.parked ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev)
         reg.mask = mask
+        reg.parked = false
+        registrations[index] = reg
+    }
+
+    /// Takes an fd out of epoll but keeps its registration: EPOLLHUP and EPOLLERR cannot be
+    /// masked, so a hung-up fd from which nothing is wanted for now would wake the loop forever.
+    /// `modify` puts it back.
+    public func park(_ fd: Int32) {
+        let index = Int(fd)
+        guard index < registrations.count, var reg = registrations[index], !reg.parked else { return }
+        var ev = epoll_event()
+        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
+        reg.mask = 0
+        reg.parked = true
         registrations[index] = reg
     }
 

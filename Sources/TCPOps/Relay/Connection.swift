@@ -30,6 +30,8 @@ public final class Connection: EventHandler {
     public var eventsEnabled: Bool
     /// Set once an event was raised or the close was classified: at most one event a connection.
     var closeReason: CloseReason?
+    /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
+    var hungUp = false
     /// Idle lifetime in ns; 0 = none.
     var lifetime: UInt64 = 0
     var lifetimeTimer: TimerQueue.ID?

@@ -151,6 +151,7 @@ public final class Relay {
             return
         }
         let (readDir, writeDir, other) = conn === client ? (toUpstream, toClient, upstream!) : (toClient, toUpstream, client)
+        if events & Events.hangup != 0 { conn.hungUp = true }
         if events & Events.error != 0 && events & Events.read == 0 {
             // No bytes to read first: the pending error is the whole story (reading it clears it,
             // so it is read only here, never after a read).
@@ -252,8 +253,16 @@ public final class Relay {
     }
 
     private func updateInterest() {
-        ctx.loop.modify(client.fd, mask: interest(client, reading: toUpstream, writing: toClient))
-        ctx.loop.modify(upstream.fd, mask: interest(upstream, reading: toClient, writing: toUpstream))
+        setInterest(client, interest(client, reading: toUpstream, writing: toClient))
+        setInterest(upstream, interest(upstream, reading: toClient, writing: toUpstream))
+    }
+
+    private func setInterest(_ c: Connection, _ mask: UInt32) {
+        if mask == 0 && c.hungUp {
+            ctx.loop.park(c.fd)
+        } else {
+            ctx.loop.modify(c.fd, mask: mask)
+        }
     }
 
     // MARK: timers
