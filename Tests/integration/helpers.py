@@ -1,4 +1,5 @@
 """Building blocks for tests: Daemon (the real tcpopsd), EchoServer, hook scripts, waiting."""
+import ctypes
 import json
 import os
 import signal
@@ -135,6 +136,19 @@ class NotifySocket:
         self.sock.close()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(extra=None):
+    """preexec_fn: the daemon gets SIGKILL if the test process dies (PR_SET_PDEATHSIG), so an
+    interrupted test run leaves no tcpopsd behind."""
+    def run():
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+        if extra:
+            extra()
+    return run
+
+
 class Daemon:
     def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
                  extra_env=None, config_text=None, wait_ready=True, preexec=None):
@@ -165,7 +179,7 @@ class Daemon:
         self.fds_before = None
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.config_path, "--log-target", self.log_target],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=self.preexec)
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(self.preexec))
         if self.wait_ready:
             wait_for(lambda: self.notify.has("READY=1") or self.proc.poll() is not None, timeout=20, what="READY=1")
             if self.proc.poll() is not None:

@@ -47,7 +47,12 @@ def test_hook_past_timeout_is_killed_with_its_children(daemon, echo, tmp_path):
 def test_2000_events_4_hooks_none_lost_and_relay_keeps_moving(daemon, echo, tmp_path):
     up = echo()
     port = free_port()
-    hook = write_hook(tmp_path / "h.sh", tmp_path / "records", extra="sleep 0.01")
+    running = tmp_path / "running"
+    running.mkdir()
+    # Each run marks itself running, notes how many runs are marked, and unmarks itself before it
+    # exits: the count never exceeds the runs alive at that moment.
+    hook = write_hook(tmp_path / "h.sh", tmp_path / "records",
+                      extra=f"touch {running}/$$; ls {running} | wc -l > {tmp_path}/conc.$$; sleep 0.01; rm {running}/$$")
     d = daemon(listeners=[listener("many", port, up.address, event_sides=["client"])],
                events={"callback": [hook], "max_running_hooks": 4, "hook_timeout": 30})
     churn(port, 2000)
@@ -70,6 +75,9 @@ def test_2000_events_4_hooks_none_lost_and_relay_keeps_moving(daemon, echo, tmp_
     recs = d.events()
     conids = {r["TCPOPS_CONID"] for r in recs}
     assert len(recs) == 2001 and len(conids) == 2001
+    wait_for(lambda: len(list(tmp_path.glob("conc.*"))) == 2001, what="concurrency notes")
+    most = max(int(p.read_text() or 0) for p in tmp_path.glob("conc.*"))
+    assert 2 <= most <= 4, f"{most} hooks ran at once with max_running_hooks = 4"
     assert d.stop() == 0
     f = stopped_fields(d)
     assert f["hooks_run"] == "2001" and f["hooks_dropped"] == "0" and f["events_closed"] == "2001"
