@@ -148,10 +148,7 @@ public final class Daemon {
 
     private func reload() {
         guard !stopping else { return }
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let usec = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
-        Notify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
+        Notify.send("RELOADING=1\nMONOTONIC_USEC=\(Clock.monotonicNanoseconds() / 1000)")
         let next: Configuration
         do {
             next = try ConfigLoader.load(path: config.path)

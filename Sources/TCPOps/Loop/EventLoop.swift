@@ -88,12 +88,6 @@ public final class EventLoop {
         registrations[index] = reg
     }
 
-    public func mask(of fd: Int32) -> UInt32? {
-        let index = Int(fd)
-        guard index < registrations.count else { return nil }
-        return registrations[index]?.mask
-    }
-
     /// Forgets an fd that is about to be closed, without epoll_ctl(DEL): closing the fd's only
     /// reference removes it from epoll, and a stale event already in this batch is dropped by
     /// its generation. Only for fds never shared with another process (all ours are CLOEXEC).

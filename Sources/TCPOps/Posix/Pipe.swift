@@ -44,8 +44,6 @@ final class PipePool {
         for p in idle { close(p) }
         idle.removeAll()
     }
-
-    var idleCount: Int { idle.count }
 }
 
 enum Splice {

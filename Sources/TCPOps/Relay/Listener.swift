@@ -24,8 +24,6 @@ public final class Listener: EventHandler {
         }
     }
 
-    public var boundAddress: SocketAddress? { Socket.localAddress(fd) }
-
     private var closed = false
 
     public func close() {

@@ -125,7 +125,7 @@ public final class Relay {
 
     private func connected() {
         upstream.state = .ok
-        client.state = .ok
+        if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
         upstream.local = Socket.localAddress(upstream.fd)
         if let t = connectTimer {
             ctx.loop.timers.cancel(t)
