@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "tcpopsd", targets: ["tcpopsd"]),
+        .executable(name: "tcpopsctl", targets: ["tcpopsctl"]),
         .library(name: "TCPOps", targets: ["TCPOps"]),
     ],
     dependencies: [
@@ -28,6 +29,11 @@ let package = Package(
             name: "tcpopsd",
             dependencies: ["TCPOps", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsd"
+        ),
+        .executableTarget(
+            name: "tcpopsctl",
+            dependencies: ["TCPOps", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/tcpopsctl"
         ),
         .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps"], path: "Tests/TCPOpsTests"),
     ],

@@ -4,11 +4,13 @@ import Glibc
 
 public enum DaemonError: Error, CustomStringConvertible {
     case bind(listener: String, address: SocketAddress, SystemError)
+    case control(path: String, SystemError)
     case resource(SystemError)
 
     public var description: String {
         switch self {
         case let .bind(name, address, e): return "cannot listen on \(address) for listener \"\(name)\": \(e)"
+        case let .control(path, e): return "cannot create the control socket \(path): \(e)"
         case let .resource(e): return "\(e)"
         }
     }
@@ -22,6 +24,7 @@ public final class Daemon {
     private let ctx: RelayContext
     private var listeners: [String: Listener] = [:]
     private var signals: SignalReader?
+    private var control: ControlServer?
     private var stopping = false
     private var stopStartedAt: UInt64 = 0
     private var lastStatus = ""
@@ -54,16 +57,27 @@ public final class Daemon {
                        + "past about \(fdLimit > 64 ? fdLimit - 64 : 0) connections, accepting pauses until fds are free",
                        [("TCPOPS_FD_LIMIT", String(fdLimit))])
         }
+        let control: ControlServer
+        do {
+            control = try ControlServer(settings: config.daemon, relayInbox: loop.inbox, logger: logger)
+        } catch {
+            throw .control(path: config.daemon.controlSocket, error)
+        }
+        self.control = control
         for l in config.listeners {
             do {
                 listeners[l.name] = try Listener(settings: l, ctx: ctx)
             } catch {
                 for l in listeners.values { l.close() }
+                control.shutdown()
                 throw .bind(listener: l.name, address: l.listen, error)
             }
         }
+        ctx.listenerNames = Set(listeners.keys)
+        ctx.events.observers.append { control.publish($0) }
         do {
             try hooks.start()
+            try control.start(target: ControlTarget(ctx: ctx, hooks: hooks, subscriberCount: { control.subscriberCount }))
         } catch {
             throw .resource(error)
         }
@@ -81,6 +95,7 @@ public final class Daemon {
         }
         let deadline = stopStartedAt + config.daemon.shutdownTimeout.nanoseconds
         hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds()))
+        control.shutdown()
         ctx.shutdown()
         let h = hooks.snapshot
         let counts = ctx.events.counts
@@ -175,11 +190,16 @@ public final class Daemon {
                 logger.log(.error, "reload: cannot listen on \(s.listen) for \"\(s.name)\": \(error)", id: .listener, [("TCPOPS_LISTENER", s.name)])
             }
         }
+        if next.daemon.controlSocket != config.daemon.controlSocket || next.daemon.controlMode != config.daemon.controlMode
+            || next.daemon.controlGroup != config.daemon.controlGroup {
+            logger.log(.notice, "control_socket, control_mode and control_group changes take effect at the next start")
+        }
         config = next
+        ctx.listenerNames = Set(listeners.keys)
         logger.setLevel(next.daemon.logLevel)
         ctx.closedEventMode = next.events.closedEvent
         ctx.maxConnections = next.daemon.maxConnections
-        hooks.update(.init(next.events, controlSocket: next.daemon.controlSocket))
+        hooks.update(.init(next.events, controlSocket: control?.path ?? config.daemon.controlSocket))
         let summary = failures.isEmpty ? "reloaded" : "reloaded with errors: \(failures.joined(separator: "; "))"
         logger.log(failures.isEmpty ? .notice : .error, "configuration \(summary)", id: .started)
         Notify.send("READY=1\nSTATUS=\(summary); \(statusLine())")

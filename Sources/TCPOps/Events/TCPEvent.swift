@@ -56,6 +56,9 @@ public struct TCPEvent: Sendable {
     public var durationMs: UInt64
     public var bytesIn: UInt64
     public var bytesOut: UInt64
+    /// Set by the dispatcher: the event's number (1, 2, ...) and wall-clock time.
+    public var seq: UInt64 = 0
+    public var unixMicros: UInt64 = 0
 
     /// Journal fields, SPEC names.
     public var journalFields: [Logger.Field] {

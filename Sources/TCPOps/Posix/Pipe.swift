@@ -46,17 +46,19 @@ final class PipePool {
     }
 }
 
+/// What one non-blocking transfer step did.
+enum IOResult {
+    case moved(Int)
+    case wouldBlock
+    case endOfFile
+    case failed(Int32)
+}
+
 enum Splice {
-    enum Result {
-        case moved(Int)
-        case wouldBlock
-        case endOfFile
-        case failed(Int32)
-    }
 
     /// One splice() step from `from` to `to`, at most `length` bytes.
     @inline(__always)
-    static func move(from: Int32, to: Int32, length: Int) -> Result {
+    static func move(from: Int32, to: Int32, length: Int) -> IOResult {
         while true {
             let n = tcpops_splice(from, to, length)
             if n > 0 { return .moved(n) }

@@ -107,6 +107,18 @@ enum Socket {
         return withUnsafePointer(to: &ss) { SocketAddress(storage: $0) }
     }
 
+    /// One non-blocking send() of `bytes` (never SIGPIPE).
+    static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> IOResult {
+        while true {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n >= 0 { return .moved(n) }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN { return .wouldBlock }
+            return .failed(e)
+        }
+    }
+
     /// shutdown(SHUT_WR): passes a FIN on. Errors mean the connection is already gone, which the
     /// next read or write reports with its cause.
     static func shutdownWrite(_ fd: Int32) {

@@ -32,6 +32,8 @@ public final class Connection: EventHandler {
     var closeReason: CloseReason?
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
     var hungUp = false
+    /// Keepalive as set now (listener option or tcpopsctl); nil = off.
+    public internal(set) var keepalive: KeepaliveSettings?
     /// Idle lifetime in ns; 0 = none.
     var lifetime: UInt64 = 0
     var lifetimeTimer: TimerQueue.ID?

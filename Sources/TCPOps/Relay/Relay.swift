@@ -16,6 +16,12 @@ final class Direction {
     var shut = false
     /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
     var blocked = false
+    /// Bytes given by `tcpopsctl send`: written after the pipe's bytes, while the source is not read.
+    var injected: [UInt8] = []
+    var injectedSent = 0
+
+    /// Nothing waits to be written to the destination.
+    var drained: Bool { fill == 0 && injected.isEmpty }
 }
 
 public final class Relay {
@@ -45,6 +51,7 @@ public final class Relay {
         client.local = local
         client.remote = remote
         client.lifetime = listener.lifetime.nanoseconds
+        client.keepalive = listener.keepalive
         let relay = Relay(ctx: ctx, listener: listener, client: client)
         client.relay = relay
         ctx.track(client)
@@ -85,6 +92,7 @@ public final class Relay {
         }
         let up = Connection(conid: upstreamConid, side: .upstream, fd: upFD, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
         up.remote = listener.upstream
+        up.keepalive = listener.upstreamKeepalive
         up.relay = relay
         relay.upstream = up
         ctx.track(up)
@@ -178,14 +186,14 @@ public final class Relay {
     }
 
     /// Moves bytes from `from` through the direction's pipe to `to` while either step progresses.
-    private func shovel(_ d: Direction, from: Connection, to: Connection) {
+    func shovel(_ d: Direction, from: Connection, to: Connection) {
         let capacity = ctx.pipes.capacity
         let now = ctx.loop.now
         let canWrite = to.state == .ok || to.state == .eof
         var readDrained = false
         while true {
             var progress = false
-            if !d.eof && !readDrained && !d.blocked && d.fill < capacity {
+            if !d.eof && !readDrained && !d.blocked && d.injected.isEmpty && d.fill < capacity {
                 if d.pipe == nil {
                     do {
                         d.pipe = try ctx.pipes.take()
@@ -229,6 +237,25 @@ public final class Relay {
                     end(failed: to, reason: CloseReason.classify(errno: e), why: errnoName(e))
                     return
                 }
+            } else if d.fill == 0 && !d.injected.isEmpty && canWrite && !d.blocked {
+                switch Socket.send(to.fd, d.injected[d.injectedSent...]) {
+                case .moved(let n):
+                    d.injectedSent += n
+                    if d.injectedSent == d.injected.count {
+                        d.injected = []
+                        d.injectedSent = 0
+                    }
+                    to.bytesOut &+= UInt64(n)
+                    to.lastActivity = now
+                    progress = true
+                case .wouldBlock:
+                    d.blocked = true
+                case .endOfFile:
+                    break
+                case .failed(let e):
+                    end(failed: to, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    return
+                }
             }
             if !progress { break }
         }
@@ -236,7 +263,7 @@ public final class Relay {
             ctx.pipes.give(p)
             d.pipe = nil
         }
-        if d.eof && d.fill == 0 && !d.shut && canWrite {
+        if d.eof && d.drained && !d.shut && canWrite {
             // The last FIN to pass on ends the relay: close() sends it, no shutdown() needed.
             let otherDone = (d === toUpstream ? toClient : toUpstream).shut
             if !otherDone { Socket.shutdownWrite(to.fd) }
@@ -247,12 +274,12 @@ public final class Relay {
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
         if c.state == .connecting { return Events.write }
         var m: UInt32 = 0
-        if !reading.eof && !reading.blocked && reading.fill < ctx.pipes.capacity { m |= Events.read }
-        if writing.fill > 0 && writing.blocked { m |= Events.write }
+        if !reading.eof && !reading.blocked && reading.injected.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
+        if !writing.drained && writing.blocked { m |= Events.write }
         return m
     }
 
-    private func updateInterest() {
+    func updateInterest() {
         setInterest(client, interest(client, reading: toUpstream, writing: toClient))
         setInterest(upstream, interest(upstream, reading: toClient, writing: toUpstream))
     }

@@ -16,6 +16,8 @@ public final class RelayContext {
     public var accepted: UInt64 = 0
     public var rejected: UInt64 = 0
     public var relayedBytes: UInt64 = 0
+    /// Names of the listeners now configured (for `list --listener`).
+    public var listenerNames: Set<String> = []
     /// Called when the last relay has ended (used to finish a drain).
     public var onIdle: (() -> Void)?
 

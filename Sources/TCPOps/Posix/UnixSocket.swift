@@ -1,0 +1,111 @@
+// The control socket's Unix-domain calls: listen on a path (refusing to take over a live one),
+// peer credentials, group membership, plain reads.
+import CShims
+import Glibc
+
+public enum UnixSocket {
+    public struct Credentials: Sendable {
+        public let pid: Int32
+        public let uid: UInt32
+        public let gid: UInt32
+    }
+
+    static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var sa = sockaddr_un()
+        sa.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8.prefix(107))
+        withUnsafeMutableBytes(of: &sa.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
+    /// Listens on `path` with `mode` and group `gid`. A stale socket file is replaced; one that a
+    /// live process still answers on is not (EADDRINUSE).
+    public static func listen(path: String, mode: UInt32, gid: UInt32?) throws(SystemError) -> Int32 {
+        let dir = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        if !dir.isEmpty && access(dir, F_OK) != 0 {
+            try sys("mkdir(\(dir))") { mkdir(dir, 0o755) }
+        }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw SystemError("bind(\(path)): exists and is not a socket", EEXIST) }
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            let live = withAddress(path) { Glibc.connect(probe, $0, $1) } == 0
+            closeFD(probe)
+            if live { throw SystemError("bind(\(path)): another process is serving it", EADDRINUSE) }
+            unlink(path)
+        }
+        let fd = try sys("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            try sys("bind(\(path))") { withAddress(path) { Glibc.bind(fd, $0, $1) } }
+            try sys("chmod(\(path))") { chmod(path, mode_t(mode)) }
+            if let gid { try sys("chown(\(path))") { chown(path, uid_t.max, gid) } }
+            try sys("listen(\(path))") { Glibc.listen(fd, 128) }
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Connects (blocking) to a control socket.
+    public static func connect(path: String) throws(SystemError) -> Int32 {
+        let fd = try sys("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            try sys("connect(\(path))") { withAddress(path) { Glibc.connect(fd, $0, $1) } }
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+        return fd
+    }
+
+    public static func credentials(_ fd: Int32) -> Credentials? {
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        guard tcpops_peercred(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return Credentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    /// The gid of a group name.
+    public static func groupID(_ name: String) -> UInt32? {
+        guard let g = getgrnam(name) else { return nil }
+        return g.pointee.gr_gid
+    }
+
+    /// Whether `uid` (with primary `gid`) belongs to group `group`, by the user database.
+    public static func isMember(uid: UInt32, gid: UInt32, of group: UInt32) -> Bool {
+        if gid == group { return true }
+        guard let pw = getpwuid(uid) else { return false }
+        if pw.pointee.pw_gid == group { return true }
+        var count: Int32 = 64
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        if getgrouplist(pw.pointee.pw_name, pw.pointee.pw_gid, &groups, &count) < 0 {
+            groups = [gid_t](repeating: 0, count: Int(count))
+            _ = getgrouplist(pw.pointee.pw_name, pw.pointee.pw_gid, &groups, &count)
+        }
+        return groups.prefix(Int(max(count, 0))).contains(group)
+    }
+
+    /// One non-blocking read into `buffer`'s end.
+    static func read(_ fd: Int32, appendingTo buffer: inout [UInt8], max: Int) -> IOResult {
+        var chunk = [UInt8](repeating: 0, count: max)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                buffer.append(contentsOf: chunk[0..<n])
+                return .moved(n)
+            }
+            if n == 0 { return .endOfFile }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN { return .wouldBlock }
+            return .failed(e)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+// What tcpopsctl can do to one live connection, run on the relay's loop: the tcpops functions
+// (keepalive, lifetime, closed event, send, close).
+import Glibc
+
+extension Connection {
+    /// The relay this connection belongs to, while it is live.
+    var liveRelay: Relay? {
+        guard let r = relay, !r.ended else { return nil }
+        return r
+    }
+
+    /// tcp_keepalive_enable / tcp_keepalive_disable (nil).
+    public func setKeepalive(_ k: KeepaliveSettings?) -> Bool {
+        guard liveRelay != nil, fd >= 0 else { return false }
+        do {
+            try Socket.setKeepalive(fd, k)
+            keepalive = k
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// tcp_set_connection_lifetime: idle lifetime in seconds from now on; 0 removes it.
+    public func setLifetime(seconds: Double) -> Bool {
+        guard let r = liveRelay, seconds >= 0, seconds.isFinite else { return false }
+        lifetime = seconds.nanoseconds
+        r.armLifetime(self)
+        return true
+    }
+
+    /// tcp_enable_closed_event: this connection raises events under closed_event = 2.
+    public func enableEvents() -> Bool {
+        guard liveRelay != nil else { return false }
+        eventsEnabled = true
+        return true
+    }
+
+    /// Queues `bytes` for this connection's peer, after the relayed bytes already queued for it.
+    public func send(_ bytes: [UInt8]) -> Bool {
+        guard let r = liveRelay, !bytes.isEmpty else { return false }
+        let d = side == .client ? r.toClient : r.toUpstream
+        guard !d.shut, state != .error, d.injected.count - d.injectedSent + bytes.count <= Relay.injectLimit else { return false }
+        d.injected.append(contentsOf: bytes)
+        let from = side == .client ? r.upstream! : r.client
+        r.shovel(d, from: from, to: self)
+        if !r.ended { r.updateInterest() }
+        return true
+    }
+
+    /// tcp_close_connection: ends the relay; this side with FIN, or RST when `reset`. The other
+    /// side is closed with FIN. Neither raises an event (tcpopsd started the close).
+    public func close(reset: Bool) -> Bool {
+        guard let r = liveRelay else { return false }
+        if reset {
+            var l = linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        }
+        r.end(failed: nil, reason: .local, why: reset ? "reset by tcpopsctl (conid \(conid))" : "closed by tcpopsctl (conid \(conid))")
+        return true
+    }
+
+    /// Milliseconds since data last moved on this connection.
+    public func idleMilliseconds(now: UInt64) -> UInt64 { (now &- lastActivity) / 1_000_000 }
+    public var lifetimeSeconds: Double { Double(lifetime) / 1e9 }
+    public var listenerName: String { relay?.listener.name ?? "" }
+    public var peerConid: UInt64? { relay.map { side == .client ? $0.upstream.conid : $0.client.conid } }
+}
+
+extension Relay {
+    /// The most `tcpopsctl send` bytes that may wait for one peer.
+    static let injectLimit = 1 << 20
+}

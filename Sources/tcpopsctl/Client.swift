@@ -1,0 +1,55 @@
+// One connection to the control socket: send a request line, read answer lines.
+import Glibc
+import TCPOps
+
+enum CtlExit {
+    static let ok: Int32 = 0
+    static let negative: Int32 = 1  // the tcpops function answered -1, or the state is not positive
+    static let daemonError: Int32 = 2  // the daemon answered with an error
+    static let usage: Int32 = 64
+    static let unavailable: Int32 = 69  // no daemon on the socket
+}
+
+struct ControlClient {
+    let fd: Int32
+    var buffer: [UInt8] = []
+
+    init(socket: String) throws(SystemError) {
+        fd = try UnixSocket.connect(path: socket)
+    }
+
+    func send(_ r: ControlRequest) -> Bool {
+        let line = r.line()
+        var off = 0
+        while off < line.count {
+            let n = line[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            off += n
+        }
+        return true
+    }
+
+    /// The next line, without its newline; nil at end of stream.
+    mutating func readLine() -> String? {
+        while true {
+            if let nl = buffer.firstIndex(of: 10) {
+                let line = String(decoding: buffer[..<nl], as: UTF8.self)
+                buffer.removeFirst(nl + 1)
+                return line
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 {
+                if buffer.isEmpty { return nil }
+                let line = String(decoding: buffer, as: UTF8.self)
+                buffer = []
+                return line
+            }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+}
