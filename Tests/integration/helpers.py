@@ -11,6 +11,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("TCPOPSD", os.path.join(ROOT, ".build", "debug", "tcpopsd"))
+CTL = os.environ.get("TCPOPSCTL", os.path.join(ROOT, ".build", "debug", "tcpopsctl"))
 
 
 def free_port(host="127.0.0.1"):
@@ -157,6 +158,7 @@ class Daemon:
         os.makedirs(self.records, exist_ok=True)
         d = {"control_socket": os.path.join(self.tmp, "control.sock"), "shutdown_timeout": 5}
         d.update(daemon or {})
+        self.control = d["control_socket"]
         self.config_path = os.path.join(self.tmp, "tcpopsd.toml")
         with open(self.config_path, "w") as f:
             f.write(config_text if config_text is not None else render_config(d, events, routes, listeners))
@@ -213,10 +215,37 @@ class Daemon:
     def events(self):
         return read_records(self.records)
 
+    def ctl(self, *args, env=None, **kw):
+        """Runs tcpopsctl against this daemon."""
+        e = dict(os.environ)
+        e.pop("TCPOPS_CONID", None)
+        e.update(env or {})
+        return subprocess.run([CTL, *args[:1], "--socket", self.control, *args[1:]], capture_output=True, text=True,
+                              env=e, timeout=30, **kw)
+
+    def request(self, obj_or_line):
+        """One raw request on the control socket; returns the answer line."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(self.control)
+        line = obj_or_line if isinstance(obj_or_line, (bytes, str)) else json.dumps(obj_or_line)
+        if isinstance(line, str):
+            line = line.encode()
+        s.sendall(line + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+        s.close()
+        return buf.split(b"\n")[0].decode()
+
 
 class EchoServer:
     """A threaded upstream. mode 'echo' echoes and passes half-close on; 'sink' reads and discards;
-    'after_fin' answers a FIN with a trailer then closes; 'hold' accepts and keeps quiet."""
+    'after_fin' answers a FIN with a trailer then closes; 'hold' reads, never answers, and keeps
+    its side open even after the client's FIN."""
 
     def __init__(self, host="127.0.0.1", port=0, mode="echo", trailer=b""):
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -230,6 +259,7 @@ class EchoServer:
         self.conns = []
         self.lock = threading.Lock()
         self.closed = False
+        self.done = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -251,6 +281,7 @@ class EchoServer:
             if self.mode == "hold":
                 while c.recv(65536):
                     pass
+                self.done.wait()  # a FIN from the client does not end it: it stays open
                 return
             while True:
                 data = c.recv(262144)
@@ -271,6 +302,7 @@ class EchoServer:
 
     def close(self):
         self.closed = True
+        self.done.set()
         self.sock.close()
         with self.lock:
             for c in self.conns:

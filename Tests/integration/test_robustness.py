@@ -13,10 +13,10 @@ import pytest
 from helpers import BIN, Daemon, connect, free_port, listener, recv_all, render_config, reset_close, wait_for, write_hook
 
 
-def echo_roundtrip(s, payload=b"ping"):
+def echo_roundtrip(s, payload=b"ping", timeout=10):
     s.sendall(payload)
     got = b""
-    s.settimeout(10)
+    s.settimeout(timeout)
     while len(got) < len(payload):
         d = s.recv(65536)
         assert d, "connection closed"
@@ -39,8 +39,7 @@ def test_out_of_fds_pauses_accept_and_recovers(tmp_path, echo):
     working = 0
     for c in clients:
         try:
-            c.settimeout(0.5)
-            if echo_roundtrip(c):
+            if echo_roundtrip(c, timeout=0.5):
                 working += 1
         except (OSError, AssertionError):
             pass  # closed by tcpopsd for want of an fd, or still waiting in the backlog

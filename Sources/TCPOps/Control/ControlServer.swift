@@ -70,7 +70,7 @@ public final class ControlServer: Sendable {
 private final class ControlWorker {
     static let maxClients = 256
     static let idleTimeout: UInt64 = 10_000_000_000
-    static let subscriberBacklog = 4 << 20
+    static let subscriberBacklog = 1 << 20
     static let recentEvents = 1000
 
     let loop: EventLoop
