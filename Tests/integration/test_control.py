@@ -327,3 +327,49 @@ def test_missing_conid_and_bad_usage(daemon, echo):
     p = subprocess.run([CTL, "stats"], capture_output=True, text=True, env={**os.environ, "TCPOPS_CONTROL_SOCKET": d.control})
     assert p.returncode == 0 and "connections_open" in p.stdout
     assert d.stop() == 0
+
+
+def test_bytes_held_when_upstream_resets_still_reach_the_client(daemon, tmp_path):
+    """The upstream sends, then resets. What tcpopsd had read from it is still delivered to the
+    client (which reads late); meanwhile the upstream conid is in the table as -3 error."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    payload = os.urandom(32 * 1024 * 1024)
+
+    def serve():
+        c, _ = srv.accept()
+        c.recv(10)
+        c.setblocking(False)
+        sent, t_end = 0, time.monotonic() + 1.0
+        while time.monotonic() < t_end and sent < len(payload):  # as much as the path takes in 1 s
+            try:
+                sent += c.send(payload[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # RST: what it sent but tcpopsd has not read yet is lost; what tcpopsd read is not
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port()
+    d = daemon(listeners=[listener("rst", port, f"127.0.0.1:{srv.getsockname()[1]}")], events=hooked(tmp_path))
+    s = connect(port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c = conid_of(d, s)
+    upstream = json.loads(d.ctl("list", "--json").stdout)["result"]
+    up_conid = [r["conid"] for r in upstream if r["peer_conid"] == c][0]
+    s.sendall(b"go")
+    wait_for(lambda: events_for(d.events(), up_conid), timeout=15, what="the upstream's reset")
+    ev = events_for(d.events(), up_conid)[0]
+    assert ev["TCPOPS_EVENT"] == "tcp:reset" and ev["TCPOPS_REASON"] == "rst"
+    held = int(ev["TCPOPS_BYTES_IN"])
+    assert held > 0
+    p = d.ctl("state", str(up_conid))
+    assert p.stdout.strip() == "-3 error" and p.returncode == 1
+    got = recv_all(s, timeout=10)
+    assert got == payload[:held], (len(got), held)
+    wait_for(lambda: d.ctl("state", str(up_conid)).stdout.strip() == "-1 gone", what="relay ended")
+    assert not find_client_event(d.events(), s.getsockname()[1])  # the client side was closed by tcpopsd
+    s.close()
+    srv.close()
+    assert d.stop() == 0

@@ -30,6 +30,8 @@ public final class Connection: EventHandler {
     public var eventsEnabled: Bool
     /// Set once an event was raised or the close was classified: at most one event a connection.
     var closeReason: CloseReason?
+    /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
+    var fdOpen: Bool
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
     var hungUp = false
     /// Keepalive as set now (listener option or tcpopsctl); nil = off.
@@ -44,6 +46,7 @@ public final class Connection: EventHandler {
         self.conid = conid
         self.side = side
         self.fd = fd
+        self.fdOpen = fd >= 0
         self.state = state
         self.openedAt = now
         self.lastActivity = now

@@ -11,7 +11,7 @@ extension Connection {
 
     /// tcp_keepalive_enable / tcp_keepalive_disable (nil).
     public func setKeepalive(_ k: KeepaliveSettings?) -> Bool {
-        guard liveRelay != nil, fd >= 0 else { return false }
+        guard liveRelay != nil, fdOpen else { return false }
         do {
             try Socket.setKeepalive(fd, k)
             keepalive = k
@@ -52,7 +52,7 @@ extension Connection {
     /// side is closed with FIN. Neither raises an event (tcpopsd started the close).
     public func close(reset: Bool) -> Bool {
         guard let r = liveRelay else { return false }
-        if reset {
+        if reset && fdOpen {
             var l = linger(l_onoff: 1, l_linger: 0)
             _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
         }

@@ -33,6 +33,12 @@ public final class Relay {
     let toClient = Direction()
     var connectTimer: TimerQueue.ID?
     private(set) var ended = false
+    /// One side broke while bytes it had sent still wait for the other: the relay lives on only
+    /// to deliver them (for at most `drainLimit`), then ends.
+    private(set) var draining = false
+    private var drainTimer: TimerQueue.ID?
+    private var drainWhy = ""
+    static let drainLimit: UInt64 = 5_000_000_000
 
     private init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
         self.ctx = ctx
@@ -165,7 +171,7 @@ public final class Relay {
             // so it is read only here, never after a read).
             let err = Socket.pendingError(conn.fd)
             if err != 0 {
-                end(failed: conn, reason: CloseReason.classify(errno: err), why: errnoName(err))
+                fail(conn, CloseReason.classify(errno: err), why: errnoName(err))
                 return
             }
         }
@@ -173,6 +179,10 @@ public final class Relay {
             writeDir.blocked = false
             shovel(writeDir, from: other, to: conn)
             if ended { return }
+        }
+        if draining {
+            finishDrainIfDone()
+            return
         }
         if events & (Events.read | Events.hangup | Events.error) != 0 {
             shovel(readDir, from: conn, to: other)
@@ -217,7 +227,7 @@ public final class Relay {
                 case .wouldBlock:
                     readDrained = true
                 case .failed(let e):
-                    end(failed: from, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    fail(from, CloseReason.classify(errno: e), why: errnoName(e))
                     return
                 }
             }
@@ -234,7 +244,7 @@ public final class Relay {
                 case .endOfFile:
                     break
                 case .failed(let e):
-                    end(failed: to, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    fail(to, CloseReason.classify(errno: e), why: errnoName(e))
                     return
                 }
             } else if d.fill == 0 && !d.injected.isEmpty && canWrite && !d.blocked {
@@ -253,7 +263,7 @@ public final class Relay {
                 case .endOfFile:
                     break
                 case .failed(let e):
-                    end(failed: to, reason: CloseReason.classify(errno: e), why: errnoName(e))
+                    fail(to, CloseReason.classify(errno: e), why: errnoName(e))
                     return
                 }
             }
@@ -273,6 +283,7 @@ public final class Relay {
 
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
         if c.state == .connecting { return Events.write }
+        if draining { return !writing.drained && writing.blocked ? Events.write : 0 }
         var m: UInt32 = 0
         if !reading.eof && !reading.blocked && reading.injected.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
         if !writing.drained && writing.blocked { m |= Events.write }
@@ -285,6 +296,7 @@ public final class Relay {
     }
 
     private func setInterest(_ c: Connection, _ mask: UInt32) {
+        guard c.fdOpen else { return }  // its fd number may already belong to another connection
         if mask == 0 && c.hungUp {
             ctx.loop.park(c.fd)
         } else {
@@ -314,6 +326,51 @@ public final class Relay {
 
     // MARK: ending
 
+    /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that
+    /// tcpopsd already holds are still delivered to the other side, then the relay ends.
+    private func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
+        let other = conn.peer
+        let toOther = other === client ? toClient : toUpstream
+        guard !draining, !toOther.drained, other.fdOpen, other.state == .ok || other.state == .eof else {
+            end(failed: conn, reason: reason, why: why)
+            return
+        }
+        raise(conn, reason)
+        conn.state = .error
+        closeSocket(conn)
+        draining = true
+        toOther.eof = true  // nothing more will come from the broken side
+        let held = toOther.fill + toOther.injected.count - toOther.injectedSent
+        drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [weak self] in
+            guard let self, !self.ended else { return }
+            self.drainTimer = nil
+            self.end(failed: nil, reason: reason, why: "\(why); bytes for conid \(other.conid) still undelivered after 5 s")
+        }
+        ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
+        drainWhy = why
+        shovel(toOther, from: conn, to: other)
+        if ended { return }
+        finishDrainIfDone()
+        if !ended { updateInterest() }
+    }
+
+    /// Ends a draining relay once the surviving side has everything.
+    private func finishDrainIfDone() {
+        let toSurvivor = client.fdOpen ? toClient : toUpstream
+        if toSurvivor.drained { end(failed: nil, reason: .local, why: drainWhy) }
+    }
+
+    private func closeSocket(_ c: Connection) {
+        guard c.fdOpen else { return }
+        c.fdOpen = false
+        if let t = c.lifetimeTimer {
+            ctx.loop.timers.cancel(t)
+            c.lifetimeTimer = nil
+        }
+        ctx.loop.forget(c.fd)
+        closeFD(c.fd)
+    }
+
     /// Classifies `conn`'s close once and raises its event if the policy says so.
     private func raise(_ conn: Connection, _ reason: CloseReason) {
         guard conn.closeReason == nil else { return }
@@ -341,13 +398,10 @@ public final class Relay {
         }
         for c in [client, upstream!] {
             if c.closeReason == nil { c.closeReason = .local }
-            if let t = c.lifetimeTimer { ctx.loop.timers.cancel(t) }
-            if c.fd >= 0 {
-                ctx.loop.forget(c.fd)
-                closeFD(c.fd)
-            }
+            closeSocket(c)
         }
         if let t = connectTimer { ctx.loop.timers.cancel(t) }
+        if let t = drainTimer { ctx.loop.timers.cancel(t) }
         for d in [toUpstream, toClient] {
             if let p = d.pipe {
                 if d.fill == 0 { ctx.pipes.give(p) } else { ctx.pipes.close(p) }
