@@ -92,10 +92,14 @@ def test_sighup_reload_adds_removes_and_survives_a_broken_file(daemon, echo, tmp
         f.write(good)
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in d.logtext(), what="reload")
-    msgs = [m for _, m in d.notify.all()]
-    reloading = [i for i, m in enumerate(msgs) if "RELOADING=1" in m.split("\n")]
-    assert reloading and any(l.startswith("MONOTONIC_USEC=") for l in msgs[reloading[0]].split("\n"))
-    assert any("READY=1" in m.split("\n") for m in msgs[reloading[0] + 1:])
+
+    def reload_notified():
+        msgs = [m for _, m in d.notify.all()]
+        reloading = [i for i, m in enumerate(msgs) if "RELOADING=1" in m.split("\n")]
+        return reloading and any("READY=1" in m.split("\n") for m in msgs[reloading[0] + 1:]) and msgs[reloading[0]]
+
+    first = wait_for(reload_notified, timeout=5, what="RELOADING=1 then READY=1 on the notify socket")
+    assert any(l.startswith("MONOTONIC_USEC=") for l in first.split("\n"))
     assert echo_roundtrip(held, b"existing relay untouched")
     s = connect(c)
     assert echo_roundtrip(s)
