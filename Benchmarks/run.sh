@@ -51,7 +51,7 @@ listen echo
   server s 127.0.0.1:5300
 CFG
   haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
-  haproxy=1
+  haproxy=$!
 fi
 sleep 0.5
 
@@ -60,8 +60,17 @@ echo "one stream, iperf3 -t ${SECONDS_PER_RUN:-5}:"
 echo "  direct          $(gbps 5201)"
 echo "  through tcpopsd $(gbps 15201)"
 [ -n "$haproxy" ] && echo "  through haproxy $(gbps 16201)"
+# connections/s, and the proxy's CPU time (user + system, from /proc/PID/stat) per connection.
+cps() {
+  local port=$1 pid=$2 t0 t1 out n
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  out=$("$work/connrate" client "$port" "${SECONDS_PER_RUN:-5}" 8)
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  n=$(echo "$out" | sed -E 's/.*\(([0-9]+) in.*/\1/')
+  echo "$out, $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / (n > 0 ? n : 1) )) us proxy CPU per connection"
+}
 echo "connections/s, connect + 32-byte echo + close, 8 client threads, ${SECONDS_PER_RUN:-5} s:"
 echo "  direct          $("$work/connrate" client 5300 "${SECONDS_PER_RUN:-5}" 8)"
-echo "  through tcpopsd $("$work/connrate" client 15300 "${SECONDS_PER_RUN:-5}" 8)"
-[ -n "$haproxy" ] && echo "  through haproxy $("$work/connrate" client 16300 "${SECONDS_PER_RUN:-5}" 8)"
+echo "  through tcpopsd $(cps 15300 "$daemon")"
+[ -n "$haproxy" ] && echo "  through haproxy $(cps 16300 "$haproxy")"
 echo "tcpopsd RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$daemon/status)"

@@ -40,6 +40,22 @@ final class PipePool {
         closeFD(p.write)
     }
 
+    /// Copies bytes into an empty pipe (they always fit: the pipe holds more than one read).
+    func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let n = write(p.write, bytes.baseAddress! + off, bytes.count - off)
+            if n > 0 {
+                off += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
     func drain() {
         for p in idle { close(p) }
         idle.removeAll()

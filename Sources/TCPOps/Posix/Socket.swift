@@ -109,9 +109,26 @@ enum Socket {
 
     /// One non-blocking send() of `bytes` (never SIGPIPE).
     static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> IOResult {
+        bytes.withUnsafeBytes { send(fd, $0) }
+    }
+
+    static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> IOResult {
         while true {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
             if n >= 0 { return .moved(n) }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN { return .wouldBlock }
+            return .failed(e)
+        }
+    }
+
+    /// One non-blocking recv() into `buffer`.
+    static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+            if n > 0 { return .moved(n) }
+            if n == 0 { return .endOfFile }
             let e = Glibc.errno
             if e == EINTR { continue }
             if e == EAGAIN { return .wouldBlock }

@@ -20,6 +20,10 @@ final class Direction {
     var injected: [UInt8] = []
     var injectedSent = 0
 
+    /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
+    /// empty direction copies through a small buffer (cheaper than splice for small messages).
+    var bulk = false
+
     /// Nothing waits to be written to the destination.
     var drained: Bool { fill == 0 && injected.isEmpty }
 }
@@ -204,22 +208,27 @@ public final class Relay {
         while true {
             var progress = false
             if !d.eof && !readDrained && !d.blocked && d.injected.isEmpty && d.fill < capacity {
-                if d.pipe == nil {
-                    do {
-                        d.pipe = try ctx.pipes.take()
-                    } catch {
-                        end(failed: nil, reason: .local, why: "no pipe for splice: \(error)")
-                        return
-                    }
+                let copying = d.fill == 0 && !d.bulk && canWrite
+                let want = copying ? ctx.scratch.count : capacity - d.fill
+                let result: IOResult
+                if copying {
+                    result = Socket.receive(from.fd, into: ctx.scratch)
+                } else {
+                    guard takePipe(d) else { return }
+                    result = Splice.move(from: from.fd, to: d.pipe!.write, length: want)
                 }
-                let want = capacity - d.fill
-                switch Splice.move(from: from.fd, to: d.pipe!.write, length: want) {
+                switch result {
                 case .moved(let n):
-                    d.fill += n
                     from.bytesIn &+= UInt64(n)
                     from.lastActivity = now
                     progress = true
                     if n < want { readDrained = true }
+                    d.bulk = n >= Relay.copyLimit
+                    if copying {
+                        guard forward(d, n, to: to, now: now) else { return }
+                    } else {
+                        d.fill += n
+                    }
                 case .endOfFile:
                     d.eof = true
                     from.state = .eof
@@ -279,6 +288,52 @@ public final class Relay {
             if !otherDone { Socket.shutdownWrite(to.fd) }
             d.shut = true
         }
+    }
+
+    /// Reads of at most this many bytes into an empty direction are copied, not spliced.
+    static let copyLimit = 16384
+
+    private func takePipe(_ d: Direction) -> Bool {
+        guard d.pipe == nil else { return true }
+        do {
+            d.pipe = try ctx.pipes.take()
+            return true
+        } catch {
+            end(failed: nil, reason: .local, why: "no pipe for splice: \(error)")
+            return false
+        }
+    }
+
+    /// Sends `n` bytes just read into the scratch buffer; what the destination cannot take now
+    /// goes into the direction's pipe, ahead of anything read later.
+    private func forward(_ d: Direction, _ n: Int, to: Connection, now: UInt64) -> Bool {
+        var sent = 0
+        switch Socket.send(to.fd, UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n])) {
+        case .moved(let m):
+            sent = m
+            if m < n { d.blocked = true }
+        case .wouldBlock:
+            d.blocked = true
+        case .endOfFile:
+            break
+        case .failed(let e):
+            fail(to, CloseReason.classify(errno: e), why: errnoName(e))
+            return false
+        }
+        if sent > 0 {
+            to.bytesOut &+= UInt64(sent)
+            to.lastActivity = now
+            ctx.relayedBytes &+= UInt64(sent)
+        }
+        if sent < n {
+            guard takePipe(d) else { return false }
+            guard ctx.pipes.load(d.pipe!, UnsafeRawBufferPointer(rebasing: ctx.scratch[sent..<n])) else {
+                end(failed: nil, reason: .local, why: "cannot buffer \(n - sent) bytes in a pipe")
+                return false
+            }
+            d.fill += n - sent
+        }
+        return true
     }
 
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {

@@ -21,6 +21,9 @@ public final class RelayContext {
     /// Called when the last relay has ended (used to finish a drain).
     public var onIdle: (() -> Void)?
 
+    /// One buffer for the copy path of small reads (the loop is single-threaded).
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Relay.copyLimit, alignment: 16)
+
     public init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int) {
         self.loop = loop
         self.logger = logger
