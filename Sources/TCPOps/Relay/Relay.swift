@@ -1,5 +1,6 @@
-// A relay: an accepted client, its upstream, and the bytes between them. Bytes move with splice()
-// through one pipe per direction, taken from the pool only while bytes are in flight. Epoll
+// A relay: an accepted client, its upstream, and the bytes between them. Bulk bytes move with
+// splice() through one pipe per direction, taken from the pool only while bytes are in flight;
+// a small read into an empty direction is copied through one shared buffer instead. Epoll
 // interest is recomputed from each direction's state after every pass, so backpressure falls out
 // of state: a side is read only while its direction's pipe has room and its destination is not
 // blocked. A FIN is passed on with shutdown(SHUT_WR); the relay ends when both directions are
