@@ -1,0 +1,112 @@
+// How a relay ends: a side that breaks raises its event and leaves what it sent to be delivered;
+// the end closes both sockets, gives the pipes back and logs the relay's totals.
+import Glibc
+
+extension Relay {
+    /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that
+    /// tcpopsd already holds are still delivered to the other side, then the relay ends.
+    func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
+        let other = conn.peer
+        let toOther = other === client ? toClient : toUpstream
+        guard !draining, !toOther.drained, other.fdOpen, other.state == .ok || other.state == .eof else {
+            end(failed: conn, reason: reason, why: why)
+            return
+        }
+        raise(conn, reason)
+        conn.state = .error
+        closeSocket(conn)
+        draining = true
+        toOther.eof = true  // nothing more will come from the broken side
+        let held = toOther.fill + toOther.injected.count - toOther.injectedSent
+        drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [weak self] in
+            guard let self, !self.ended else { return }
+            self.drainTimer = nil
+            self.end(failed: nil, reason: reason, why: "\(why); bytes for conid \(other.conid) still undelivered after 5 s")
+        }
+        ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
+        drainWhy = why
+        shovel(toOther, from: conn, to: other)
+        if ended { return }
+        finishDrainIfDone()
+        if !ended { updateInterest() }
+    }
+
+    /// Ends a draining relay once the surviving side has everything.
+    func finishDrainIfDone() {
+        let toSurvivor = client.fdOpen ? toClient : toUpstream
+        if toSurvivor.drained { end(failed: nil, reason: .local, why: drainWhy) }
+    }
+
+    func closeSocket(_ c: Connection) {
+        guard c.fdOpen else { return }
+        c.fdOpen = false
+        if let t = c.lifetimeTimer {
+            ctx.loop.timers.cancel(t)
+            c.lifetimeTimer = nil
+        }
+        ctx.loop.forget(c.fd)
+        closeFD(c.fd)
+    }
+
+    /// Classifies `conn`'s close once and raises its event if the policy says so.
+    func raise(_ conn: Connection, _ reason: CloseReason) {
+        guard conn.closeReason == nil else { return }
+        conn.closeReason = reason
+        guard let kind = reason.event,
+              EventPolicy.raises(mode: ctx.closedEventMode, enabled: conn.eventsEnabled, side: conn.side, sides: listener.eventSides)
+        else { return }
+        ctx.events.emit(event(conn, kind, reason))
+    }
+
+    func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
+        TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peer.conid, side: c.side, listener: listener.name,
+                 local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
+                 bytesIn: c.bytesIn, bytesOut: c.bytesOut)
+    }
+
+    /// Ends the relay. `failed` is the side whose peer closed, reset or timed out (it raises the
+    /// event); the other side is closed by us (reason local, no event). nil: we end it ourselves.
+    func end(failed: Connection?, reason: CloseReason, why: String) {
+        guard !ended else { return }
+        ended = true
+        if let failed {
+            raise(failed, reason)
+            if reason != .fin && reason != .lifetime { failed.state = .error }
+        }
+        for c in [client, upstream!] {
+            if c.closeReason == nil { c.closeReason = .local }
+            closeSocket(c)
+        }
+        if let t = connectTimer { ctx.loop.timers.cancel(t) }
+        if let t = drainTimer { ctx.loop.timers.cancel(t) }
+        for d in [toUpstream, toClient] {
+            if let p = d.pipe {
+                if d.fill == 0 { ctx.pipes.give(p) } else { ctx.pipes.close(p) }
+                d.pipe = nil
+            }
+        }
+        var f = fields(client)
+        f.append(("TCPOPS_PEER_CONID", String(upstream.conid)))
+        f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
+        f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
+        f.append(("TCPOPS_UPSTREAM_REASON", upstream.closeReason?.rawValue ?? "local"))
+        f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream.bytesOut)))
+        f.append(("TCPOPS_BYTES_TO_CLIENT", String(client.bytesOut)))
+        ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.conid) (\(why))", id: .connectionClosed, f)
+        client.state = .gone
+        upstream.state = .gone
+        ctx.removed(self)
+        client.relay = nil
+        upstream.relay = nil
+    }
+
+    func fields(_ c: Connection) -> [Logger.Field] {
+        var f: [Logger.Field] = [("TCPOPS_CONID", String(c.conid)), ("TCPOPS_SIDE", c.side.rawValue), ("TCPOPS_LISTENER", listener.name)]
+        if let l = c.local { f.append(("TCPOPS_LOCAL", l.description)) }
+        if let r = c.remote { f.append(("TCPOPS_REMOTE", r.description)) }
+        f.append(("TCPOPS_DURATION_MS", String((ctx.loop.now &- c.openedAt) / 1_000_000)))
+        f.append(("TCPOPS_BYTES_IN", String(c.bytesIn)))
+        f.append(("TCPOPS_BYTES_OUT", String(c.bytesOut)))
+        return f
+    }
+}
