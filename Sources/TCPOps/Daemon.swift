@@ -64,14 +64,28 @@ public final class Daemon {
             throw .control(path: config.daemon.controlSocket, error)
         }
         self.control = control
+        // Socket activation: a passed socket serves the [[listener]] named by its
+        // FileDescriptorName, else the one with its address; listeners left over bind as usual.
+        var (passed, rejected) = ListenFDs.take()
+        for r in rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
         for l in config.listeners {
+            let match = passed.firstIndex { $0.name == l.name } ?? passed.firstIndex { $0.address == l.listen }
+            let inherited = match.map { passed.remove(at: $0) }
             do {
-                listeners[l.name] = try Listener(settings: l, ctx: ctx)
+                listeners[l.name] = try Listener(settings: l, ctx: ctx, passed: inherited?.fd)
+                if let inherited {
+                    logger.log(.info, "listener \"\(l.name)\" uses the socket systemd passed as \"\(inherited.name)\" (\(inherited.address?.description ?? "?"))",
+                               id: .listener, [("TCPOPS_LISTENER", l.name)])
+                }
             } catch {
                 for l in listeners.values { l.close() }
                 control.shutdown()
                 throw .bind(listener: l.name, address: l.listen, error)
             }
+        }
+        for p in passed {
+            logger.log(.warning, "socket passed by systemd as \"\(p.name)\" (\(p.address?.description ?? "?")) matches no [[listener]]: closed", id: .listener)
+            closeFD(p.fd)
         }
         ctx.listenerNames = Set(listeners.keys)
         ctx.events.observers.append { control.publish($0) }
@@ -88,6 +102,11 @@ public final class Daemon {
         logger.log(.notice, "tcpopsd started with \(config.path): \(listeners.count) listener(s)", id: .started)
         Notify.send("READY=1\nSTATUS=\(statusLine())")
         scheduleStatus()
+        if let usec = Notify.watchdogInterval() {
+            // From the relay's own loop: if the loop stops turning, systemd stops hearing it.
+            scheduleWatchdog(every: usec * 1000 / 2)
+            logger.log(.info, "watchdog: WATCHDOG=1 every \(usec / 2000) ms")
+        }
         do {
             try loop.run()
         } catch {
@@ -132,6 +151,11 @@ public final class Daemon {
             }
             self.scheduleStatus()
         }
+    }
+
+    private func scheduleWatchdog(every ns: UInt64) {
+        Notify.send("WATCHDOG=1")
+        loop.timers.schedule(at: loop.now + ns) { [weak self] in self?.scheduleWatchdog(every: ns) }
     }
 
     // MARK: stop

@@ -11,11 +11,15 @@ public final class Listener: EventHandler {
     private var lastPauseLog: UInt64 = 0
     private var pausesSinceLog = 0
 
-    /// Binds and listens; the error names the address.
-    public init(settings: ListenerSettings, ctx: RelayContext) throws(SystemError) {
+    /// Binds and listens, or takes `passed`, a listening socket systemd handed over.
+    public init(settings: ListenerSettings, ctx: RelayContext, passed: Int32? = nil) throws(SystemError) {
         self.settings = settings
         self.ctx = ctx
-        fd = try Socket.listen(settings.listen)
+        if let passed {
+            fd = passed
+        } else {
+            fd = try Socket.listen(settings.listen)
+        }
         do {
             try ctx.loop.register(fd, mask: Events.read, handler: self)
         } catch {

@@ -5,4 +5,11 @@ public enum Notify {
     public static func send(_ state: String) {
         _ = sd_notify(0, state)
     }
+
+    /// WATCHDOG_USEC for this process, if systemd's watchdog is on (nil otherwise).
+    public static func watchdogInterval() -> UInt64? {
+        var usec: UInt64 = 0
+        guard sd_watchdog_enabled(0, &usec) > 0, usec > 0 else { return nil }
+        return usec
+    }
 }

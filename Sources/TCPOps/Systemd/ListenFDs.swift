@@ -1,0 +1,42 @@
+// Socket activation: listening sockets passed by systemd (sd_listen_fds_with_names), with their
+// FileDescriptorName and bound address, for matching to [[listener]] entries.
+import CSystemd
+import Glibc
+
+public struct PassedSocket {
+    public let fd: Int32
+    public let name: String
+    public let address: SocketAddress?
+}
+
+public enum ListenFDs {
+    /// Takes the fds systemd passed (and unsets LISTEN_FDS & co. so children do not see them).
+    /// Fds that are not listening TCP sockets are closed and reported in `rejected`.
+    public static func take() -> (sockets: [PassedSocket], rejected: [String]) {
+        var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+        let n = sd_listen_fds_with_names(1, &names)
+        guard n > 0 else { return ([], []) }
+        defer {
+            if let names {
+                for i in 0..<Int(n) { free(names[i]) }
+                free(names)
+            }
+        }
+        var sockets: [PassedSocket] = []
+        var rejected: [String] = []
+        for i in 0..<Int(n) {
+            let fd = SD_LISTEN_FDS_START + Int32(i)
+            let name = names?[i].map { String(cString: $0) } ?? "fd\(fd)"
+            guard sd_is_socket_inet(fd, AF_UNSPEC, Int32(SOCK_STREAM.rawValue), 1, 0) > 0 else {
+                rejected.append("\(name) (fd \(fd)): not a listening TCP socket")
+                closeFD(fd)
+                continue
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            sockets.append(PassedSocket(fd: fd, name: name, address: Socket.localAddress(fd)))
+        }
+        return (sockets, rejected)
+    }
+}
