@@ -4,7 +4,7 @@ PYTHON ?= python3
 DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 socat iperf3 systemd
 PREFIX ?= /usr/local
 
-.PHONY: all deps build release run test unit integration bench clean
+.PHONY: all deps build release run test unit integration bench install clean
 
 all: build
 
@@ -37,6 +37,16 @@ test: unit integration
 
 bench: release
 	Benchmarks/run.sh .build/release/tcpopsd
+
+# Binaries, units and the example configuration in their usual places (DESTDIR for staging).
+install: release
+	install -D -m 0755 .build/release/tcpopsd $(DESTDIR)$(PREFIX)/bin/tcpopsd
+	install -D -m 0755 .build/release/tcpopsctl $(DESTDIR)$(PREFIX)/bin/tcpopsctl
+	install -D -m 0644 systemd/tcpopsd.service $(DESTDIR)/etc/systemd/system/tcpopsd.service
+	install -D -m 0644 systemd/tcpopsd.socket $(DESTDIR)/etc/systemd/system/tcpopsd.socket
+	[ -e $(DESTDIR)/etc/tcpopsd/tcpopsd.toml ] || install -D -m 0644 config/tcpopsd.toml $(DESTDIR)/etc/tcpopsd/tcpopsd.toml
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/README.md
+	@[ -n "$(DESTDIR)" ] || systemctl daemon-reload 2>/dev/null || true
 
 clean:
 	rm -rf .build

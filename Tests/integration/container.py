@@ -1,0 +1,78 @@
+"""A real systemd in a container (systemd-nspawn over a debootstrapped Debian 12, cached under the
+git-ignored .cache/), to run tcpopsd.service as a user would: systemctl, journalctl."""
+import os
+import shutil
+import subprocess
+import time
+
+from helpers import ROOT, wait_for
+
+CACHE = os.path.join(ROOT, ".cache", "nspawn-bookworm")
+BUILD = os.path.dirname(os.environ.get("TCPOPSD", os.path.join(ROOT, ".build", "debug", "tcpopsd")))
+
+
+def unavailable():
+    """Why a container cannot be had here, or None."""
+    if os.geteuid() != 0:
+        return "needs root for systemd-nspawn"
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (apt-get install systemd-container debootstrap)"
+    if not os.path.isdir(CACHE):
+        tmp = CACHE + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+        p = subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd,dbus,systemd-sysv", "bookworm", tmp],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return f"debootstrap failed: {p.stdout[-300:]} {p.stderr[-300:]}"
+        os.rename(tmp, CACHE)
+    return None
+
+
+class Container:
+    def __init__(self, name):
+        self.name = name
+        self.log = open(f"/tmp/{name}.nspawn.log", "wb")
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "-D", CACHE, "-b", "--keep-unit", "--register=no", "-M", name, "--volatile=overlay",
+             "--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = wait_for(self._init_pid, timeout=30, what="the container's init")
+        wait_for(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+                 timeout=60, interval=0.2, what="the container's systemd to be running")
+
+    def _init_pid(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited: {open(self.log.name).read()[-2000:]}")
+        p = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        pids = p.stdout.split()
+        return int(pids[0]) if pids else None
+
+    def run(self, *args, check=True, input=None, timeout=60):
+        p = subprocess.run(["nsenter", "-t", str(self.pid), "-a", *args], capture_output=True, text=True,
+                           input=input, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def write(self, path, text, mode="0644"):
+        self.run("sh", "-c", f"mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}", input=text)
+
+    def install(self):
+        """tcpopsd and tcpopsctl from this build, and the project's units, as `make install` lays them out."""
+        self.run("cp", "/opt/tcpopsd/tcpopsd", "/opt/tcpopsd/tcpopsctl", "/usr/local/bin/")
+        for unit in ("tcpopsd.service", "tcpopsd.socket"):
+            self.write(f"/etc/systemd/system/{unit}", open(os.path.join(ROOT, "systemd", unit)).read())
+        self.run("systemctl", "daemon-reload")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.run("systemctl", "poweroff", check=False)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
