@@ -1,5 +1,6 @@
 // Socket activation: listening sockets passed by systemd (sd_listen_fds_with_names), with their
 // FileDescriptorName and bound address, for matching to [[listener]] entries.
+import CShims
 import CSystemd
 import Glibc
 
