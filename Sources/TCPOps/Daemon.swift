@@ -66,8 +66,9 @@ public final class Daemon {
         self.control = control
         // Socket activation: a passed socket serves the [[listener]] named by its
         // FileDescriptorName, else the one with its address; listeners left over bind as usual.
-        var (passed, rejected) = ListenFDs.take()
-        for r in rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
+        let handed = ListenFDs.takeAll()
+        var passed = handed.sockets
+        for r in handed.rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
         for l in config.listeners {
             let match = passed.firstIndex { $0.name == l.name } ?? passed.firstIndex { $0.address == l.listen }
             let inherited = match.map { passed.remove(at: $0) }
@@ -88,6 +89,7 @@ public final class Daemon {
             closeFD(p.fd)
         }
         ctx.listenerNames = Set(listeners.keys)
+        adopt(handed.carried, nextConid: handed.nextConid)
         ctx.events.observers.append { control.publish($0) }
         do {
             try hooks.start()
@@ -158,6 +160,80 @@ public final class Daemon {
         loop.timers.schedule(at: loop.now + ns) { [weak self] in self?.scheduleWatchdog(every: ns) }
     }
 
+    // MARK: restart without loss
+
+    /// Set by the unit (Environment=TCPOPSD_FDSTORE=1, beside FileDescriptorStoreMax=): on stop,
+    /// hand established relays to systemd's fd store instead of draining them.
+    private var handoverEnabled: Bool {
+        guard let v = getenv("TCPOPSD_FDSTORE"), getenv("NOTIFY_SOCKET") != nil else { return false }
+        let s = String(cString: v)
+        return !s.isEmpty && s != "0"
+    }
+
+    /// Rebuilds the relays a previous tcpopsd stored, then asks systemd to drop its copies.
+    private func adopt(_ carried: [(fd: Int32, side: CarriedSide)], nextConid: UInt64?) {
+        if let next = nextConid, next > 0 { ctx.adopted(conids: [next - 1]) }
+        guard !carried.isEmpty else { return }
+        var byPair: [UInt64: [(fd: Int32, side: CarriedSide)]] = [:]
+        for c in carried { byPair[c.side.clientConid, default: []].append(c) }
+        var adopted = 0
+        for (_, pair) in byPair.sorted(by: { $0.key < $1.key }) {
+            let client = pair.first { $0.side.side == .client }
+            let upstream = pair.first { $0.side.side == .upstream }
+            if let client, let upstream, let l = listeners[client.side.listener]?.settings ?? config.listeners.first(where: { $0.name == client.side.listener }) {
+                Relay.adopt(ctx: ctx, listener: l, client: client, upstreamFD: upstream.fd)
+                adopted += 1
+            } else {
+                logger.log(.warning, "a relay stored by the previous tcpopsd cannot be adopted (\(pair.map(\.side.name).joined(separator: ", "))): closed")
+                for p in pair { closeFD(p.fd) }
+            }
+            for p in pair { Notify.send("FDSTOREREMOVE=1\nFDNAME=\(p.side.name)") }
+        }
+        Notify.send("FDSTOREREMOVE=1\nFDNAME=tn.\(nextConid ?? 0)")
+        logger.log(.notice, "adopted \(adopted) relay(s) from the previous tcpopsd", id: .started, [("TCPOPS_ADOPTED", String(adopted))])
+    }
+
+    /// Quiets every relay, waits (briefly) until what tcpopsd holds is written out, stores both
+    /// sockets of each in the fd store, and stops.
+    private func handOver() {
+        let relays = ctx.liveRelays.filter { $0.quiet() }
+        let deadline = loop.now + min(config.daemon.shutdownTimeout, 5).nanoseconds
+        logger.log(.notice, "stopping: handing \(relays.count) relay(s) to systemd's fd store", id: .stopping)
+        func attempt() {
+            let live = ctx.liveRelays
+            if loop.now < deadline && !live.allSatisfy(\.readyToCarry) {
+                loop.timers.schedule(at: loop.now + 20_000_000) { attempt() }
+                return
+            }
+            var stored = 0
+            for r in live {
+                guard r.readyToCarry else {
+                    r.end(failed: nil, reason: .local, why: "bytes still held at the handover deadline: closed")
+                    continue
+                }
+                let sides = r.carried
+                var done: [String] = []
+                for s in sides where Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(s.name)", fds: [s.fd]) { done.append(s.name) }
+                if done.count == sides.count {
+                    r.handedOver()
+                    stored += 1
+                } else {
+                    for n in done { Notify.send("FDSTOREREMOVE=1\nFDNAME=\(n)") }
+                    r.end(failed: nil, reason: .local, why: "the fd store refused it: closed")
+                }
+            }
+            // The conid counter travels too, on a placeholder fd: conids are never reused.
+            let marker = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if marker >= 0 {
+                _ = Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=tn.\(ctx.peekNextConid)", fds: [marker])
+                closeFD(marker)
+            }
+            logger.log(.notice, "handed \(stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(stored))])
+            loop.stop()
+        }
+        attempt()
+    }
+
     // MARK: stop
 
     private func beginStop(_ signo: Int32) {
@@ -171,6 +247,10 @@ public final class Daemon {
         Notify.send("STOPPING=1\nSTATUS=\(statusLine())")
         for l in listeners.values { l.close() }
         listeners.removeAll()
+        if handoverEnabled && ctx.relays > 0 {
+            handOver()
+            return
+        }
         logger.log(.notice, "stopping on signal \(signo): draining \(ctx.relays) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
         if ctx.relays == 0 {
             loop.stop()

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -154,3 +155,74 @@ def test_exposure_score_below_3(box):
     m = re.search(r"Overall exposure level for tcpopsd.service: ([0-9.]+)", out)
     assert m, out[-500:]
     assert float(m.group(1)) < 3.0
+
+
+def test_restart_keeps_100_streaming_relays(box, echo):
+    """`systemctl restart` while 100 clients stream checksummed data: afterwards every client is
+    connected under the same conid and every byte arrived once and in order."""
+    stop_all(box)
+    up = echo()
+    port = free_port()
+    configure(box, listener("keep", port, up.address))
+    box.run("systemctl", "start", "tcpopsd.service")
+    n, results, errors = 100, {}, []
+    go_on = threading.Event()
+    go_on.set()
+
+    def pattern(i, start, length):
+        return bytes((i * 7 + k) % 251 for k in range(start, start + length))
+
+    def client(i, s):
+        try:
+            sent, got = 0, bytearray()
+            s.setblocking(True)
+            s.settimeout(30)
+
+            def reader():
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    got.extend(d)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            while go_on.is_set():
+                chunk = pattern(i, sent, 2048)
+                s.sendall(chunk)
+                sent += len(chunk)
+                time.sleep(0.01)
+            s.shutdown(socket.SHUT_WR)
+            t.join(60)
+            results[i] = (sent, bytes(got) == pattern(i, 0, sent), len(got))
+        except Exception as e:  # noqa: BLE001
+            errors.append((i, repr(e)))
+
+    socks = [connect(port) for _ in range(n)]
+
+    def conids():
+        rows = json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)["result"]
+        return {r["remote"]: r["conid"] for r in rows if r["side"] == "client"}
+
+    wait_for(lambda: len(conids()) == n, what="100 relays")
+    before = conids()
+    threads = [threading.Thread(target=client, args=(i, s)) for i, s in enumerate(socks)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    old_pid = box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip()
+    box.run("systemctl", "restart", "tcpopsd.service")
+    assert box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip() != old_pid
+    time.sleep(1.5)
+    after = conids()
+    go_on.clear()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors[:5]
+    assert after == before, "every client kept its conid"
+    assert len(results) == n
+    for i, (sent, same, got) in results.items():
+        assert same and got == sent, f"client {i}: sent {sent}, got {got}, in order: {same}"
+    log = box.run("journalctl", "-u", "tcpopsd", "--no-pager", check=False).stdout
+    assert "handed 100 relay(s) to systemd's fd store" in log and "adopted 100 relay(s)" in log
+    stop_all(box)

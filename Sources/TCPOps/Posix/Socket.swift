@@ -136,6 +136,16 @@ enum Socket {
         }
     }
 
+    static func peerAddress(_ fd: Int32) -> SocketAddress? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard r == 0 else { return nil }
+        return withUnsafePointer(to: &ss) { SocketAddress(storage: $0) }
+    }
+
     /// shutdown(SHUT_WR): passes a FIN on. Errors mean the connection is already gone, which the
     /// next read or write reports with its cause.
     static func shutdownWrite(_ fd: Int32) {

@@ -45,7 +45,10 @@ public final class Relay {
     var drainWhy = ""
     static let drainLimit: UInt64 = 5_000_000_000
 
-    private init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
+    /// Handing over: nothing more is read, held bytes are still written.
+    var quieting = false
+
+    init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -132,7 +135,7 @@ public final class Relay {
     }
 
     @discardableResult
-    private func register(_ c: Connection, mask: UInt32) -> Bool {
+    func register(_ c: Connection, mask: UInt32) -> Bool {
         do {
             try ctx.loop.register(c.fd, mask: mask, handler: c)
             return true
@@ -208,7 +211,7 @@ public final class Relay {
         var readDrained = false
         while true {
             var progress = false
-            if !d.eof && !readDrained && !d.blocked && d.injected.isEmpty && d.fill < capacity {
+            if !d.eof && !readDrained && !d.blocked && !quieting && d.injected.isEmpty && d.fill < capacity {
                 let copying = d.fill == 0 && !d.bulk && canWrite
                 let want = copying ? ctx.scratch.count : capacity - d.fill
                 let result: IOResult
@@ -339,7 +342,7 @@ public final class Relay {
 
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
         if c.state == .connecting { return Events.write }
-        if draining { return !writing.drained && writing.blocked ? Events.write : 0 }
+        if draining || quieting { return !writing.drained && writing.blocked ? Events.write : 0 }
         var m: UInt32 = 0
         if !reading.eof && !reading.blocked && reading.injected.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
         if !writing.drained && writing.blocked { m |= Events.write }

@@ -33,6 +33,16 @@ public final class RelayContext {
         self.pipes = PipePool()
     }
 
+    /// Conids carried over from the previous process are never handed out again.
+    func adopted(conids: [UInt64]) {
+        if let m = conids.max(), m >= nextConid { nextConid = m + 1 }
+    }
+
+    /// Every live relay, once each.
+    var liveRelays: [Relay] { table.values.filter { $0.side == .client }.compactMap { $0.relay } }
+
+    var peekNextConid: UInt64 { nextConid }
+
     func newConid() -> UInt64 {
         defer { nextConid += 1 }
         return nextConid
@@ -54,8 +64,7 @@ public final class RelayContext {
     /// Closes every relay (shutdown after the drain time): no events, reason local.
     public func closeAll() {
         // Client sides only: each relay once (ending it removes both of its sides from the table).
-        let relays = table.values.filter { $0.side == .client }.compactMap { $0.relay }
-        for r in relays { r.end(failed: nil, reason: .local, why: "shutdown_timeout reached") }
+        for r in liveRelays { r.end(failed: nil, reason: .local, why: "shutdown_timeout reached") }
     }
 
     public func shutdown() { pipes.drain() }
