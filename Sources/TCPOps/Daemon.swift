@@ -181,7 +181,7 @@ public final class Daemon {
             let client = pair.first { $0.side.side == .client }
             let upstream = pair.first { $0.side.side == .upstream }
             if let client, let upstream, let l = listeners[client.side.listener]?.settings ?? config.listeners.first(where: { $0.name == client.side.listener }) {
-                Relay.adopt(ctx: ctx, listener: l, client: client, upstreamFD: upstream.fd)
+                Relay.adopt(ctx: ctx, listener: l, client: client, upstream: upstream)
                 adopted += 1
             } else {
                 logger.log(.warning, "a relay stored by the previous tcpopsd cannot be adopted (\(pair.map(\.side.name).joined(separator: ", "))): closed")

@@ -80,16 +80,17 @@ import Testing
 
 @Suite struct HandoverNameTests {
     @Test func roundTrip() {
-        let c = CarriedSide(side: .upstream, clientConid: 41, upstreamConid: 42, lifetimeMs: 120_000, listener: "sip.v2")
-        #expect(c.name == "tu.41.42.120000.sip.v2")
+        let c = CarriedSide(side: .upstream, clientConid: 41, upstreamConid: 42, lifetimeMs: 120_000, idleMs: 5, events: true, listener: "sip.v2")
+        #expect(c.name == "tu.41.42.120000.5.1.sip.v2")
         #expect(CarriedSide(name: c.name) == c)
         #expect(!c.name.contains(":"))  // FDNAME may not contain ':'
     }
 
     @Test func rejectsOthers() {
         #expect(CarriedSide(name: "demo") == nil)
-        #expect(CarriedSide(name: "tc.1.2.3.") == nil)
-        #expect(CarriedSide(name: "tx.1.2.3.a") == nil)
-        #expect(CarriedSide(name: "tc.a.2.3.a") == nil)
+        #expect(CarriedSide(name: "tc.1.2.3.4.0.") == nil)
+        #expect(CarriedSide(name: "tx.1.2.3.4.0.a") == nil)
+        #expect(CarriedSide(name: "tc.a.2.3.4.0.a") == nil)
+        #expect(CarriedSide(name: "tc.1.2.3.4.7.a") == nil)
     }
 }

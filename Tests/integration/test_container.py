@@ -206,6 +206,10 @@ def test_restart_keeps_100_streaming_relays(box, echo):
 
     wait_for(lambda: len(conids()) == n, what="100 relays")
     before = conids()
+    # Per-connection settings made at runtime travel with the relay too.
+    first = sorted(before.values())[0]
+    box.run("/usr/local/bin/tcpopsctl", "lifetime", str(first), "3600")
+    box.run("/usr/local/bin/tcpopsctl", "closed-event", str(first))
     threads = [threading.Thread(target=client, args=(i, s)) for i, s in enumerate(socks)]
     for t in threads:
         t.start()
@@ -215,6 +219,8 @@ def test_restart_keeps_100_streaming_relays(box, echo):
     assert box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip() != old_pid
     time.sleep(1.5)
     after = conids()
+    row = [r for r in json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)["result"] if r["conid"] == first][0]
+    assert row["lifetime"] == 3600 and row["closed_event"] is True and row["state"] == 1
     go_on.clear()
     for t in threads:
         t.join(90)

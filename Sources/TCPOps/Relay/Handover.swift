@@ -4,31 +4,40 @@
 import Glibc
 
 /// What a stored socket's FDNAME carries: `tc.` (client) or `tu.` (upstream), then
-/// `CLIENTCONID.UPSTREAMCONID.LIFETIMEMS.LISTENER` (FDNAME may not contain ':').
+/// `CLIENTCONID.UPSTREAMCONID.LIFETIMEMS.IDLEMS.EVENTS.LISTENER` (FDNAME may not contain ':').
+/// Keepalive and user timeout need no room here: they stay set on the sockets themselves.
 public struct CarriedSide: Equatable, Sendable {
     public let side: Side
     public let clientConid: UInt64
     public let upstreamConid: UInt64
+    /// This side's idle lifetime, and how long it had been idle: the lifetime left carries over.
     public let lifetimeMs: UInt64
+    public let idleMs: UInt64
+    /// closed_event enabled for this side (listener or tcpopsctl closed-event).
+    public let events: Bool
     public let listener: String
 
     public var name: String {
-        "\(side == .client ? "tc" : "tu").\(clientConid).\(upstreamConid).\(lifetimeMs).\(listener)"
+        "\(side == .client ? "tc" : "tu").\(clientConid).\(upstreamConid).\(lifetimeMs).\(idleMs).\(events ? 1 : 0).\(listener)"
     }
 
-    public init(side: Side, clientConid: UInt64, upstreamConid: UInt64, lifetimeMs: UInt64, listener: String) {
+    public init(side: Side, clientConid: UInt64, upstreamConid: UInt64, lifetimeMs: UInt64, idleMs: UInt64, events: Bool, listener: String) {
         self.side = side
         self.clientConid = clientConid
         self.upstreamConid = upstreamConid
         self.lifetimeMs = lifetimeMs
+        self.idleMs = idleMs
+        self.events = events
         self.listener = listener
     }
 
     public init?(name: String) {
-        let parts = name.split(separator: ".", maxSplits: 4, omittingEmptySubsequences: false)
-        guard parts.count == 5, parts[0] == "tc" || parts[0] == "tu",
-              let c = UInt64(parts[1]), let u = UInt64(parts[2]), let l = UInt64(parts[3]), !parts[4].isEmpty else { return nil }
-        self.init(side: parts[0] == "tc" ? .client : .upstream, clientConid: c, upstreamConid: u, lifetimeMs: l, listener: String(parts[4]))
+        let parts = name.split(separator: ".", maxSplits: 6, omittingEmptySubsequences: false)
+        guard parts.count == 7, parts[0] == "tc" || parts[0] == "tu",
+              let c = UInt64(parts[1]), let u = UInt64(parts[2]), let l = UInt64(parts[3]), let i = UInt64(parts[4]),
+              parts[5] == "0" || parts[5] == "1", !parts[6].isEmpty else { return nil }
+        self.init(side: parts[0] == "tc" ? .client : .upstream, clientConid: c, upstreamConid: u, lifetimeMs: l, idleMs: i,
+                  events: parts[5] == "1", listener: String(parts[6]))
     }
 }
 
@@ -52,11 +61,11 @@ extension Relay {
 
     /// The two sockets and their names for the fd store.
     var carried: [(fd: Int32, name: String)] {
-        let lifetimeMs = client.lifetime / 1_000_000
-        return [(client.fd, CarriedSide(side: .client, clientConid: client.conid, upstreamConid: upstream.conid,
-                                        lifetimeMs: lifetimeMs, listener: listener.name).name),
-                (upstream.fd, CarriedSide(side: .upstream, clientConid: client.conid, upstreamConid: upstream.conid,
-                                          lifetimeMs: lifetimeMs, listener: listener.name).name)]
+        let now = ctx.loop.now
+        return [client, upstream!].map { c in
+            (c.fd, CarriedSide(side: c.side, clientConid: client.conid, upstreamConid: upstream.conid, lifetimeMs: c.lifetime / 1_000_000,
+                               idleMs: c.idleMilliseconds(now: now), events: c.eventsEnabled, listener: listener.name).name)
+        }
     }
 
     /// Stored: close our copies quietly (systemd's copies keep the connections open; no FIN).
@@ -78,17 +87,23 @@ extension Relay {
     }
 
     /// Rebuilds a relay from two stored sockets, under their old conids.
-    static func adopt(ctx: RelayContext, listener: ListenerSettings, client c: (fd: Int32, side: CarriedSide), upstreamFD: Int32) {
+    static func adopt(ctx: RelayContext, listener: ListenerSettings, client c: (fd: Int32, side: CarriedSide),
+                      upstream u: (fd: Int32, side: CarriedSide)) {
         let now = ctx.loop.now
-        let client = Connection(conid: c.side.clientConid, side: .client, fd: c.fd, state: .ok, now: now, eventsEnabled: listener.closedEvent)
-        client.local = Socket.localAddress(c.fd)
-        client.remote = Socket.peerAddress(c.fd)
-        client.lifetime = c.side.lifetimeMs * 1_000_000
-        client.keepalive = listener.keepalive
-        let up = Connection(conid: c.side.upstreamConid, side: .upstream, fd: upstreamFD, state: .ok, now: now, eventsEnabled: listener.closedEvent)
-        up.local = Socket.localAddress(upstreamFD)
-        up.remote = Socket.peerAddress(upstreamFD)
-        up.keepalive = listener.upstreamKeepalive
+        func connection(_ x: (fd: Int32, side: CarriedSide)) -> Connection {
+            let conn = Connection(conid: x.side.side == .client ? x.side.clientConid : x.side.upstreamConid, side: x.side.side, fd: x.fd,
+                                  state: .ok, now: now, eventsEnabled: x.side.events)
+            conn.local = Socket.localAddress(x.fd)
+            conn.remote = Socket.peerAddress(x.fd)
+            conn.lifetime = x.side.lifetimeMs * 1_000_000
+            let idle = min(x.side.idleMs * 1_000_000, now)
+            conn.lastActivity = now - idle
+            conn.keepalive = x.side.side == .client ? listener.keepalive : listener.upstreamKeepalive
+            return conn
+        }
+        let client = connection(c)
+        let up = connection(u)
+        let upstreamFD = u.fd
         let relay = Relay(ctx: ctx, listener: listener, client: client)
         client.relay = relay
         up.relay = relay
@@ -103,5 +118,6 @@ extension Relay {
         }
         guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.read) else { return }
         relay.armLifetime(client)
+        relay.armLifetime(up)
     }
 }
