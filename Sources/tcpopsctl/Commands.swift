@@ -240,13 +240,7 @@ struct EventsCommand: ParsableCommand {
     @Flag(help: "Keep streaming new events.") var follow = false
 
     func run() throws {
-        var client: ControlClient
-        do {
-            client = try ControlClient(socket: common.path)
-        } catch {
-            writeStderr("tcpopsctl: cannot reach tcpopsd at \(common.path): \(error)\n")
-            throw ExitCode(CtlExit.unavailable)
-        }
+        var client = try connectOrExit(common)
         var r = ControlRequest(cmd: "events")
         r.follow = follow
         guard client.send(r), let first = client.readLine(), let a = Answer.parse(first), a.ok else {

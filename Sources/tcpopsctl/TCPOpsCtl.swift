@@ -16,15 +16,19 @@ struct Common: ParsableArguments {
     }
 }
 
-/// Sends one request and returns the first answer (exits on failure to reach the daemon).
-func ask(_ common: Common, _ request: ControlRequest) throws -> (line: String, answer: Answer) {
-    var client: ControlClient
+/// A connection to tcpopsd's control socket, or exit 69 saying why there is none.
+func connectOrExit(_ common: Common) throws -> ControlClient {
     do {
-        client = try ControlClient(socket: common.path)
+        return try ControlClient(socket: common.path)
     } catch {
         writeStderr("tcpopsctl: cannot reach tcpopsd at \(common.path): \(error)\n")
         throw ExitCode(CtlExit.unavailable)
     }
+}
+
+/// Sends one request and returns the first answer (exits on failure to reach the daemon).
+func ask(_ common: Common, _ request: ControlRequest) throws -> (line: String, answer: Answer) {
+    var client = try connectOrExit(common)
     guard client.send(request), let line = client.readLine() else {
         writeStderr("tcpopsctl: tcpopsd closed the connection without an answer\n")
         throw ExitCode(CtlExit.unavailable)
