@@ -223,7 +223,7 @@ public final class Daemon {
                 }
             }
             // The conid counter travels too, on a placeholder fd: conids are never reused.
-            let marker = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            let marker = Socket.placeholder()
             if marker >= 0 {
                 _ = Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=tn.\(ctx.peekNextConid)", fds: [marker])
                 closeFD(marker)

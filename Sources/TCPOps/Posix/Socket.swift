@@ -154,8 +154,22 @@ enum Socket {
 
     /// Closes with an RST instead of a FIN (SO_LINGER 0).
     static func closeWithReset(_ fd: Int32) {
-        var l = linger(l_onoff: 1, l_linger: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        resetOnClose(fd)
         closeFD(fd)
     }
+
+    /// SO_LINGER 0: the coming close() sends an RST.
+    static func resetOnClose(_ fd: Int32) {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+    }
+
+    /// Makes an fd we were handed (by systemd) non-blocking and close-on-exec, as our own are.
+    static func adoptFD(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// An fd that refers to nothing in particular (/dev/null), to carry a name through the fd store.
+    static func placeholder() -> Int32 { open("/dev/null", O_RDONLY | O_CLOEXEC) }
 }

@@ -113,8 +113,7 @@ extension Relay {
         ctx.added(relay)
         ctx.adopted(conids: [client.conid, up.conid])
         for fd in [c.fd, upstreamFD] {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            Socket.adoptFD(fd)
         }
         guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.read) else { return }
         relay.armLifetime(client)

@@ -52,10 +52,7 @@ extension Connection {
     /// side is closed with FIN. Neither raises an event (tcpopsd started the close).
     public func close(reset: Bool) -> Bool {
         guard let r = liveRelay else { return false }
-        if reset && fdOpen {
-            var l = linger(l_onoff: 1, l_linger: 0)
-            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
-        }
+        if reset && fdOpen { Socket.resetOnClose(fd) }
         r.end(failed: nil, reason: .local, why: reset ? "reset by tcpopsctl (conid \(conid))" : "closed by tcpopsctl (conid \(conid))")
         return true
     }

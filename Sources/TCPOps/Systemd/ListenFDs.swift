@@ -52,9 +52,7 @@ public enum ListenFDs {
                 closeFD(fd)
                 continue
             }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            Socket.adoptFD(fd)
             sockets.append(PassedSocket(fd: fd, name: name, address: Socket.localAddress(fd)))
         }
         return (sockets, carried, nextConid, rejected)
