@@ -373,3 +373,26 @@ def test_bytes_held_when_upstream_resets_still_reach_the_client(daemon, tmp_path
     s.close()
     srv.close()
     assert d.stop() == 0
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=netns_available() or "")
+def test_states_accepting_and_connecting(daemon):
+    """While the upstream connect hangs (SYNs vanish), the client is 2 accepting and the
+    upstream 3 connecting; both are alive."""
+    ns = NetNS()
+    try:
+        ns.cut()
+        port = free_port()
+        d = daemon(listeners=[listener("slow", port, f"{ns.ns_ip}:9", connect_timeout=5)])
+        s = connect(port)
+        rows = wait_for(lambda: json.loads(d.ctl("list", "--json").stdout)["result"], what="the relay listed")
+        by_side = {r["side"]: r for r in rows}
+        assert by_side["client"]["state"] == 2 and by_side["client"]["state_name"] == "accepting"
+        assert by_side["upstream"]["state"] == 3 and by_side["upstream"]["state_name"] == "connecting"
+        p = d.ctl("state", str(by_side["upstream"]["conid"]))
+        assert (p.returncode, p.stdout.strip()) == (0, "3 connecting")
+        assert d.ctl("alive", str(by_side["client"]["conid"])).stdout.strip() == "1"
+        s.close()
+        assert d.stop() == 0
+    finally:
+        ns.close()
