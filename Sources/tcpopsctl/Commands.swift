@@ -50,9 +50,7 @@ struct Alive: ParsableCommand {
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
     func run() throws {
-        var r = ControlRequest(cmd: "alive")
-        r.conid = try resolveConid(conid)
-        try flagCommand(common, r)
+        try flagCommand(common, try conidRequest("alive", conid))
     }
 }
 
@@ -62,9 +60,7 @@ struct State: ParsableCommand {
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
     func run() throws {
-        var r = ControlRequest(cmd: "state")
-        r.conid = try resolveConid(conid)
-        let (line, a) = try ask(common, r)
+        let (line, a) = try ask(common, try conidRequest("state", conid))
         let code = a.result?.int ?? -1
         print(common.json ? line : "\(code) \(a.state ?? "gone")")
         if code <= 0 { throw ExitCode(CtlExit.negative) }
@@ -103,9 +99,7 @@ struct KeepaliveDisable: ParsableCommand {
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
     func run() throws {
-        var r = ControlRequest(cmd: "keepalive-disable")
-        r.conid = try resolveConid(conid)
-        try flagCommand(common, r)
+        try flagCommand(common, try conidRequest("keepalive-disable", conid))
     }
 }
 
@@ -130,9 +124,7 @@ struct ClosedEvent: ParsableCommand {
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
     func run() throws {
-        var r = ControlRequest(cmd: "closed-event")
-        r.conid = try resolveConid(conid)
-        try flagCommand(common, r)
+        try flagCommand(common, try conidRequest("closed-event", conid))
     }
 }
 
@@ -227,8 +219,7 @@ struct Close: ParsableCommand {
     @Flag(help: "Reset (RST) instead of a FIN.") var reset = false
 
     func run() throws {
-        var r = ControlRequest(cmd: "close")
-        r.conid = try resolveConid(conid)
+        var r = try conidRequest("close", conid)
         r.reset = reset
         try flagCommand(common, r)
     }

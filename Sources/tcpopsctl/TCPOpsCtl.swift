@@ -54,6 +54,13 @@ func resolveConid(_ given: String?) throws -> UInt64 {
     return c
 }
 
+/// A request that names one connection.
+func conidRequest(_ cmd: String, _ conid: String?) throws -> ControlRequest {
+    var r = ControlRequest(cmd: cmd)
+    r.conid = try resolveConid(conid)
+    return r
+}
+
 /// Prints the 1 / -1 of a tcpops function and exits 0 / 1.
 func flagCommand(_ common: Common, _ r: ControlRequest) throws {
     let (line, a) = try ask(common, r)

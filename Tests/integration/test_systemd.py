@@ -1,5 +1,6 @@
 """systemd integration without a systemd: socket activation through systemd-socket-activate
 (the same LISTEN_FDS/LISTEN_FDNAMES protocol), and the watchdog pinged from the relay's loop."""
+import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +13,10 @@ import pytest
 from helpers import BIN, Daemon, NotifySocket, connect, die_with_parent, free_port, listener, render_config, wait_for
 
 
+@contextlib.contextmanager
 def activate(tmp_path, fdname, listen_port, config_listeners):
+    """systemd-socket-activate listening on listen_port, tcpopsd as its child; yields (notify, log)
+    and checks at the end that SIGTERM stops it cleanly."""
     if not shutil.which("systemd-socket-activate"):
         pytest.skip("systemd-socket-activate is not installed")
     cfg = tmp_path / "c.toml"
@@ -24,7 +28,12 @@ def activate(tmp_path, fdname, listen_port, config_listeners):
                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     wait_for(lambda: subprocess.run(["ss", "-Hltn", f"sport = :{listen_port}"], capture_output=True, text=True).stdout.strip(),
              what="systemd-socket-activate listening")
-    return p, notify, tmp_path / "log"
+    try:
+        yield notify, tmp_path / "log"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        notify.close()
 
 
 @pytest.mark.parametrize("by", ["name", "address"])
@@ -38,8 +47,7 @@ def test_socket_activation_matches_listener(tmp_path, echo, by):
     else:
         listeners = [listener("other", free_port(), up.address), listener("byaddr", port, up.address)]
         fdname = "tcpopsd.socket"
-    p, notify, log = activate(tmp_path, fdname, port, listeners)
-    try:
+    with activate(tmp_path, fdname, port, listeners) as (notify, log):
         assert not notify.has("READY=1")  # nothing started before a client came
         s = connect(port)  # starts tcpopsd, which relays this very connection
         s.sendall(b"activated")
@@ -53,17 +61,12 @@ def test_socket_activation_matches_listener(tmp_path, echo, by):
         if by == "address":
             other_port = int(listeners[0]["listen"].split(":")[1])
             connect(other_port).close()  # the unmatched listener was bound as usual
-    finally:
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(10) == 0
-        notify.close()
 
 
 def test_unmatched_passed_socket_is_closed_with_a_warning(tmp_path, echo):
     up = echo()
     port = free_port()
-    p, notify, log = activate(tmp_path, "stray", port, [listener("only", free_port(), up.address)])
-    try:
+    with activate(tmp_path, "stray", port, [listener("only", free_port(), up.address)]) as (notify, log):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         wait_for(lambda: notify.has("READY=1"), what="READY=1")
         s.settimeout(5)
@@ -72,10 +75,6 @@ def test_unmatched_passed_socket_is_closed_with_a_warning(tmp_path, echo):
         except ConnectionResetError:
             pass  # (closing a listener resets the connections waiting in its backlog)
         assert "matches no [[listener]]: closed" in log.read_text()
-    finally:
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(10) == 0
-        notify.close()
 
 
 def test_watchdog_pings_from_the_loop(tmp_path, echo):

@@ -245,40 +245,18 @@ public final class Relay {
                 }
             }
             if d.fill > 0 && canWrite && !d.blocked, let pipe = d.pipe {
-                switch Splice.move(from: pipe.read, to: to.fd, length: d.fill) {
-                case .moved(let n):
-                    d.fill -= n
-                    to.bytesOut &+= UInt64(n)
-                    to.lastActivity = now
-                    ctx.relayedBytes &+= UInt64(n)
-                    progress = true
-                case .wouldBlock:
-                    d.blocked = true
-                case .endOfFile:
-                    break
-                case .failed(let e):
-                    fail(to, CloseReason.classify(errno: e), why: errnoName(e))
-                    return
-                }
+                guard let n = wrote(Splice.move(from: pipe.read, to: to.fd, length: d.fill), d, to: to, now: now) else { return }
+                d.fill -= n
+                ctx.relayedBytes &+= UInt64(n)
+                progress = progress || n > 0
             } else if d.fill == 0 && !d.injected.isEmpty && canWrite && !d.blocked {
-                switch Socket.send(to.fd, d.injected[d.injectedSent...]) {
-                case .moved(let n):
-                    d.injectedSent += n
-                    if d.injectedSent == d.injected.count {
-                        d.injected = []
-                        d.injectedSent = 0
-                    }
-                    to.bytesOut &+= UInt64(n)
-                    to.lastActivity = now
-                    progress = true
-                case .wouldBlock:
-                    d.blocked = true
-                case .endOfFile:
-                    break
-                case .failed(let e):
-                    fail(to, CloseReason.classify(errno: e), why: errnoName(e))
-                    return
+                guard let n = wrote(Socket.send(to.fd, d.injected[d.injectedSent...]), d, to: to, now: now) else { return }
+                d.injectedSent += n
+                if d.injectedSent == d.injected.count {
+                    d.injected = []
+                    d.injectedSent = 0
                 }
+                progress = progress || n > 0
             }
             if !progress { break }
         }
@@ -308,28 +286,34 @@ public final class Relay {
         }
     }
 
+    /// The book-keeping of one write to `to`: the bytes it took (0: it must wait for EPOLLOUT),
+    /// or nil when `to` broke (the relay is failing it).
+    private func wrote(_ result: IOResult, _ d: Direction, to: Connection, now: UInt64) -> Int? {
+        switch result {
+        case .moved(let n):
+            to.bytesOut &+= UInt64(n)
+            to.lastActivity = now
+            return n
+        case .wouldBlock:
+            d.blocked = true
+            return 0
+        case .endOfFile:
+            return 0
+        case .failed(let e):
+            fail(to, CloseReason.classify(errno: e), why: errnoName(e))
+            return nil
+        }
+    }
+
     /// Sends `n` bytes just read into the scratch buffer; what the destination cannot take now
     /// goes into the direction's pipe, ahead of anything read later.
     private func forward(_ d: Direction, _ n: Int, to: Connection, now: UInt64) -> Bool {
-        var sent = 0
-        switch Socket.send(to.fd, UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n])) {
-        case .moved(let m):
-            sent = m
-            if m < n { d.blocked = true }
-        case .wouldBlock:
-            d.blocked = true
-        case .endOfFile:
-            break
-        case .failed(let e):
-            fail(to, CloseReason.classify(errno: e), why: errnoName(e))
+        guard let sent = wrote(Socket.send(to.fd, UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n])), d, to: to, now: now) else {
             return false
         }
-        if sent > 0 {
-            to.bytesOut &+= UInt64(sent)
-            to.lastActivity = now
-            ctx.relayedBytes &+= UInt64(sent)
-        }
+        ctx.relayedBytes &+= UInt64(sent)
         if sent < n {
+            d.blocked = true  // a short send: the socket buffer is full
             guard takePipe(d) else { return false }
             guard ctx.pipes.load(d.pipe!, UnsafeRawBufferPointer(rebasing: ctx.scratch[sent..<n])) else {
                 end(failed: nil, reason: .local, why: "cannot buffer \(n - sent) bytes in a pipe")
