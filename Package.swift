@@ -17,6 +17,8 @@ let package = Package(
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "CShims", path: "Sources/CShims"),
+        // tcpopsd's constructor: signals blocked before any Swift code runs.
+        .target(name: "CEarly", path: "Sources/CEarly"),
         .target(
             name: "TCPOps",
             dependencies: [
@@ -27,7 +29,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tcpopsd",
-            dependencies: ["TCPOps", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TCPOps", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsd"
         ),
         .executableTarget(

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <unistd.h>
+#include <spawn.h>
 #include <sys/syscall.h>
 #include "CShims.h"
 
@@ -32,4 +33,8 @@ int tcpops_wait_status(int status, int *value) {
     if (WIFSIGNALED(status)) { *value = WTERMSIG(status); return 2; }
     *value = 0;
     return 0;
+}
+
+int tcpops_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }

@@ -1,5 +1,6 @@
 // tcpopsd: parse the command line, load the configuration, run the daemon.
 import ArgumentParser
+import CEarly
 import Glibc
 import TCPOps
 
@@ -25,6 +26,13 @@ struct TCPOpsD: ParsableCommand {
 
     @Option(name: .long, help: "Where to log: auto, journal or stderr.")
     var logTarget: Logger.Target = .auto
+
+    static func main() {
+        // The constructor in CEarly blocked the daemon's signals before Swift started; should it
+        // not have run, they are blocked here, still before any configuration is read.
+        if tcpopsd_early_signals_blocked() == 0 { SignalReader.blockEarly() }
+        main(nil)
+    }
 
     func run() throws {
         let configuration: Configuration

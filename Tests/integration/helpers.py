@@ -152,7 +152,7 @@ def die_with_parent(extra=None):
 
 class Daemon:
     def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
-                 extra_env=None, config_text=None, wait_ready=True, preexec=None):
+                 extra_env=None, config_text=None, wait_ready=True, preexec=None, popen_kw=None):
         self.tmp = str(tmp)
         self.records = os.path.join(self.tmp, "records")
         os.makedirs(self.records, exist_ok=True)
@@ -167,6 +167,7 @@ class Daemon:
         self.extra_env = extra_env or {}
         self.wait_ready = wait_ready
         self.preexec = preexec
+        self.popen_kw = popen_kw or {}
         self.proc = None
         self.notify = None
 
@@ -181,7 +182,8 @@ class Daemon:
         self.fds_before = None
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.config_path, "--log-target", self.log_target],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(self.preexec))
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(self.preexec),
+                                     **self.popen_kw)
         if self.wait_ready:
             wait_for(lambda: self.notify.has("READY=1") or self.proc.poll() is not None, timeout=20, what="READY=1")
             if self.proc.poll() is not None:

@@ -99,3 +99,34 @@ def test_queue_limit_drops_are_counted(daemon, echo, tmp_path):
     assert f["events_closed"] == "300"
     assert dropped > 0 and ran + dropped == 300, f
     assert len(d.events()) == ran
+
+
+def test_hooks_inherit_no_stray_fds(tmp_path, echo):
+    """Issue 7, item 7: an fd tcpopsd itself inherited without close-on-exec (as a careless parent
+    leaves them) never reaches a hook: the hook sees stdin, stdout and stderr only."""
+    from helpers import Daemon
+    up = echo()
+    port = free_port()
+    listing = tmp_path / "fds"
+    hook = write_hook(tmp_path / "h.sh", tmp_path / "records", extra=f"ls -l /proc/$$/fd > {listing}.$$")
+    marker = tmp_path / "stray-marker"
+    marker.write_text("")
+    stray = [os.open(marker, os.O_RDONLY) for _ in range(3)]
+    for fd in stray:
+        os.set_inheritable(fd, True)
+    try:
+        d = Daemon(tmp_path, listeners=[listener("fds", port, up.address, event_sides=["client"])],
+                   events={"callback": [hook]}, popen_kw={"pass_fds": stray})
+        d.start()
+        held = set(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        assert {str(fd) for fd in stray} <= held, "the test's stray fds must reach tcpopsd"
+        connect(port).close()
+        wait_for(lambda: list(tmp_path.glob("fds.*")), what="hook ran")
+        time.sleep(0.2)
+        seen = list(tmp_path.glob("fds.*"))[0].read_text()
+        assert "->" in seen, seen
+        assert "stray-marker" not in seen, seen
+        assert d.stop() == 0
+    finally:
+        for fd in stray:
+            os.close(fd)

@@ -21,4 +21,6 @@ int tcpops_pidfd_open(pid_t pid);
 int tcpops_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 /* Decode a wait status: returns 1 and the exit code if it exited, 2 and the signal if killed. */
 int tcpops_wait_status(int status, int *value);
+/* posix_spawn file action: close every fd from `from` up in the child (glibc 2.34). */
+int tcpops_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 #endif

@@ -21,6 +21,16 @@ public final class SignalReader: EventHandler {
         try loop.register(fd, mask: Events.read, handler: self)
     }
 
+    /// Blocks the daemon's signals and ignores SIGPIPE, before anything else runs (the fallback of
+    /// tcpopsd's C constructor).
+    public static func blockEarly() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
     public func handleEvents(_ events: UInt32) {
         var info = signalfd_siginfo()
         while read(fd, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {

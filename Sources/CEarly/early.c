@@ -1,0 +1,45 @@
+/* Runs as tcpopsd's constructor, before Swift's runtime and main.
+ * - Signals: a SIGHUP or SIGTERM sent while tcpopsd is still starting stays pending (the signalfd
+ *   reads it once the loop runs) instead of killing the process with the default disposition.
+ *   Only the dynamic loader's work comes earlier, which is why the executables link the Swift
+ *   runtime statically.
+ * - Inherited fds: whatever tcpopsd was given without close-on-exec (other than stdin, stdout and
+ *   stderr) is marked close-on-exec, so hooks never inherit it. systemd's passed sockets are
+ *   unaffected in tcpopsd itself (sd_listen_fds marks them close-on-exec as well). */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+#include "CEarly.h"
+
+static int blocked;
+
+static void mark_inherited_fds_cloexec(void) {
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
+    /* Kernels before 5.11: walk /proc/self/fd. */
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return;
+    int self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (fd > 2 && fd != self) fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+    }
+    closedir(d);
+}
+
+__attribute__((constructor)) static void tcpopsd_early(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) == 0) blocked = 1;
+    signal(SIGPIPE, SIG_IGN);
+    mark_inherited_fds_cloexec();
+}
+
+int tcpopsd_early_signals_blocked(void) { return blocked; }
