@@ -3,11 +3,6 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
 DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 socat iperf3 systemd systemd-container debootstrap
 PREFIX ?= /usr/local
-# The executables carry the Swift runtime: the dynamic loader's work before tcpopsd's first
-# instruction drops from ~10 ms to ~0.3 ms (a signal in that window would still kill it), and
-# nothing under /opt/swift is needed where they are installed. lld: gold warns about the
-# static Foundation's use of mktemp on every link.
-SWIFTFLAGS ?= --static-swift-stdlib -Xswiftc -use-ld=lld
 
 .PHONY: all deps build release run test unit integration bench install clean
 
@@ -24,16 +19,16 @@ deps:
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
 
 build: deps
-	$(SWIFT) build $(SWIFTFLAGS)
+	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release $(SWIFTFLAGS)
+	$(SWIFT) build -c release
 
 run: release
 	scripts/demo.sh .build/release/tcpopsd config/tcpopsd.toml
 
 unit: build
-	$(SWIFT) test --disable-xctest $(SWIFTFLAGS)
+	$(SWIFT) test --disable-xctest
 
 integration: build
 	$(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration

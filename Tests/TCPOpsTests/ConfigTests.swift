@@ -114,4 +114,40 @@ import Testing
         let e = ConfigError(path: "/etc/x.toml", problems: [.init(line: 3, message: "bad")])
         #expect(e.description == "/etc/x.toml:3: bad")
     }
+
+    func problems(bytes: [UInt8]) -> [ConfigError.Problem] {
+        do {
+            _ = try ConfigLoader.parse(bytes: bytes, path: "t.toml")
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test func nulAndInvalidUTF8AreProblemsWithTheirLines() {
+        var text = Array((minimal + "\n# one\n# two\n").utf8)
+        text[text.count - 3] = 0  // in "# two"
+        let p = problems(bytes: text)
+        #expect(p.count == 1 && p[0].line == 6 && p[0].message.contains("NUL"))
+        let bad = Array("# caf".utf8) + [0xE9] + Array(("\n" + minimal).utf8)
+        let q = problems(bytes: bad)
+        #expect(q.count == 1 && q[0].line == 1 && q[0].message.contains("UTF-8"))
+        #expect(problems(bytes: Array(minimal.utf8)).isEmpty)
+    }
+
+    @Test func durationsBetweenOneMillisecondAndAYear() {
+        for bad in ["1e-320", "0.0000001", "0.0009", "-0.5", "31536000.5", "inf", "nan"] {
+            let p = problems(minimal + "\nlifetime = \(bad)\n")
+            #expect(p.count == 1 && p.first?.line == 5, "lifetime = \(bad)")
+        }
+        for good in ["0", "0.001", "1", "31536000"] {
+            #expect(problems(minimal + "\nlifetime = \(good)\n").isEmpty, "lifetime = \(good)")
+        }
+        #expect(problems(minimal + "\nconnect_timeout = 0\n").first?.message.contains("greater than 0") == true)
+    }
+
+    @Test func wholeFileProblemHasNoLine() {
+        let e = ConfigError(path: "/etc/x.toml", problems: [.init(line: 0, message: "cannot read the file: ENOENT")])
+        #expect(e.description == "/etc/x.toml: cannot read the file: ENOENT")
+    }
 }

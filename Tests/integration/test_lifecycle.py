@@ -77,6 +77,11 @@ BAD = {
     "port out of range": ('[[listener]]\nname = "a"\nlisten = "127.0.0.1:70000"\nupstream = "127.0.0.1:81"\n', 3, "70000"),
     "negative duration": ('[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\nlifetime = -5\n', 5, "lifetime"),
     "bad log level": ('[daemon]\nlog_level = "loud"\n[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\n', 2, "log_level"),
+    "duration below 1 ms": ('[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\nlifetime = 1e-320\n', 5, "1 ms"),
+    "connect_timeout below 1 ms": ('[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\n\nconnect_timeout = 0.0000001\n', 6, "1 ms"),
+    "duration above the maximum": ('[daemon]\nshutdown_timeout = 31536001\n', 2, "31536000"),
+    "NUL byte": (b'[daemon]\nlog_level = "info" # \x00 hidden\n', 2, "NUL"),
+    "invalid UTF-8": (b'[daemon]\n\n# caf\xe9\n', 3, "UTF-8"),
     "keepalive missing count": ('[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\nkeepalive = { idle = 1, interval = 1 }\n', 5, "count"),
 }
 
@@ -89,7 +94,10 @@ def test_bad_config_exits_78_naming_file_line_key(tmp_path, case):
         text = (f'[[listener]]\nname = "dup"\nlisten = "127.0.0.1:{port}"\nupstream = "127.0.0.1:81"\n\n'
                 f'[[listener]]\nname = "dup"\nlisten = "127.0.0.1:{free_port()}"\nupstream = "127.0.0.1:81"\n')
     path = tmp_path / "bad.toml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     for extra in ([], ["--check-config"]):
         p = subprocess.run([BIN, "--config", str(path), "--log-target", "stderr", *extra], capture_output=True, text=True, timeout=20)
         assert p.returncode == 78, (case, p.returncode, p.stderr)
@@ -179,3 +187,31 @@ def test_signals_while_starting_are_not_fatal(tmp_path, echo):
         if signo == signal.SIGHUP:
             wait_for(lambda: "configuration reloaded" in d.logtext(), timeout=5, what="the early SIGHUP taken as a reload")
         assert d.stop() == 0
+
+
+def test_nul_byte_hides_nothing(tmp_path):
+    """Issue 7, item 5: a NUL in a comment used to end the file for the parser, so the duplicate key,
+    negative value and unknown key after it passed --check-config. Now the NUL is an error and every
+    problem after it is reported too."""
+    path = tmp_path / "nul.toml"
+    tail = b'[[listener]]\nname = "a"\nlisten = "127.0.0.1:5060"\nupstream = "127.0.0.1:81"\nlifetime = -1\nbogus = 2\n'
+    path.write_bytes(b'[daemon]\nlog_level = "info"\n#\x00\nlog_level = "debug"\n' + tail)
+    p = subprocess.run([BIN, "--check-config", "--config", str(path)], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 78, p.stdout + p.stderr
+    assert f"{path}:3: " in p.stderr and "NUL" in p.stderr, p.stderr
+    # A duplicate key is a TOML syntax error: parsing stops there, so it is the last problem found.
+    assert f"{path}:4: " in p.stderr and "log_level" in p.stderr, p.stderr
+    # Without the duplicate, the problems after the NUL are all reported with it.
+    path.write_bytes(b'[daemon]\nlog_level = "info"\n#\x00\n' + tail)
+    p = subprocess.run([BIN, "--check-config", "--config", str(path)], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 78, p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0].startswith(f"{path}:3: ") and "NUL" in lines[0], p.stderr
+    assert any(l.startswith(f"{path}:8: ") and "lifetime" in l for l in lines), p.stderr
+    assert any(l.startswith(f"{path}:9: ") and "bogus" in l for l in lines), p.stderr
+
+
+def test_unreadable_file_names_errno(tmp_path):
+    p = subprocess.run([BIN, "--check-config", "--config", str(tmp_path / "missing.toml")], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 78
+    assert p.stderr.startswith(f"{tmp_path}/missing.toml: ") and "ENOENT" in p.stderr, p.stderr

@@ -6,11 +6,40 @@ import TOMLKit
 public enum ConfigLoader {
     /// Reads and validates the file at `path`.
     public static func load(path: String) throws(ConfigError) -> Configuration {
-        guard let text = readTextFile(path) else {
-            let reason = String(cString: strerror(errno))
-            throw ConfigError(path: path, problems: [.init(line: 0, message: "cannot read the file: \(reason)")])
+        let bytes: [UInt8]
+        switch readFile(path) {
+        case .success(let b): bytes = b
+        case .failure(let e):
+            throw ConfigError(path: path, problems: [.init(line: 0, message: "cannot read the file: \(errnoName(e.errno)) (\(String(cString: strerror(e.errno))))")])
         }
-        return try parse(text, path: path)
+        return try parse(bytes: bytes, path: path)
+    }
+
+    /// Checks the raw bytes first: a NUL would end the text for the TOML parser (hiding everything
+    /// after it) and invalid UTF-8 is not TOML. Each bad line is a problem; the rest of the file is
+    /// still parsed (with U+FFFD in their place) so that every problem is reported at once.
+    public static func parse(bytes: [UInt8], path: String) throws(ConfigError) -> Configuration {
+        var problems: [ConfigError.Problem] = []
+        var text = ""
+        text.reserveCapacity(bytes.count)
+        var lineNo = 0
+        for line in bytes.split(separator: 10, omittingEmptySubsequences: false) {
+            lineNo += 1
+            if line.contains(0) {
+                problems.append(.init(line: lineNo, message: "a NUL byte: the file must be UTF-8 text without NUL"))
+            } else if String(validating: line, as: UTF8.self) == nil {
+                problems.append(.init(line: lineNo, message: "not valid UTF-8: the file must be UTF-8 text"))
+            }
+            if lineNo > 1 { text += "\n" }
+            text += String(decoding: line.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        }
+        do {
+            let config = try parse(text, path: path)
+            if problems.isEmpty { return config }
+        } catch {
+            problems += error.problems
+        }
+        throw ConfigError(path: path, problems: problems.sorted { $0.line < $1.line })
     }
 
     public static func parse(_ text: String, path: String) throws(ConfigError) -> Configuration {
@@ -30,20 +59,22 @@ public enum ConfigLoader {
         return config
     }
 
-    static func readTextFile(_ path: String) -> String? {
-        guard let f = fopen(path, "r") else { return nil }
-        defer { fclose(f) }
+    static func readFile(_ path: String) -> Result<[UInt8], SystemError> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(SystemError("open", errno)) }
+        defer { closeFD(fd) }
         var bytes: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n > 0 { bytes.append(contentsOf: buf[0..<n]) }
-            if n < buf.count {
-                if ferror(f) != 0 { return nil }
-                break
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .failure(SystemError("read", errno))
             }
+            if n == 0 { return .success(bytes) }
+            bytes.append(contentsOf: buf[0..<n])
+            if bytes.count > 16 << 20 { return .failure(SystemError("read: larger than 16 MiB", EFBIG)) }
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -114,7 +145,12 @@ private struct Walker {
         return b
     }
 
-    /// Seconds, as an integer or a decimal; never negative.
+    /// The longest duration any key takes (365 days), and the shortest besides 0 (1 ms: timers
+    /// and TCP_USER_TIMEOUT work in milliseconds).
+    static let maxDuration = 31_536_000.0
+    static let minDuration = 0.001
+
+    /// Seconds, as an integer or a decimal; 0 (where allowed) or from 1 ms to 365 days.
     mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
         guard let v = t[key] else { return nil }
         let seconds: Double
@@ -126,12 +162,17 @@ private struct Walker {
             fail(table, key, "\(label(table, key)): expected a duration in seconds (a number), got \(typeName(v))")
             return nil
         }
-        guard seconds.isFinite, seconds >= 0, seconds <= 31_536_000 else {
-            fail(table, key, "\(label(table, key)): \(v.debugDescription) is not a duration (expected seconds from 0 to 31536000)")
+        let range = allowZero ? "0 (none) or from 0.001 (1 ms) to 31536000 (365 days)" : "from 0.001 (1 ms) to 31536000 (365 days)"
+        guard seconds.isFinite, seconds >= 0, seconds <= Walker.maxDuration else {
+            fail(table, key, "\(label(table, key)): \(v.debugDescription) is not a duration (expected seconds: \(range))")
             return nil
         }
-        if !allowZero && seconds == 0 {
-            fail(table, key, "\(label(table, key)): must be greater than 0")
+        if seconds == 0 && !allowZero {
+            fail(table, key, "\(label(table, key)): must be greater than 0 (expected seconds: \(range))")
+            return nil
+        }
+        if seconds > 0 && seconds < Walker.minDuration {
+            fail(table, key, "\(label(table, key)): \(v.debugDescription) is below 1 ms (expected seconds: \(range))")
             return nil
         }
         return seconds
@@ -334,9 +375,6 @@ private struct Walker {
         let lifetime = duration(t, id, "lifetime")
         let keepalive = keepaliveSetting(t, id, "keepalive")
         let userTimeout = duration(t, id, "user_timeout")
-        if let u = userTimeout, u > 0 && u < 0.001 {
-            fail(id, "user_timeout", "\(label(id, "user_timeout")): must be 0 or at least 0.001 (it is set in milliseconds)")
-        }
         let closedEvent = bool(t, id, "closed_event")
         var sides: Set<Side>? = nil
         if let v = t["event_sides"] {

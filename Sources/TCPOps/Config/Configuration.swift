@@ -96,8 +96,9 @@ public struct ConfigError: Error, CustomStringConvertible {
     public let path: String
     public let problems: [Problem]
 
+    /// `PATH:LINE: message`, or `PATH: message` for what concerns the whole file (line 0).
     public var description: String {
-        problems.map { "\(path):\($0.line): \($0.message)" }.joined(separator: "\n")
+        problems.map { $0.line > 0 ? "\(path):\($0.line): \($0.message)" : "\(path): \($0.message)" }.joined(separator: "\n")
     }
 }
 
