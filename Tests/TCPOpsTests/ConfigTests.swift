@@ -51,6 +51,7 @@ import Testing
         closed_event = true
         event_sides = ["upstream"]
         upstream_keepalive = { idle = 1, count = 2, interval = 3 }
+        upstream_user_timeout = 4.5
         """
         let c = try ConfigLoader.parse(text, path: "t.toml")
         #expect(c.daemon.controlMode == 0o600 && c.daemon.logLevel == .debug && c.daemon.shutdownTimeout == 2.5)
@@ -58,7 +59,7 @@ import Testing
         let l = c.listeners[0]
         #expect(l.listen.family == .v6 && l.listen.description == "[::1]:6000")
         #expect(l.keepalive == KeepaliveSettings(idle: 60, count: 5, interval: 5))
-        #expect(l.upstreamKeepalive == KeepaliveSettings(idle: 1, count: 2, interval: 3))
+        #expect(l.upstreamKeepalive == KeepaliveSettings(idle: 1, count: 2, interval: 3) && l.upstreamUserTimeout == 4.5)
         #expect(l.connectTimeout == 0.25 && l.lifetime == 120 && l.userTimeout == 30 && l.closedEvent && l.eventSides == [.upstream])
     }
 

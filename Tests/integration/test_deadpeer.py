@@ -128,3 +128,78 @@ def test_upstream_never_answering_syn_is_connect_timeout(daemon, ns, tmp_path):
     assert r["TCPOPS_EVENT"] == "tcp:timeout" and r["TCPOPS_REASON"] == "connect-timeout"
     assert r["TCPOPS_SIDE"] == "upstream" and r["TCPOPS_REMOTE_IP"] == ns.ns_ip
     assert d.stop() == 0
+
+
+SERVER = """
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(16)
+print("listening", flush=True)
+c, _ = srv.accept()
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    c.sendall(d)
+time.sleep(120)
+"""
+
+
+def test_upstream_user_timeout_detects_blackholed_upstream(daemon, ns, tmp_path):
+    """Issue 7, item 4: an upstream that goes dark with data in flight raises tcp:timeout on the
+    upstream side within upstream_user_timeout (it used to go unnoticed: the option only existed for
+    the client side)."""
+    uport = 7000 + free_port() % 1000
+    srv = ns.popen(sys.executable, "-c", SERVER, ns.ns_ip, str(uport), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        port = free_port()
+        d = daemon(listeners=[listener("dark", port, f"{ns.ns_ip}:{uport}", upstream_user_timeout=2)], events=hooked(tmp_path))
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"hello")
+        assert s.recv(5) == b"hello"
+        ns.cut()
+        t0 = time.monotonic()
+        s.sendall(b"into the void" * 100)
+        ev = wait_for(lambda: [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"], timeout=15, what="upstream timeout")
+        elapsed = time.monotonic() - t0
+        assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
+        assert ev[0]["TCPOPS_REMOTE_IP"] == ns.ns_ip
+        assert 1.5 <= elapsed <= 10, elapsed
+        s.settimeout(5)
+        assert s.recv(10) == b""  # the relay ended: the client side is closed by tcpopsd
+        s.close()
+        assert d.stop() == 0
+    finally:
+        srv.kill()
+
+
+def test_upstream_user_timeout_ends_a_zero_window_upstream(daemon, tmp_path):
+    """An upstream that stays up but stops reading (zero window) is bounded the same way."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(srv.accept()[0]), daemon=True).start()
+    port = free_port()
+    d = daemon(listeners=[listener("zw", port, f"127.0.0.1:{srv.getsockname()[1]}", upstream_user_timeout=2)],
+               events=hooked(tmp_path))
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    wait_for(lambda: accepted, what="upstream accept")
+    s.setblocking(False)
+    t0 = time.monotonic()
+    while not [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"] and time.monotonic() - t0 < 20:
+        try:
+            s.send(b"z" * 65536)
+        except (BlockingIOError, OSError):
+            time.sleep(0.05)
+    ev = [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]
+    assert ev, "no event for an upstream with a zero window for 20 s"
+    assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
+    assert time.monotonic() - t0 <= 12
+    s.close()
+    srv.close()
+    assert d.stop() == 0

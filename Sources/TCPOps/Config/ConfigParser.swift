@@ -360,7 +360,7 @@ private struct Walker {
 
     mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
         checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
-                                   "closed_event", "event_sides", "upstream_keepalive"])
+                                   "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout"])
         let before = problems.count
         let name = string(t, id, "name")
         if t["name"] == nil { fail(id, nil, "[[listener]] #\(Int(id.dropFirst(9))! + 1): missing key 'name'") }
@@ -375,6 +375,7 @@ private struct Walker {
         let lifetime = duration(t, id, "lifetime")
         let keepalive = keepaliveSetting(t, id, "keepalive")
         let userTimeout = duration(t, id, "user_timeout")
+        let upstreamUserTimeout = duration(t, id, "upstream_user_timeout")
         let closedEvent = bool(t, id, "closed_event")
         var sides: Set<Side>? = nil
         if let v = t["event_sides"] {
@@ -397,6 +398,7 @@ private struct Walker {
         if let lifetime { l.lifetime = lifetime }
         l.keepalive = keepalive
         if let userTimeout { l.userTimeout = userTimeout }
+        if let upstreamUserTimeout { l.upstreamUserTimeout = upstreamUserTimeout }
         if let closedEvent { l.closedEvent = closedEvent }
         if let sides { l.eventSides = sides }
         l.upstreamKeepalive = upstreamKeepalive

@@ -61,8 +61,10 @@ public struct ListenerSettings: Sendable, Equatable {
     /// Idle lifetime in seconds; 0 = none.
     public var lifetime = 0.0
     public var keepalive: KeepaliveSettings? = nil
-    /// TCP_USER_TIMEOUT in seconds; 0 = kernel default.
+    /// TCP_USER_TIMEOUT of the client side in seconds; 0 = kernel default.
     public var userTimeout = 0.0
+    /// TCP_USER_TIMEOUT of the upstream side in seconds; 0 = kernel default.
+    public var upstreamUserTimeout = 0.0
     public var closedEvent = false
     public var eventSides: Set<Side> = [.client, .upstream]
     public var upstreamKeepalive: KeepaliveSettings? = nil

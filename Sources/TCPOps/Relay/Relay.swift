@@ -112,6 +112,9 @@ public final class Relay {
         ctx.track(up)
         do {
             try Socket.setKeepalive(upFD, listener.upstreamKeepalive, fresh: true)
+            if listener.upstreamUserTimeout > 0 {
+                try Socket.setUserTimeout(upFD, milliseconds: UInt32(listener.upstreamUserTimeout * 1000))
+            }
             Socket.setNoDelay(upFD)
         } catch {
             ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", relay.fields(up))
