@@ -40,8 +40,8 @@ extension Connection {
     public func send(_ bytes: [UInt8]) -> Bool {
         guard let r = liveRelay, !bytes.isEmpty else { return false }
         let d = side == .client ? r.toClient : r.toUpstream
-        guard !d.shut, state != .error, d.injected.count - d.injectedSent + bytes.count <= Relay.injectLimit else { return false }
-        d.injected.append(contentsOf: bytes)
+        guard !d.shut, state != .error, d.held.count - d.heldSent + bytes.count <= Relay.injectLimit else { return false }
+        d.held.append(contentsOf: bytes)
         let from = side == .client ? r.upstream! : r.client
         r.shovel(d, from: from, to: self)
         if !r.ended { r.updateInterest() }

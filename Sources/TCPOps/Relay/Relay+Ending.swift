@@ -17,7 +17,7 @@ extension Relay {
         closeSocket(conn)
         draining = true
         toOther.eof = true  // nothing more will come from the broken side
-        let held = toOther.fill + toOther.injected.count - toOther.injectedSent
+        let held = toOther.fill + toOther.held.count - toOther.heldSent
         drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [weak self] in
             guard let self, !self.ended else { return }
             self.drainTimer = nil

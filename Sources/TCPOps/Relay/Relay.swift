@@ -17,16 +17,18 @@ final class Direction {
     var shut = false
     /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
     var blocked = false
-    /// Bytes given by `tcpopsctl send`: written after the pipe's bytes, while the source is not read.
-    var injected: [UInt8] = []
-    var injectedSent = 0
+    /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
+    /// destination was still connecting, or left over from a copy when no pipe could be had. The
+    /// source is not read while any wait.
+    var held: [UInt8] = []
+    var heldSent = 0
 
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer (cheaper than splice for small messages).
     var bulk = false
 
     /// Nothing waits to be written to the destination.
-    var drained: Bool { fill == 0 && injected.isEmpty }
+    var drained: Bool { fill == 0 && held.isEmpty }
 }
 
 public final class Relay {
@@ -214,16 +216,11 @@ public final class Relay {
         var readDrained = false
         while true {
             var progress = false
-            if !d.eof && !readDrained && !d.blocked && !quieting && d.injected.isEmpty && d.fill < capacity {
-                let copying = d.fill == 0 && !d.bulk && canWrite
-                let want = copying ? ctx.scratch.count : capacity - d.fill
-                let result: IOResult
-                if copying {
-                    result = Socket.receive(from.fd, into: ctx.scratch)
-                } else {
-                    guard takePipe(d) else { return }
-                    result = Splice.move(from: from.fd, to: d.pipe!.write, length: want)
-                }
+            if !d.eof && !readDrained && !d.blocked && !quieting && d.held.isEmpty && d.fill < capacity {
+                let mode = readMode(d, canWrite: canWrite)
+                let want = mode == .splice ? capacity - d.fill : ctx.scratch.count
+                let result = mode == .splice ? Splice.move(from: from.fd, to: d.pipe!.write, length: want)
+                                             : Socket.receive(from.fd, into: ctx.scratch)
                 switch result {
                 case .moved(let n):
                     from.bytesIn &+= UInt64(n)
@@ -231,9 +228,12 @@ public final class Relay {
                     progress = true
                     if n < want { readDrained = true }
                     d.bulk = n >= Relay.copyLimit
-                    if copying {
+                    switch mode {
+                    case .copy:
                         guard forward(d, n, to: to, now: now) else { return }
-                    } else {
+                    case .hold:
+                        d.held.append(contentsOf: UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n]))
+                    case .splice:
                         d.fill += n
                     }
                 case .endOfFile:
@@ -252,12 +252,13 @@ public final class Relay {
                 d.fill -= n
                 ctx.relayedBytes &+= UInt64(n)
                 progress = progress || n > 0
-            } else if d.fill == 0 && !d.injected.isEmpty && canWrite && !d.blocked {
-                guard let n = wrote(Socket.send(to.fd, d.injected[d.injectedSent...]), d, to: to, now: now) else { return }
-                d.injectedSent += n
-                if d.injectedSent == d.injected.count {
-                    d.injected = []
-                    d.injectedSent = 0
+            } else if d.fill == 0 && !d.held.isEmpty && canWrite && !d.blocked {
+                guard let n = wrote(Socket.send(to.fd, d.held[d.heldSent...]), d, to: to, now: now) else { return }
+                ctx.relayedBytes &+= UInt64(n)
+                d.heldSent += n
+                if d.heldSent == d.held.count {
+                    d.held = []
+                    d.heldSent = 0
                 }
                 progress = progress || n > 0
             }
@@ -278,13 +279,28 @@ public final class Relay {
     /// Reads of at most this many bytes into an empty direction are copied, not spliced.
     static let copyLimit = 16384
 
+    private enum ReadMode { case copy, splice, hold }
+
+    /// How the next read of an empty-enough direction moves its bytes: small reads are copied
+    /// straight to a writable destination; bulk reads are spliced through a pipe; bytes that
+    /// arrive while the destination is still connecting are held in memory (one read's worth).
+    /// Without a pipe (out of fds), bulk is copied too: slower, never a reset.
+    private func readMode(_ d: Direction, canWrite: Bool) -> ReadMode {
+        if d.fill == 0 {
+            if !canWrite { return .hold }
+            if !d.bulk { return .copy }
+        }
+        if takePipe(d) { return .splice }
+        return canWrite ? .copy : .hold  // no pipe means an empty direction: fill is 0
+    }
+
     private func takePipe(_ d: Direction) -> Bool {
         guard d.pipe == nil else { return true }
         do {
             d.pipe = try ctx.pipes.take()
             return true
         } catch {
-            end(failed: nil, reason: .local, why: "no pipe for splice: \(error)")
+            ctx.noPipe(error)
             return false
         }
     }
@@ -317,12 +333,12 @@ public final class Relay {
         ctx.relayedBytes &+= UInt64(sent)
         if sent < n {
             d.blocked = true  // a short send: the socket buffer is full
-            guard takePipe(d) else { return false }
-            guard ctx.pipes.load(d.pipe!, UnsafeRawBufferPointer(rebasing: ctx.scratch[sent..<n])) else {
-                end(failed: nil, reason: .local, why: "cannot buffer \(n - sent) bytes in a pipe")
-                return false
+            let rest = UnsafeRawBufferPointer(rebasing: ctx.scratch[sent..<n])
+            if takePipe(d), ctx.pipes.load(d.pipe!, rest) {
+                d.fill += n - sent
+            } else {
+                d.held.append(contentsOf: rest)
             }
-            d.fill += n - sent
         }
         return true
     }
@@ -331,7 +347,7 @@ public final class Relay {
         if c.state == .connecting { return Events.write }
         if draining || quieting { return !writing.drained && writing.blocked ? Events.write : 0 }
         var m: UInt32 = 0
-        if !reading.eof && !reading.blocked && reading.injected.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
+        if !reading.eof && !reading.blocked && reading.held.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
         if !writing.drained && writing.blocked { m |= Events.write }
         return m
     }

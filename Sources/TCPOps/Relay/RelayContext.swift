@@ -18,6 +18,9 @@ public final class RelayContext {
     public var relayedBytes: UInt64 = 0
     /// Names of the listeners now configured (for `list --listener`).
     public var listenerNames: Set<String> = []
+    /// Reads that wanted a splice pipe and copied instead, for want of fds.
+    public private(set) var pipeShortages: UInt64 = 0
+    private var lastPipeShortageLog: UInt64 = 0
     /// Called when the last relay has ended (used to finish a drain).
     public var onIdle: (() -> Void)?
 
@@ -68,4 +71,15 @@ public final class RelayContext {
     }
 
     public func shutdown() { pipes.drain() }
+
+    /// No pipe could be made (out of fds): the relay copies instead. Warned at most every 5 s.
+    func noPipe(_ error: SystemError) {
+        pipeShortages += 1
+        let now = loop.now
+        if lastPipeShortageLog == 0 || now - lastPipeShortageLog >= 5_000_000_000 {
+            lastPipeShortageLog = now
+            logger.log(.warning, "no pipe for splice (\(error)): relays copy through memory meanwhile",
+                       [("TCPOPS_PIPE_SHORTAGES", String(pipeShortages))])
+        }
+    }
 }
