@@ -234,13 +234,16 @@ struct EventsCommand: ParsableCommand {
         var client = try connectOrExit(common)
         var r = ControlRequest(cmd: "events")
         r.follow = follow
-        guard client.send(r), let first = client.readLine(), let a = Answer.parse(first), a.ok else {
-            writeStderr("tcpopsctl: tcpopsd refused the events request\n")
+        _ = client.send(r)
+        let first = try answerLine(&client, common)
+        guard let a = Answer.parse(first), a.ok else {
+            writeStderr("tcpopsctl: tcpopsd refused the events request: \(Answer.parse(first)?.error ?? first)\n")
             throw ExitCode(CtlExit.daemonError)
         }
+        if follow { client.waitForever() }
         if common.json { writeStdoutLine(first) }
         var left = a.count ?? Int.max
-        while follow || left > 0, let line = client.readLine() {
+        while follow || left > 0, case .line(let line) = client.readLine() {
             if let e = Answer.parse(line), !e.ok, line.hasPrefix("{\"id\"") {
                 writeStderr("tcpopsctl: \(e.error ?? "error")\n")
                 throw ExitCode(CtlExit.daemonError)

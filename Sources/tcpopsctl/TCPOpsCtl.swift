@@ -11,6 +11,9 @@ struct Common: ParsableArguments {
     @Flag(name: .long, help: "Print tcpopsd's JSON answer as it is.")
     var json = false
 
+    @Option(name: .long, help: "Give up after this many seconds without an answer (0: wait forever).")
+    var timeout: Double = 10
+
     var path: String {
         socket ?? ProcessInfo.processInfo.environment["TCPOPS_CONTROL_SOCKET"].flatMap { $0.isEmpty ? nil : $0 } ?? ControlProtocol.defaultSocket
     }
@@ -18,21 +21,39 @@ struct Common: ParsableArguments {
 
 /// A connection to tcpopsd's control socket, or exit 69 saying why there is none.
 func connectOrExit(_ common: Common) throws -> ControlClient {
+    guard common.timeout >= 0, common.timeout.isFinite else { throw ValidationError("--timeout must be 0 or more seconds") }
     do {
-        return try ControlClient(socket: common.path)
+        return try ControlClient(socket: common.path, timeout: common.timeout)
     } catch {
-        writeStderr("tcpopsctl: cannot reach tcpopsd at \(common.path): \(error)\n")
+        if error.errno == EAGAIN {
+            writeStderr("tcpopsctl: tcpopsd at \(common.path) did not accept the connection within \(seconds(common.timeout))\n")
+        } else {
+            writeStderr("tcpopsctl: cannot reach tcpopsd at \(common.path): \(error)\n")
+        }
         throw ExitCode(CtlExit.unavailable)
     }
+}
+
+func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
+
+/// The next answer line, or exit 69 saying why none came.
+func answerLine(_ client: inout ControlClient, _ common: Common) throws -> String {
+    switch client.readLine() {
+    case .line(let l): return l
+    case .timeout:
+        writeStderr("tcpopsctl: tcpopsd at \(common.path) did not answer within \(seconds(common.timeout))\n")
+    case .end:
+        writeStderr("tcpopsctl: tcpopsd closed the connection without an answer\n")
+    }
+    throw ExitCode(CtlExit.unavailable)
 }
 
 /// Sends one request and returns the first answer (exits on failure to reach the daemon).
 func ask(_ common: Common, _ request: ControlRequest) throws -> (line: String, answer: Answer) {
     var client = try connectOrExit(common)
-    guard client.send(request), let line = client.readLine() else {
-        writeStderr("tcpopsctl: tcpopsd closed the connection without an answer\n")
-        throw ExitCode(CtlExit.unavailable)
-    }
+    // A failed send still reads: tcpopsd may have answered (and closed) before taking the request.
+    _ = client.send(request)
+    let line = try answerLine(&client, common)
     guard let answer = Answer.parse(line) else {
         writeStderr("tcpopsctl: unreadable answer: \(line)\n")
         throw ExitCode(CtlExit.daemonError)

@@ -199,3 +199,59 @@ def test_peer_credentials_decide_access(tmp_path, daemon, echo):
     assert "refused a client" in d.logtext()
     assert d.stop() == 0
     shutil.rmtree(reachable, ignore_errors=True)
+
+
+def test_idle_clients_cannot_lock_the_control_socket(daemon, echo):
+    """Issue 7, item 6: 3,000 authorised but idle clients used to make every tcpopsctl fail with
+    "too many control clients" for up to 10 s. Now the longest-idle client makes room."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    up = echo()
+    d = daemon(listeners=[listener("idle", free_port(), up.address)])
+    idle = []
+    for _ in range(3000):
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        try:
+            c.connect(d.control)
+        except BlockingIOError:
+            pass
+        idle.append(c)
+    t0 = time.monotonic()
+    for i in range(5):
+        r = d.ctl("stats", "--timeout", "5")
+        assert r.returncode == 0 and "connections_open" in r.stdout, (i, r.returncode, r.stderr)
+    assert time.monotonic() - t0 < 10
+    for c in idle:
+        c.close()
+    assert d.stop() == 0
+
+
+def test_a_trickling_client_does_not_keep_its_slot(daemon, echo):
+    """A request line must be complete within 10 s of connecting (or of the last answer), however
+    the bytes trickle in: one byte every 2 s used to keep a slot forever."""
+    up = echo()
+    d = daemon(listeners=[listener("slow", free_port(), up.address)])
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(d.control)
+    slow.settimeout(0.2)
+    t0 = time.monotonic()
+    request = b'{"cmd":"stats"}' + b" " * 20 + b"\n"
+    got = b""
+    for i in range(len(request) - 1):  # never the newline
+        try:
+            slow.send(request[i:i + 1])
+            got = slow.recv(4096)
+            if got:
+                break
+        except socket.timeout:
+            pass
+        except OSError:
+            break
+        time.sleep(2)
+    elapsed = time.monotonic() - t0
+    assert b"no complete request line" in got, got
+    assert 9 <= elapsed <= 14, elapsed
+    slow.close()
+    assert d.stop() == 0

@@ -1,7 +1,9 @@
 // The control socket: its own thread and event loop. It accepts tcpopsctl clients (checked with
 // SO_PEERCRED), reads JSON lines, and hands each request to the relay's loop through that loop's
 // inbox; the answer comes back through this loop's inbox. It also keeps the recent events and
-// streams new ones to `events --follow` subscribers, cutting off any that fall behind.
+// streams new ones to `events --follow` subscribers, cutting off any that fall behind. Clients are
+// bounded in number and in the time they take to send a request; an idle one makes room for a new
+// one; at the fd limit a reserved fd still lets one operator in.
 import Glibc
 import Synchronization
 
@@ -67,9 +69,13 @@ public final class ControlServer: Sendable {
 }
 
 /// Lives on the control thread only.
-private final class ControlWorker {
+final class ControlWorker {
     static let maxClients = 256
-    static let idleTimeout: UInt64 = 10_000_000_000
+    /// A client must complete a request line this long after connecting or after its last answer
+    /// (a byte now and then does not extend it).
+    static let requestTimeout: UInt64 = 10_000_000_000
+    /// How long a client being closed may take to read its last line and hang up.
+    static let lingerTimeout: UInt64 = 1_000_000_000
     static let subscriberBacklog = 1 << 20
     static let recentEvents = 1000
 
@@ -82,10 +88,17 @@ private final class ControlWorker {
     var selfInbox: Inbox?
     var onSubscribersChanged: ((Int) -> Void)?
     var clients: [UInt64: ControlClient] = [:]
+    /// Clients not being closed, the ones `maxClients` bounds.
+    var active = 0
     var nextID: UInt64 = 1
     var recent: [String] = []
     var recentHead = 0
     var listener: ListenHandler?
+    private var backoff: AcceptPause?
+    /// An fd held in reserve (/dev/null): at the fd limit it is closed so that one more control
+    /// client can be accepted, and taken again once that client is gone.
+    private var reserve: Int32 = -1
+    private var lastEvictionLog: UInt64 = 0
 
     init(loop: EventLoop, listenFD: Int32, access: ControlServer.Access, relayInbox: Inbox, logger: Logger) {
         self.loop = loop
@@ -93,6 +106,7 @@ private final class ControlWorker {
         self.access = access
         self.relayInbox = relayInbox
         self.logger = logger
+        reserve = Socket.placeholder()
     }
 
     final class ListenHandler: EventHandler {
@@ -104,6 +118,7 @@ private final class ControlWorker {
     func listen() throws(SystemError) {
         let h = ListenHandler(self)
         listener = h
+        backoff = AcceptPause(loop: loop, fd: listenFD, logger: logger, what: "control socket accept")
         try loop.register(listenFD, mask: Events.read, handler: h)
     }
 
@@ -115,51 +130,99 @@ private final class ControlWorker {
             logger.log(.error, "control loop failed: \(error)")
         }
         for c in Array(clients.values) { drop(c) }
+        backoff?.close()
         loop.unregister(listenFD)
         closeFD(listenFD)
+        closeFD(reserve)
     }
 
     func stop() { loop.stop() }
 
-    /// Closes clients idle past the timeout (not subscribers, not waiting for an answer).
+    /// Closes clients past their request deadline (not subscribers, not waiting for an answer)
+    /// and lingering ones that did not hang up.
     private func sweep() {
         let now = loop.now
-        for c in Array(clients.values) where !c.subscribed && c.pending == 0 && now - c.lastActivity > ControlWorker.idleTimeout {
-            c.closeAfterFlush(error: "idle for 10 s: closed")
+        for c in Array(clients.values) {
+            if c.closing {
+                if c.pending == 0 && now - c.closingSince > ControlWorker.lingerTimeout { drop(c) }
+            } else if !c.subscribed && c.pending == 0 && now - c.requestSince > ControlWorker.requestTimeout {
+                c.closeAfterFlush(error: "idle: no complete request line within \(ControlWorker.requestTimeout / 1_000_000_000) s: closed")
+            }
         }
         loop.timers.schedule(at: now + 1_000_000_000) { [weak self] in self?.sweep() }
     }
 
     func acceptAll() {
         for _ in 0..<64 {
-            let fd: Int32
-            do {
-                guard let a = try Socket.accept(listenFD) else { return }
-                fd = a.fd
-            } catch {
-                if error.errno == EMFILE || error.errno == ENFILE {
-                    logger.log(.warning, "control socket: \(error)")
-                }
-                return
-            }
+            guard let (fd, reserved) = acceptOne() else { return }
             let c = ControlClient(id: nextID, fd: fd, worker: self)
+            c.usesReserve = reserved
             nextID += 1
             do {
                 try loop.register(fd, mask: Events.read, handler: c)
             } catch {
                 closeFD(fd)
+                if reserved { takeReserve() }
                 continue
             }
             clients[c.id] = c
-            if clients.count > ControlWorker.maxClients {
-                c.closeAfterFlush(error: "too many control clients (\(ControlWorker.maxClients))")
-                continue
-            }
+            active += 1
             if let why = refusal(fd) {
                 logger.log(.warning, "control socket: refused a client: \(why)")
                 c.closeAfterFlush(error: "permission denied: \(why)")
+                continue
+            }
+            if active > ControlWorker.maxClients && !makeRoom(for: c) {
+                c.closeAfterFlush(error: "too many control clients (\(ControlWorker.maxClients)), all busy")
             }
         }
+    }
+
+    /// One accepted fd, and whether the reserve was spent on it; nil when none is waiting or
+    /// accepting has to pause.
+    private func acceptOne() -> (Int32, Bool)? {
+        var spent = false
+        while true {
+            do {
+                guard let a = try Socket.accept(listenFD) else { return nil }
+                return (a.fd, spent)
+            } catch {
+                if [ECONNABORTED, EPROTO].contains(error.errno) { continue }
+                if (error.errno == EMFILE || error.errno == ENFILE) && reserve >= 0 && !spent {
+                    closeFD(reserve)
+                    reserve = -1
+                    spent = true
+                    continue
+                }
+                if spent { takeReserve() }
+                backoff?.pause(error)
+                return nil
+            }
+        }
+    }
+
+    /// Takes the reserve fd back once the client it was spent on is gone (retried until it can).
+    private func takeReserve() {
+        guard reserve < 0 else { return }
+        reserve = Socket.placeholder()
+        if reserve < 0 {
+            loop.timers.schedule(at: loop.now + AcceptPause.interval) { [weak self] in self?.takeReserve() }
+        }
+    }
+
+    /// At the client limit: the longest-idle client (no request under way, not subscribed) is
+    /// closed so that `newcomer` can be served; false when every other client is busy.
+    private func makeRoom(for newcomer: ControlClient) -> Bool {
+        let idle = clients.values.filter { $0 !== newcomer && !$0.closing && !$0.subscribed && $0.pending == 0 }
+        guard let oldest = idle.min(by: { ($0.input.isEmpty ? 0 : 1, $0.requestSince) < ($1.input.isEmpty ? 0 : 1, $1.requestSince) }) else {
+            return false
+        }
+        if loop.now - lastEvictionLog >= 5_000_000_000 {
+            lastEvictionLog = loop.now
+            logger.log(.notice, "control socket: \(ControlWorker.maxClients) clients: closing the longest idle to make room")
+        }
+        oldest.closeAfterFlush(error: "closed to make room for another control client (\(ControlWorker.maxClients) at most)")
+        return true
     }
 
     /// nil when the peer may use the socket: root, the daemon's own user, or control_group members.
@@ -177,6 +240,7 @@ private final class ControlWorker {
         case .success(let r): req = r
         case .failure(.message(let m, let id)):
             c.send(ControlAnswer.error(id, m))
+            c.requestSince = loop.now
             return
         }
         if req.cmd == "events" {
@@ -196,6 +260,7 @@ private final class ControlWorker {
     func answered(_ id: UInt64, _ answer: String) {
         guard let c = clients[id] else { return }
         c.pending -= 1
+        c.requestSince = loop.now
         c.send(answer)
     }
 
@@ -209,6 +274,7 @@ private final class ControlWorker {
         let lines = Array(recent[recentHead...] + recent[..<recentHead])
         c.send(ControlAnswer.ok(req.id, [("count", .int(Int64(lines.count)))]))
         for l in lines { c.send(l) }
+        c.requestSince = loop.now
     }
 
     func broadcast(_ line: String) {
@@ -218,7 +284,7 @@ private final class ControlWorker {
             recent[recentHead] = line
             recentHead = (recentHead + 1) % ControlWorker.recentEvents
         }
-        for c in clients.values where c.subscribed {
+        for c in clients.values where c.subscribed && !c.closing {
             if c.backlog > ControlWorker.subscriberBacklog {
                 logger.log(.warning, "control socket: events subscriber fell \(c.backlog) bytes behind: cut off")
                 c.cutOff()
@@ -228,106 +294,20 @@ private final class ControlWorker {
         }
     }
 
+    /// A client starts closing: it no longer counts against the limit. Whether it may linger
+    /// (wait for the peer to hang up after its last line, so that the peer reads that line rather
+    /// than a reset): not under a flood of closing clients, which would hold as many fds.
+    func closing(_ c: ControlClient) -> Bool {
+        active -= 1
+        return clients.count - active <= ControlWorker.maxClients
+    }
+
     func drop(_ c: ControlClient) {
         guard clients.removeValue(forKey: c.id) != nil else { return }
+        if !c.closing { active -= 1 }
         loop.unregister(c.fd)
         closeFD(c.fd)
+        if c.usesReserve { takeReserve() }
         if c.subscribed { onSubscribersChanged?(clients.values.filter(\.subscribed).count) }
-    }
-}
-
-private final class ControlClient: EventHandler {
-    let id: UInt64
-    let fd: Int32
-    unowned let worker: ControlWorker
-    var input: [UInt8] = []
-    var output: [UInt8] = []
-    var outputSent = 0
-    var subscribed = false
-    var pending = 0
-    var closing = false
-    var lastActivity: UInt64
-
-    init(id: UInt64, fd: Int32, worker: ControlWorker) {
-        self.id = id
-        self.fd = fd
-        self.worker = worker
-        lastActivity = worker.loop.now
-    }
-
-    var backlog: Int { output.count - outputSent }
-
-    func handleEvents(_ events: UInt32) {
-        lastActivity = worker.loop.now
-        if events & Events.write != 0 { flush() }
-        if events & (Events.read | Events.hangup | Events.error) != 0 && !closing { readLines() }
-    }
-
-    private func readLines() {
-        while true {
-            switch UnixSocket.read(fd, appendingTo: &input, max: 65536) {
-            case .moved:
-                var start = 0
-                while let nl = input[start...].firstIndex(of: 10) {
-                    let line = Array(input[start..<nl])
-                    start = nl + 1
-                    if !line.allSatisfy({ $0 == 32 || $0 == 13 || $0 == 9 }) { worker.request(self, line) }
-                    if closing { return }
-                }
-                input.removeFirst(start)
-                if input.count > ControlProtocol.maxLine {
-                    input = []
-                    closeAfterFlush(error: "request longer than \(ControlProtocol.maxLine) bytes")
-                    return
-                }
-            case .wouldBlock:
-                return
-            case .endOfFile, .failed:
-                if pending == 0 && backlog == 0 || subscribed { worker.drop(self) } else { closing = true; worker.loop.modify(fd, mask: Events.write) }
-                return
-            }
-        }
-    }
-
-    func send(_ line: String) {
-        output.append(contentsOf: line.utf8)
-        output.append(10)
-        flush()
-    }
-
-    func flush() {
-        while outputSent < output.count {
-            switch Socket.send(fd, output[outputSent...]) {
-            case .moved(let n): outputSent += n
-            case .wouldBlock:
-                worker.loop.modify(fd, mask: (closing ? 0 : Events.read) | Events.write)
-                return
-            case .endOfFile, .failed:
-                worker.drop(self)
-                return
-            }
-        }
-        output.removeAll(keepingCapacity: output.count < 65536)
-        outputSent = 0
-        if closing && pending == 0 {
-            worker.drop(self)
-        } else {
-            worker.loop.modify(fd, mask: closing ? 0 : Events.read)
-        }
-    }
-
-    /// Sends an error line, then closes once it is written.
-    func closeAfterFlush(error: String) {
-        closing = true
-        send(ControlAnswer.error(nil, error))
-    }
-
-    /// A subscriber too far behind: its backlog is dropped, one error line is tried without
-    /// waiting, and it is closed.
-    func cutOff() {
-        var line = Array(ControlAnswer.error(nil, "events subscriber too slow: cut off").utf8)
-        line.append(10)
-        _ = Socket.send(fd, line[...])
-        worker.drop(self)
     }
 }

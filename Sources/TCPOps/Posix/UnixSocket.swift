@@ -52,16 +52,27 @@ public enum UnixSocket {
         return fd
     }
 
-    /// Connects (blocking) to a control socket.
-    public static func connect(path: String) throws(SystemError) -> Int32 {
+    /// Connects (blocking) to a control socket. With a `timeout` (seconds, 0 = none), connect, send
+    /// and every read give up after it with EAGAIN (a full backlog, a daemon that does not answer).
+    public static func connect(path: String, timeout: Double = 0) throws(SystemError) -> Int32 {
         let fd = try sys("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0) }
         do {
+            if timeout > 0 {
+                try setTimeout(fd, SO_SNDTIMEO, timeout)
+                try setTimeout(fd, SO_RCVTIMEO, timeout)
+            }
             try sys("connect(\(path))") { withAddress(path) { Glibc.connect(fd, $0, $1) } }
         } catch {
             closeFD(fd)
             throw error
         }
         return fd
+    }
+
+    /// SO_RCVTIMEO / SO_SNDTIMEO in seconds (0 = wait forever).
+    public static func setTimeout(_ fd: Int32, _ option: Int32, _ seconds: Double) throws(SystemError) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
+        try sys("setsockopt(timeout)") { setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size)) }
     }
 
     public static func credentials(_ fd: Int32) -> Credentials? {

@@ -6,10 +6,8 @@ public final class Listener: EventHandler {
     public let settings: ListenerSettings
     let fd: Int32
     unowned let ctx: RelayContext
-    private var paused = false
     private var lastRejectLog: UInt64 = 0
-    private var lastPauseLog: UInt64 = 0
-    private var pausesSinceLog = 0
+    private let backoff: AcceptPause
 
     /// Binds and listens, or takes `passed`, a listening socket systemd handed over.
     public init(settings: ListenerSettings, ctx: RelayContext, passed: Int32? = nil) throws(SystemError) {
@@ -20,6 +18,8 @@ public final class Listener: EventHandler {
         } else {
             fd = try Socket.listen(settings.listen)
         }
+        backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
+                              fields: [("TCPOPS_LISTENER", settings.name)])
         do {
             try ctx.loop.register(fd, mask: Events.read, handler: self)
         } catch {
@@ -33,6 +33,7 @@ public final class Listener: EventHandler {
     public func close() {
         guard !closed else { return }
         closed = true
+        backoff.close()
         ctx.loop.unregister(fd)
         closeFD(fd)
     }
@@ -45,16 +46,11 @@ public final class Listener: EventHandler {
                 guard let accepted = try Socket.accept(fd) else { return }
                 (client, peer) = accepted
             } catch {
-                switch error.errno {
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    pause(error)
-                    return
-                case ECONNABORTED, EPROTO, EPERM:
-                    continue
-                default:
-                    ctx.logger.log(.error, "accept on \(settings.listen) failed: \(error)", id: .listener, [("TCPOPS_LISTENER", settings.name)])
-                    return
-                }
+                // A connection that died in the queue (or was refused by a firewall rule) costs
+                // nothing; anything else (out of fds or memory above all) pauses accepting.
+                if [ECONNABORTED, EPROTO, EPERM].contains(error.errno) { continue }
+                backoff.pause(error)
+                return
             }
             guard ctx.hasRoomForRelay else {
                 ctx.rejected += 1
@@ -69,28 +65,9 @@ public final class Listener: EventHandler {
             // Only a wildcard listener needs to ask which local address a client reached.
             let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
             if !Relay.start(ctx: ctx, listener: settings, clientFD: client, local: local, remote: peer) {
-                pause(SystemError("socket", EMFILE))
+                backoff.pause(SystemError("socket", EMFILE))
                 return
             }
-        }
-    }
-
-    /// Out of fds: stop accepting for a moment rather than spin on a ready listener.
-    private func pause(_ error: SystemError) {
-        guard !paused else { return }
-        paused = true
-        ctx.loop.modify(fd, mask: 0)
-        pausesSinceLog += 1
-        if lastPauseLog == 0 || ctx.loop.now - lastPauseLog >= 5_000_000_000 {
-            ctx.logger.log(.warning, "accept on \(settings.listen) paused for 100 ms: \(error) (\(pausesSinceLog) pause(s) since the last report)",
-                           id: .listener, [("TCPOPS_LISTENER", settings.name)])
-            lastPauseLog = ctx.loop.now
-            pausesSinceLog = 0
-        }
-        ctx.loop.timers.schedule(at: ctx.loop.now + 100_000_000) { [weak self] in
-            guard let self, !self.closed else { return }
-            self.paused = false
-            self.ctx.loop.modify(self.fd, mask: Events.read)
         }
     }
 }
