@@ -46,7 +46,18 @@ struct TCPOpsD: ParsableCommand {
             print("\(config): configuration is valid (\(configuration.listeners.count) listener(s))")
             return
         }
+        if logTarget == .journal && !Logger.journalSocketExists() {
+            writeStderr("tcpopsd: --log-target journal, but there is no journal socket at /run/systemd/journal/socket\n")
+            throw ExitCode(ExitStatus.osResource)
+        }
         let logger = Logger(target: logTarget, level: configuration.daemon.logLevel)
+        // What is still queued for the journal (or stderr) and for systemd goes out before exit,
+        // for at most a second: a receiver that stopped reading must not keep tcpopsd alive.
+        defer {
+            let deadline = Clock.monotonicNanoseconds() + 1_000_000_000
+            Notify.flush(deadline: deadline)
+            logger.flush(deadline: deadline)
+        }
         do {
             let daemon = try Daemon(config: configuration, logger: logger)
             try daemon.run()

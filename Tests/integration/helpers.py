@@ -98,7 +98,8 @@ def read_records(record_dir):
 class NotifySocket:
     """A datagram socket passed to tcpopsd as NOTIFY_SOCKET; collects its messages."""
 
-    def __init__(self, path):
+    def __init__(self, path, read=True):
+        """read=False: a receiver that never reads (PID 1 stuck in a daemon-reload, say)."""
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
@@ -106,7 +107,8 @@ class NotifySocket:
         self.lock = threading.Lock()
         self.stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        if read:
+            self.thread.start()
 
     def _run(self):
         self.sock.settimeout(0.1)
@@ -152,7 +154,8 @@ def die_with_parent(extra=None):
 
 class Daemon:
     def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
-                 extra_env=None, config_text=None, wait_ready=True, preexec=None, popen_kw=None):
+                 extra_env=None, config_text=None, wait_ready=True, preexec=None, popen_kw=None, wrapper=(),
+                 notify_reader=True):
         self.tmp = str(tmp)
         self.records = os.path.join(self.tmp, "records")
         os.makedirs(self.records, exist_ok=True)
@@ -168,12 +171,14 @@ class Daemon:
         self.wait_ready = wait_ready
         self.preexec = preexec
         self.popen_kw = popen_kw or {}
+        self.wrapper = list(wrapper)
+        self.notify_reader = notify_reader
         self.proc = None
         self.notify = None
 
     def start(self):
         npath = os.path.join(self.tmp, "notify.sock")
-        self.notify = NotifySocket(npath)
+        self.notify = NotifySocket(npath, read=self.notify_reader)
         env = dict(os.environ)
         env.pop("JOURNAL_STREAM", None)
         env.pop("INVOCATION_ID", None)
@@ -181,7 +186,7 @@ class Daemon:
         env.update(self.extra_env)
         self.fds_before = None
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([BIN, "--config", self.config_path, "--log-target", self.log_target],
+        self.proc = subprocess.Popen(self.wrapper + [BIN, "--config", self.config_path, "--log-target", self.log_target],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(self.preexec),
                                      **self.popen_kw)
         if self.wait_ready:

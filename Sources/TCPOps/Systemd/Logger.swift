@@ -1,5 +1,7 @@
 // The daemon's one logger: journal entries with fields (sd_journal_sendv) when the journal is the
-// sink, else one line per entry on stderr: `LEVEL message key=value ...`. Safe from any thread.
+// sink, else one line per entry on stderr: `LEVEL message key=value ...`. Safe from any thread, and
+// never blocking one: entries are written by a thread of their own (a stalled journald or a
+// terminal nobody reads fills its bounded queue, and what does not fit is counted and reported).
 import CSystemd
 import Glibc
 import Synchronization
@@ -11,16 +13,35 @@ public final class Logger: Sendable {
 
     public typealias Field = (String, String)
 
+    /// One entry, as the caller made it; formatted and written on the writer thread.
+    struct Entry: @unchecked Sendable {
+        // @unchecked: tuples of Strings are values; the array is handed over, never shared.
+        let level: LogLevel
+        let message: String
+        let id: MessageID?
+        let fields: [Field]
+    }
+
+    /// Entries waiting for the writer beyond this are dropped (and counted, and reported).
+    static let queueLimit = 10_000
+
     private let useJournal: Bool
     private let threshold: Atomic<Int>
+    private let writer: SideChannel<Entry>?
 
     public init(target: Target, level: LogLevel = .info) {
+        let journal: Bool
         switch target {
-        case .journal: useJournal = true
-        case .stderr: useJournal = false
-        case .auto: useJournal = Logger.journalIsOurs()
+        case .journal: journal = true
+        case .stderr: journal = false
+        case .auto: journal = Logger.journalIsOurs()
         }
+        useJournal = journal
         threshold = Atomic(level.rawValue)
+        writer = try? SideChannel<Entry>(limit: Logger.queueLimit, write: { Logger.write($0, journal: journal) }, dropped: { n in
+            Logger.write(Entry(level: .warning, message: "\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
+                               id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))]), journal: journal)
+        })
     }
 
     public var writesToJournal: Bool { useJournal }
@@ -28,30 +49,47 @@ public final class Logger: Sendable {
     /// `auto`: the journal when systemd started us (JOURNAL_STREAM or INVOCATION_ID) and its socket exists.
     static func journalIsOurs() -> Bool {
         let startedBySystemd = getenv("JOURNAL_STREAM") != nil || getenv("INVOCATION_ID") != nil
-        return startedBySystemd && access("/run/systemd/journal/socket", F_OK) == 0
+        return startedBySystemd && journalSocketExists()
     }
+
+    public static func journalSocketExists() -> Bool { access("/run/systemd/journal/socket", F_OK) == 0 }
 
     public func setLevel(_ level: LogLevel) { threshold.store(level.rawValue, ordering: .relaxed) }
 
     public func enabled(_ level: LogLevel) -> Bool { level.rawValue <= threshold.load(ordering: .relaxed) }
 
+    /// Queues an entry for the writer thread: never waits on the journal or on stderr's reader.
     public func log(_ level: LogLevel, _ message: String, id: MessageID? = nil, _ fields: [Field] = []) {
         guard enabled(level) else { return }
-        if useJournal && sendToJournal(level, message, id, fields) { return }
-        writeLine(level, message, fields)
+        let entry = Entry(level: level, message: message, id: id, fields: fields)
+        if let writer {
+            writer.submit(entry)
+        } else {
+            Logger.write(entry, journal: useJournal)
+        }
     }
 
-    private func sendToJournal(_ level: LogLevel, _ message: String, _ id: MessageID?, _ fields: [Field]) -> Bool {
-        var entries = ["MESSAGE=\(message)", "PRIORITY=\(level.rawValue)", "SYSLOG_IDENTIFIER=tcpopsd"]
-        if let id { entries.append("MESSAGE_ID=\(id.rawValue)") }
-        for (k, v) in fields { entries.append("\(k)=\(v)") }
+    /// Waits for queued entries to be written, at most until `deadline` (monotonic ns): before exit.
+    public func flush(deadline: UInt64) {
+        writer?.flush(deadline: deadline)
+    }
+
+    private static func write(_ e: Entry, journal: Bool) {
+        if journal && sendToJournal(e) { return }
+        writeLine(e)
+    }
+
+    private static func sendToJournal(_ e: Entry) -> Bool {
+        var entries = ["MESSAGE=\(e.message)", "PRIORITY=\(e.level.rawValue)", "SYSLOG_IDENTIFIER=tcpopsd"]
+        if let id = e.id { entries.append("MESSAGE_ID=\(id.rawValue)") }
+        for (k, v) in e.fields { entries.append("\(k)=\(v)") }
         var buffers: [UnsafeMutableRawBufferPointer] = []
         buffers.reserveCapacity(entries.count)
         defer { for b in buffers { b.deallocate() } }
         var iov: [iovec] = []
         iov.reserveCapacity(entries.count)
-        for e in entries {
-            let utf8 = Array(e.utf8)
+        for entry in entries {
+            let utf8 = Array(entry.utf8)
             let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(utf8.count, 1), alignment: 1)
             b.copyBytes(from: utf8)
             buffers.append(b)
@@ -60,22 +98,21 @@ public final class Logger: Sendable {
         return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
     }
 
-    private func writeLine(_ level: LogLevel, _ message: String, _ fields: [Field]) {
-        var line = level.name.uppercased()
+    private static func writeLine(_ e: Entry) {
+        var line = e.level.name.uppercased()
         line += " "
-        line += message
-        for (k, v) in fields {
+        line += e.message
+        for (k, v) in e.fields {
             var key = k
             if key.hasPrefix("TCPOPS_") { key = String(key.dropFirst(7)) }
             line += " \(key.lowercased())="
             line += v.contains(where: { $0 == " " || $0 == "\"" || $0 == "\n" }) ? quoted(v) : v
         }
         line += "\n"
-        var bytes = Array(line.utf8)
-        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        writeStderr(line)
     }
 
-    private func quoted(_ s: String) -> String {
+    private static func quoted(_ s: String) -> String {
         var out = "\""
         for c in s {
             switch c {

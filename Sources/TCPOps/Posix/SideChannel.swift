@@ -1,0 +1,97 @@
+// A thread that does one kind of blocking write (a notify datagram, a journal entry, a line on
+// stderr) for the event loops, so that none of them ever waits on a receiver that stopped reading.
+// Loops queue items without blocking; the queue is bounded and what it cannot take is counted.
+import CShims
+import Glibc
+import Synchronization
+
+public final class SideChannel<Item: Sendable>: Sendable {
+    private struct State {
+        var items: [Item] = []
+        /// The writer is (about to be) asleep on `wake`.
+        var idle = false
+        /// The writer is writing a batch it took.
+        var busy = false
+        var dropped: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    /// A blocking eventfd the writer sleeps on; written only when it is idle.
+    private let wake: Int32
+    private let limit: Int
+    private let thread = PosixThread()
+
+    /// `write` runs on the channel's own thread, one item at a time, in order. `dropped` is told
+    /// (on that thread) how many items were dropped since it was last told, whenever some were.
+    public init(limit: Int, write: @escaping @Sendable (Item) -> Void,
+                dropped: @escaping @Sendable (UInt64) -> Void = { _ in }) throws(SystemError) {
+        self.limit = limit
+        wake = try sys("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
+        let me = Unmanaged.passUnretained(self)
+        try thread.start {
+            // The channel lives as long as the process (they are created once); it is never freed.
+            me.takeUnretainedValue().run(write: write, dropped: dropped)
+        }
+    }
+
+    /// Queues `item`; never blocks on the writer. `replaces` says whether the last queued item is
+    /// made redundant by this one (a newer STATUS=, say) and is replaced in place; `essential`
+    /// items are kept even past the limit.
+    @discardableResult
+    public func submit(_ item: Item, essential: Bool = false, replaces: ((Item) -> Bool)? = nil) -> Bool {
+        let (taken, signal) = state.withLock { s -> (Bool, Bool) in
+            if let replaces, let last = s.items.last, replaces(last) {
+                s.items[s.items.count - 1] = item
+                return (true, false)
+            }
+            guard essential || s.items.count < limit else {
+                s.dropped += 1
+                return (false, false)
+            }
+            s.items.append(item)
+            let signal = s.idle
+            s.idle = false
+            return (true, signal)
+        }
+        if signal {
+            var one: UInt64 = 1
+            _ = Glibc.write(wake, &one, 8)
+        }
+        return taken
+    }
+
+    /// Waits (sleeping 1 ms at a time) until everything queued was written, or the deadline
+    /// (monotonic ns) passed. For the end of the process.
+    @discardableResult
+    public func flush(deadline: UInt64) -> Bool {
+        while true {
+            if state.withLock({ $0.items.isEmpty && !$0.busy }) { return true }
+            if Clock.monotonicNanoseconds() >= deadline { return false }
+            usleep(1000)
+        }
+    }
+
+    private func run(write: (Item) -> Void, dropped: (UInt64) -> Void) {
+        while true {
+            let (batch, lost) = state.withLock { s -> ([Item], UInt64) in
+                let lost = s.dropped
+                s.dropped = 0
+                if s.items.isEmpty {
+                    s.busy = false
+                    s.idle = true
+                    return ([], lost)
+                }
+                s.busy = true
+                defer { s.items = [] }
+                return (s.items, lost)
+            }
+            if lost > 0 { dropped(lost) }
+            if batch.isEmpty {
+                var value: UInt64 = 0
+                _ = Glibc.read(wake, &value, 8)
+                continue
+            }
+            for item in batch { write(item) }
+        }
+    }
+}
