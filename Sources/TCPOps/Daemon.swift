@@ -265,6 +265,51 @@ public final class Daemon {
 
     // MARK: reload
 
+    /// Brings the listening sockets to `wanted` without refusing or resetting a client: a socket
+    /// whose address is still wanted is kept (under its new name and settings, for new
+    /// connections); new addresses are bound before any old socket closes; old sockets are retired
+    /// (their accept queues relayed first). A listener whose new address cannot be bound keeps its
+    /// old socket and settings. Returns what could not be applied, one line each.
+    private func applyListeners(_ wanted: [ListenerSettings]) -> [String] {
+        var byAddress: [SocketAddress: Listener] = [:]
+        for l in listeners.values { byAddress[l.settings.listen] = l }
+        var next: [String: Listener] = [:]
+        var failures: [String] = []
+        for s in wanted {
+            if let kept = byAddress.removeValue(forKey: s.listen) {
+                let before = kept.settings
+                kept.update(s)
+                next[s.name] = kept
+                if before != s {
+                    logger.log(.info, "listener \"\(s.name)\" on \(s.listen): new settings apply to new connections", id: .listener,
+                               [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
+                }
+                continue
+            }
+            do {
+                let l = try Listener(settings: s, ctx: ctx)
+                next[s.name] = l
+                logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstream)", id: .listener,
+                           [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
+            } catch {
+                let old = listeners[s.name].flatMap { byAddress.removeValue(forKey: $0.settings.listen) }
+                let keeps = old.map { "; it keeps listening on \($0.settings.listen) with its previous settings" } ?? "; it is not listening"
+                let why = "listener \"\(s.name)\": cannot listen on \(s.listen): \(error)\(keeps)"
+                if let old { next[s.name] = old }
+                failures.append(why)
+                logger.log(.error, "reload: \(why)", id: .listener, [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
+            }
+        }
+        // Every address still wanted is listening: only now do the others go.
+        for old in byAddress.values {
+            let taken = old.retire()
+            logger.log(.info, "listener \"\(old.settings.name)\" on \(old.settings.listen) removed\(taken > 0 ? " (\(taken) waiting client(s) relayed first)" : "")",
+                       id: .listener, [("TCPOPS_LISTENER", old.settings.name), ("TCPOPS_LOCAL", old.settings.listen.description)])
+        }
+        listeners = next
+        return failures
+    }
+
     private func reload() {
         guard !stopping else { return }
         Notify.send("RELOADING=1\nMONOTONIC_USEC=\(Clock.monotonicNanoseconds() / 1000)")
@@ -276,24 +321,7 @@ public final class Daemon {
             Notify.send("READY=1\nSTATUS=reload failed: configuration invalid; \(statusLine())")
             return
         }
-        var failures: [String] = []
-        let wanted = Dictionary(uniqueKeysWithValues: next.listeners.map { ($0.name, $0) })
-        // Remove listeners that went away or changed first, so a changed one can rebind its address.
-        for (name, l) in listeners where wanted[name] != l.settings {
-            l.close()
-            listeners[name] = nil
-            logger.log(.info, "listener \"\(name)\" removed", id: .listener, [("TCPOPS_LISTENER", name)])
-        }
-        for s in next.listeners where listeners[s.name] == nil {
-            do {
-                listeners[s.name] = try Listener(settings: s, ctx: ctx)
-                logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstream)", id: .listener,
-                           [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
-            } catch {
-                failures.append("\(s.name): \(error)")
-                logger.log(.error, "reload: cannot listen on \(s.listen) for \"\(s.name)\": \(error)", id: .listener, [("TCPOPS_LISTENER", s.name)])
-            }
-        }
+        let failures = applyListeners(next.listeners)
         if next.daemon.controlSocket != config.daemon.controlSocket || next.daemon.controlMode != config.daemon.controlMode
             || next.daemon.controlGroup != config.daemon.controlGroup {
             logger.log(.notice, "control_socket, control_mode and control_group changes take effect at the next start")
@@ -304,7 +332,7 @@ public final class Daemon {
         ctx.closedEventMode = next.events.closedEvent
         ctx.maxConnections = next.daemon.maxConnections
         hooks.update(.init(next.events, controlSocket: control?.path ?? config.daemon.controlSocket))
-        let summary = failures.isEmpty ? "reloaded" : "reloaded with errors: \(failures.joined(separator: "; "))"
+        let summary = failures.isEmpty ? "reloaded" : "reloaded with errors (\(failures.count)): \(failures.joined(separator: "; "))"
         logger.log(failures.isEmpty ? .notice : .error, "configuration \(summary)", id: .started)
         Notify.send("READY=1\nSTATUS=\(summary); \(statusLine())")
     }

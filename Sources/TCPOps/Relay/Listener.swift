@@ -1,9 +1,12 @@
 // A listening socket of one [[listener]]: accepts in batches, hands each client to a new Relay,
-// and pauses (instead of spinning) when the process runs out of file descriptors.
+// and pauses (instead of spinning) when the process runs out of file descriptors. A reload that
+// keeps the address keeps the socket and gives it new settings (for new connections); one that
+// drops the address retires it: whatever waits in its accept queue is accepted and relayed first.
 import Glibc
 
 public final class Listener: EventHandler {
-    public let settings: ListenerSettings
+    /// The settings new connections get; a reload may change them.
+    public private(set) var settings: ListenerSettings
     let fd: Int32
     unowned let ctx: RelayContext
     private var lastRejectLog: UInt64 = 0
@@ -38,19 +41,43 @@ public final class Listener: EventHandler {
         closeFD(fd)
     }
 
+    /// New settings for the same address (a reload): relays already running keep theirs.
+    public func update(_ s: ListenerSettings) {
+        precondition(s.listen == settings.listen, "a listener's socket keeps its address")
+        settings = s
+    }
+
+    /// The address is no longer wanted: accept and relay what already waits in the queue (the
+    /// clients completed their handshake and may have sent data: closing would reset them), then
+    /// close. Returns how many were taken over.
+    @discardableResult
+    public func retire() -> Int {
+        var taken = 0
+        while !closed, case let n = acceptBatch(), n > 0 { taken += n }
+        close()
+        return taken
+    }
+
     public func handleEvents(_ events: UInt32) {
+        _ = acceptBatch()
+    }
+
+    /// Accepts up to 64 waiting clients; returns how many (0: none waiting, or accepting paused).
+    private func acceptBatch() -> Int {
+        var taken = 0
         for _ in 0..<64 {
             let client: Int32
             let peer: SocketAddress?
             do {
-                guard let accepted = try Socket.accept(fd) else { return }
+                guard let accepted = try Socket.accept(fd) else { return taken }
                 (client, peer) = accepted
+                taken += 1
             } catch {
                 // A connection that died in the queue (or was refused by a firewall rule) costs
                 // nothing; anything else (out of fds or memory above all) pauses accepting.
                 if [ECONNABORTED, EPROTO, EPERM].contains(error.errno) { continue }
                 backoff.pause(error)
-                return
+                return 0
             }
             guard ctx.hasRoomForRelay else {
                 ctx.rejected += 1
@@ -66,8 +93,9 @@ public final class Listener: EventHandler {
             let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
             if !Relay.start(ctx: ctx, listener: settings, clientFD: client, local: local, remote: peer) {
                 backoff.pause(SystemError("socket", EMFILE))
-                return
+                return 0
             }
         }
+        return taken
     }
 }
