@@ -1,7 +1,7 @@
 # tcpopsd: `make run` (install what is missing, build, demo on loopback), `make test` (everything).
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
-DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 socat iperf3 systemd systemd-container debootstrap
+DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap
 PREFIX ?= /usr/local
 
 .PHONY: all deps build release run test unit integration bench install clean
