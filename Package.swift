@@ -7,7 +7,7 @@ import PackageDescription
 // `--static-swift-stdlib` so that `swift build` and `swift test` link them alike; the modules were
 // compiled against the shared Foundation, so its static parts are named. lld, because gold warns
 // about the static Foundation's use of mktemp on every link.
-let staticRuntime: [LinkerSetting] = [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationICU", "-l_FoundationCollections", "-l_FoundationCShims", "-lCoreFoundation"])]
+let staticRuntime: [LinkerSetting] = [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims"])]
 
 let package = Package(
     name: "tcpopsd",
@@ -19,7 +19,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
@@ -31,7 +30,6 @@ let package = Package(
             name: "TCPOps",
             dependencies: [
                 "CSystemd", "CShims",
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             path: "Sources/TCPOps"
         ),
@@ -51,3 +49,14 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Fuzz targets (libFuzzer), only when TCPOPS_FUZZ is set: `make fuzz` builds them with
+// -sanitize=fuzzer,address in a build folder of their own (Fuzz/README.md).
+if Context.environment["TCPOPS_FUZZ"] != nil {
+    package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
+    for name in ["FuzzConfig", "FuzzControl"] {
+        package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "FuzzSupport"], path: "Fuzz/\(name)",
+                                                 swiftSettings: [.unsafeFlags(["-parse-as-library"])],
+                                                 linkerSettings: [.unsafeFlags(["-use-ld=lld"])]))
+    }
+}

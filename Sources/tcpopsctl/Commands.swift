@@ -30,7 +30,7 @@ struct List: ParsableCommand {
         }
         let widths = head.indices.map { i in ([head[i].count] + table.map { $0[i].count }).max() ?? 0 }
         for row in [head] + table {
-            print(row.indices.map { i in row[i].padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            print(row.indices.map { i in row[i] + String(repeating: " ", count: max(0, widths[i] - row[i].count)) }.joined(separator: "  ")
                 .trimmingTrailingSpaces)
         }
     }

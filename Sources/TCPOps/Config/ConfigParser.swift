@@ -1,7 +1,6 @@
-// TOML text -> Configuration. Walks the TOMLTable with our own type checks so that every problem
-// (unknown key, wrong type, bad value) is reported with its line, all of them in one pass.
+// TOML text -> Configuration. Walks the parsed document with our own type checks so that every
+// problem (unknown key, wrong type, bad value) is reported with its line, all of them in one pass.
 import Glibc
-import TOMLKit
 
 public enum ConfigLoader {
     /// Reads and validates the file at `path`.
@@ -45,13 +44,11 @@ public enum ConfigLoader {
     public static func parse(_ text: String, path: String) throws(ConfigError) -> Configuration {
         let root: TOMLTable
         do {
-            root = try TOMLTable(string: text)
-        } catch let e as TOMLParseError {
-            throw ConfigError(path: path, problems: [.init(line: e.source.begin.line, message: "TOML syntax error: \(e.description)")])
+            root = try TOML.parse(text)
         } catch {
-            throw ConfigError(path: path, problems: [.init(line: 1, message: "TOML syntax error: \(error)")])
+            throw ConfigError(path: path, problems: [.init(line: error.line, message: "TOML syntax error: \(error.message)")])
         }
-        var walker = Walker(locator: SourceLocator(text: text))
+        var walker = Walker()
         let config = walker.configuration(root, path: path)
         if !walker.problems.isEmpty {
             throw ConfigError(path: path, problems: walker.problems.sorted { $0.line < $1.line })
@@ -79,13 +76,10 @@ public enum ConfigLoader {
 }
 
 private struct Walker {
-    let locator: SourceLocator
     var problems: [ConfigError.Problem] = []
 
-    init(locator: SourceLocator) { self.locator = locator }
-
-    mutating func fail(_ table: String, _ key: String?, _ message: String) {
-        problems.append(.init(line: locator.line(table, key), message: message))
+    mutating func fail(_ line: Int, _ message: String) {
+        problems.append(.init(line: line, message: message))
     }
 
     /// "[daemon] key 'x'" style label for messages.
@@ -94,7 +88,8 @@ private struct Walker {
         return table.isEmpty ? "key '\(key)'" : "[\(table)] key '\(key)'"
     }
 
-    mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String], lineTable: String? = nil, lineKey: String? = nil) {
+    /// Every key of `t` must be one of `allowed`; `table` names it in messages.
+    mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String]) {
         for key in t.keys where !allowed.contains(key) {
             let where_: String
             if table.isEmpty {
@@ -106,18 +101,14 @@ private struct Walker {
             } else {
                 where_ = "in [\(table)]"
             }
-            let lt = lineTable ?? table
-            let line = locator.line(lt, lineKey ?? key)
-            problems.append(.init(line: line, message: "unknown key '\(key)' \(where_) (known keys: \(allowed.joined(separator: ", ")))"))
+            fail(t[key]?.line ?? t.line, "unknown key '\(key)' \(where_) (known keys: \(allowed.joined(separator: ", ")))")
         }
     }
 
-    mutating func typeName(_ v: TOMLValueConvertible) -> String { v.type.description }
-
     mutating func string(_ t: TOMLTable, _ table: String, _ key: String) -> String? {
         guard let v = t[key] else { return nil }
-        guard let s = v.string, v.type == .string else {
-            fail(table, key, "\(label(table, key)): expected a string, got \(typeName(v))")
+        guard case .string(let s) = v.value else {
+            fail(v.line, "\(label(table, key)): expected a string, got \(v.value.typeName)")
             return nil
         }
         return s
@@ -125,12 +116,12 @@ private struct Walker {
 
     mutating func int(_ t: TOMLTable, _ table: String, _ key: String, range: ClosedRange<Int>) -> Int? {
         guard let v = t[key] else { return nil }
-        guard v.type == .int, let i = v.int else {
-            fail(table, key, "\(label(table, key)): expected an integer, got \(typeName(v))")
+        guard case .integer(let i64) = v.value else {
+            fail(v.line, "\(label(table, key)): expected an integer, got \(v.value.typeName)")
             return nil
         }
-        guard range.contains(i) else {
-            fail(table, key, "\(label(table, key)): \(i) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
+        guard let i = Int(exactly: i64), range.contains(i) else {
+            fail(v.line, "\(label(table, key)): \(i64) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
             return nil
         }
         return i
@@ -138,8 +129,8 @@ private struct Walker {
 
     mutating func bool(_ t: TOMLTable, _ table: String, _ key: String) -> Bool? {
         guard let v = t[key] else { return nil }
-        guard v.type == .bool, let b = v.bool else {
-            fail(table, key, "\(label(table, key)): expected true or false, got \(typeName(v))")
+        guard case .bool(let b) = v.value else {
+            fail(v.line, "\(label(table, key)): expected true or false, got \(v.value.typeName)")
             return nil
         }
         return b
@@ -154,25 +145,24 @@ private struct Walker {
     mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
         guard let v = t[key] else { return nil }
         let seconds: Double
-        if v.type == .int, let i = v.int {
-            seconds = Double(i)
-        } else if v.type == .double, let d = v.double {
-            seconds = d
-        } else {
-            fail(table, key, "\(label(table, key)): expected a duration in seconds (a number), got \(typeName(v))")
+        switch v.value {
+        case .integer(let i): seconds = Double(i)
+        case .float(let d): seconds = d
+        default:
+            fail(v.line, "\(label(table, key)): expected a duration in seconds (a number), got \(v.value.typeName)")
             return nil
         }
         let range = allowZero ? "0 (none) or from 0.001 (1 ms) to 31536000 (365 days)" : "from 0.001 (1 ms) to 31536000 (365 days)"
         guard seconds.isFinite, seconds >= 0, seconds <= Walker.maxDuration else {
-            fail(table, key, "\(label(table, key)): \(v.debugDescription) is not a duration (expected seconds: \(range))")
+            fail(v.line, "\(label(table, key)): \(v.value.text) is not a duration (expected seconds: \(range))")
             return nil
         }
         if seconds == 0 && !allowZero {
-            fail(table, key, "\(label(table, key)): must be greater than 0 (expected seconds: \(range))")
+            fail(v.line, "\(label(table, key)): must be greater than 0 (expected seconds: \(range))")
             return nil
         }
         if seconds > 0 && seconds < Walker.minDuration {
-            fail(table, key, "\(label(table, key)): \(v.debugDescription) is below 1 ms (expected seconds: \(range))")
+            fail(v.line, "\(label(table, key)): \(v.value.text) is below 1 ms (expected seconds: \(range))")
             return nil
         }
         return seconds
@@ -180,76 +170,76 @@ private struct Walker {
 
     mutating func argv(_ t: TOMLTable, _ table: String, _ key: String) -> [String]? {
         guard let v = t[key] else { return nil }
-        guard v.type == .array, let a = v.array else {
-            fail(table, key, "\(label(table, key)): expected an array of strings (program and arguments), got \(typeName(v))")
+        guard case .array(let a) = v.value else {
+            fail(v.line, "\(label(table, key)): expected an array of strings (program and arguments), got \(v.value.typeName)")
             return nil
         }
         var out: [String] = []
-        for item in a {
-            guard item.type == .string, let s = item.string else {
-                fail(table, key, "\(label(table, key)): expected an array of strings, found a \(typeName(item))")
+        for item in a.items {
+            guard case .string(let s) = item.value else {
+                fail(item.line, "\(label(table, key)): expected an array of strings, found \(item.value.aTypeName)")
                 return nil
             }
             out.append(s)
         }
         guard let program = out.first, !program.isEmpty else {
-            fail(table, key, "\(label(table, key)): the command is empty")
+            fail(v.line, "\(label(table, key)): the command is empty")
             return nil
         }
         guard program.hasPrefix("/") else {
-            fail(table, key, "\(label(table, key)): \"\(program)\" must be an absolute path (hooks run without a shell or PATH search)")
+            fail(v.line, "\(label(table, key)): \"\(program)\" must be an absolute path (hooks run without a shell or PATH search)")
             return nil
         }
         guard access(program, X_OK) == 0 else {
-            fail(table, key, "\(label(table, key)): \"\(program)\" is not an executable file")
+            fail(v.line, "\(label(table, key)): \"\(program)\" is not an executable file")
             return nil
         }
         return out
     }
 
     mutating func address(_ t: TOMLTable, _ table: String, _ key: String) -> SocketAddress? {
-        guard let s = string(t, table, key) else { return nil }
+        guard let s = string(t, table, key), let line = t[key]?.line else { return nil }
         do {
             return try SocketAddress.parse(s)
         } catch {
-            fail(table, key, "\(label(table, key)): \"\(s)\": \(error)")
+            fail(line, "\(label(table, key)): \"\(s)\": \(error)")
             return nil
         }
     }
 
     mutating func keepaliveSetting(_ t: TOMLTable, _ table: String, _ key: String) -> KeepaliveSettings? {
         guard let v = t[key] else { return nil }
-        guard v.type == .table, let k = v.table else {
-            fail(table, key, "\(label(table, key)): expected a table { idle = S, count = N, interval = S }, got \(typeName(v))")
+        guard case .table(let k) = v.value else {
+            fail(v.line, "\(label(table, key)): expected a table { idle = S, count = N, interval = S }, got \(v.value.typeName)")
             return nil
         }
-        checkKeys(k, "\(table).\(key)", allowed: ["idle", "count", "interval"], lineTable: table, lineKey: key)
+        let sub = "\(table).\(key)"
+        checkKeys(k, sub, allowed: ["idle", "count", "interval"])
+        let what = label(table, key)
         var missing: [String] = []
         func need(_ name: String, _ value: Int?) -> Int32 {
             if value == nil && k[name] == nil { missing.append(name) }
             return Int32(value ?? 0)
         }
-        let sub = "\(table).\(key)"
-        let idle = need("idle", intIn(k, sub, "idle", range: 1...32767, lineTable: table, lineKey: key))
-        let count = need("count", intIn(k, sub, "count", range: 1...127, lineTable: table, lineKey: key))
-        let interval = need("interval", intIn(k, sub, "interval", range: 1...32767, lineTable: table, lineKey: key))
+        let idle = need("idle", intIn(k, what, "idle", range: 1...32767))
+        let count = need("count", intIn(k, what, "count", range: 1...127))
+        let interval = need("interval", intIn(k, what, "interval", range: 1...32767))
         if !missing.isEmpty {
-            fail(table, key, "\(label(table, key)): missing \(missing.joined(separator: ", "))")
+            fail(v.line, "\(what): missing \(missing.joined(separator: ", "))")
             return nil
         }
         guard idle > 0, count > 0, interval > 0 else { return nil }
         return KeepaliveSettings(idle: idle, count: count, interval: interval)
     }
 
-    private mutating func intIn(_ t: TOMLTable, _ sub: String, _ key: String, range: ClosedRange<Int>, lineTable: String, lineKey: String) -> Int? {
+    private mutating func intIn(_ t: TOMLTable, _ what: String, _ key: String, range: ClosedRange<Int>) -> Int? {
         guard let v = t[key] else { return nil }
-        let what = "\(label(lineTable, lineKey)).\(key)"
-        guard v.type == .int, let i = v.int else {
-            fail(lineTable, lineKey, "\(what): expected an integer, got \(typeName(v))")
+        guard case .integer(let i64) = v.value else {
+            fail(v.line, "\(what).\(key): expected an integer, got \(v.value.typeName)")
             return nil
         }
-        guard range.contains(i) else {
-            fail(lineTable, lineKey, "\(what): \(i) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
+        guard let i = Int(exactly: i64), range.contains(i) else {
+            fail(v.line, "\(what).\(key): \(i64) is out of range (expected \(range.lowerBound)...\(range.upperBound))")
             return nil
         }
         return i
@@ -260,49 +250,49 @@ private struct Walker {
         checkKeys(root, "", allowed: ["daemon", "events", "listener"])
 
         if let v = root["daemon"] {
-            if let t = v.table, v.type == .table {
+            if case .table(let t) = v.value {
                 config.daemon = daemon(t)
             } else {
-                fail("", "daemon", "'daemon' must be a table ([daemon])")
+                fail(v.line, "'daemon' must be a table ([daemon])")
             }
         }
         if let v = root["events"] {
-            if let t = v.table, v.type == .table {
+            if case .table(let t) = v.value {
                 config.events = events(t)
             } else {
-                fail("", "events", "'events' must be a table ([events])")
+                fail(v.line, "'events' must be a table ([events])")
             }
         }
         guard let lv = root["listener"] else {
-            fail("", nil, "no [[listener]] is configured (at least one is needed)")
+            fail(1, "no [[listener]] is configured (at least one is needed)")
             return config
         }
-        guard lv.type == .array, let list = lv.array else {
-            fail("", "listener", "'listener' must be an array of tables ([[listener]])")
+        guard case .array(let list) = lv.value else {
+            fail(lv.line, "'listener' must be an array of tables ([[listener]])")
             return config
         }
         var names: [String: Int] = [:]
         var addresses: [SocketAddress: String] = [:]
-        for (i, item) in list.enumerated() {
+        for (i, item) in list.items.enumerated() {
             let id = "listener#\(i)"
-            guard item.type == .table, let t = item.table else {
-                fail(id, nil, "[[listener]] #\(i + 1) must be a table")
+            guard case .table(let t) = item.value else {
+                fail(item.line, "[[listener]] #\(i + 1) must be a table")
                 continue
             }
             guard let l = listener(t, id) else { continue }
             if let first = names[l.name] {
-                fail(id, "name", "\(label(id, "name")): duplicate listener name \"\(l.name)\" (first used by [[listener]] #\(first + 1))")
+                fail(t["name"]?.line ?? t.line, "\(label(id, "name")): duplicate listener name \"\(l.name)\" (first used by [[listener]] #\(first + 1))")
                 continue
             }
             if let other = addresses[l.listen] {
-                fail(id, "listen", "\(label(id, "listen")): \(l.listen) is already used by listener \"\(other)\"")
+                fail(t["listen"]?.line ?? t.line, "\(label(id, "listen")): \(l.listen) is already used by listener \"\(other)\"")
                 continue
             }
             names[l.name] = i
             addresses[l.listen] = l.name
             config.listeners.append(l)
         }
-        if list.isEmpty { fail("", "listener", "no [[listener]] is configured (at least one is needed)") }
+        if list.items.isEmpty { fail(lv.line, "no [[listener]] is configured (at least one is needed)") }
         return config
     }
 
@@ -310,25 +300,25 @@ private struct Walker {
         let tb = "daemon"
         var d = DaemonSettings()
         checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout"])
-        if let s = string(t, tb, "control_socket") {
+        if let s = string(t, tb, "control_socket"), let line = t["control_socket"]?.line {
             if s.hasPrefix("/") && s.utf8.count < 108 { d.controlSocket = s } else {
-                fail(tb, "control_socket", "\(label(tb, "control_socket")): \"\(s)\" must be an absolute path shorter than 108 bytes")
+                fail(line, "\(label(tb, "control_socket")): \"\(s)\" must be an absolute path shorter than 108 bytes")
             }
         }
-        if let s = string(t, tb, "control_mode") {
+        if let s = string(t, tb, "control_mode"), let line = t["control_mode"]?.line {
             if let m = UInt32(s, radix: 8), m <= 0o777 { d.controlMode = m } else {
-                fail(tb, "control_mode", "\(label(tb, "control_mode")): \"\(s)\" is not an octal file mode such as \"0660\"")
+                fail(line, "\(label(tb, "control_mode")): \"\(s)\" is not an octal file mode such as \"0660\"")
             }
         }
-        if let s = string(t, tb, "control_group") {
+        if let s = string(t, tb, "control_group"), let line = t["control_group"]?.line {
             if getgrnam(s) != nil { d.controlGroup = s } else {
-                fail(tb, "control_group", "\(label(tb, "control_group")): no such group \"\(s)\"")
+                fail(line, "\(label(tb, "control_group")): no such group \"\(s)\"")
             }
         }
         if let n = int(t, tb, "max_connections", range: 2...10_000_000) { d.maxConnections = n }
-        if let s = string(t, tb, "log_level") {
+        if let s = string(t, tb, "log_level"), let line = t["log_level"]?.line {
             if let l = LogLevel(name: s) { d.logLevel = l } else {
-                fail(tb, "log_level", "\(label(tb, "log_level")): \"\(s)\" is not one of debug, info, notice, warning, error")
+                fail(line, "\(label(tb, "log_level")): \"\(s)\" is not one of debug, info, notice, warning, error")
             }
         }
         if let s = duration(t, tb, "shutdown_timeout") { d.shutdownTimeout = s }
@@ -345,14 +335,14 @@ private struct Walker {
         if let n = int(t, tb, "max_running_hooks", range: 1...4096) { e.maxRunningHooks = n }
         if let n = int(t, tb, "queue_limit", range: 0...10_000_000) { e.queueLimit = n }
         if let v = t["route"] {
-            if let r = v.table, v.type == .table {
+            if case .table(let r) = v.value {
                 let rt = "events.route"
                 checkKeys(r, rt, allowed: Configuration.eventNames)
                 for name in Configuration.eventNames {
                     if let a = argv(r, rt, name) { e.routes[name] = a }
                 }
             } else {
-                fail(tb, "route", "\(label(tb, "route")): expected a table ([events.route]), got \(typeName(v))")
+                fail(v.line, "\(label(tb, "route")): expected a table ([events.route]), got \(v.value.typeName)")
             }
         }
         return e
@@ -362,15 +352,16 @@ private struct Walker {
         checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
                                    "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout"])
         let before = problems.count
+        let number = (Int(id.dropFirst(9)) ?? 0) + 1
         let name = string(t, id, "name")
-        if t["name"] == nil { fail(id, nil, "[[listener]] #\(Int(id.dropFirst(9))! + 1): missing key 'name'") }
+        if t["name"] == nil { fail(t.line, "[[listener]] #\(number): missing key 'name'") }
         if let name, name.isEmpty || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }) {
-            fail(id, "name", "\(label(id, "name")): \"\(name)\" must be non-empty and use only letters, digits, '-', '_' and '.'")
+            fail(t["name"]?.line ?? t.line, "\(label(id, "name")): \"\(name)\" must be non-empty and use only letters, digits, '-', '_' and '.'")
         }
         let listen = address(t, id, "listen")
-        if t["listen"] == nil { fail(id, nil, "[[listener]] \(name.map { "\"\($0)\"" } ?? ""): missing key 'listen'") }
+        if t["listen"] == nil { fail(t.line, "[[listener]] \(name.map { "\"\($0)\"" } ?? "#\(number)"): missing key 'listen'") }
         let upstream = address(t, id, "upstream")
-        if t["upstream"] == nil { fail(id, nil, "[[listener]] \(name.map { "\"\($0)\"" } ?? ""): missing key 'upstream'") }
+        if t["upstream"] == nil { fail(t.line, "[[listener]] \(name.map { "\"\($0)\"" } ?? "#\(number)"): missing key 'upstream'") }
         let connectTimeout = duration(t, id, "connect_timeout", allowZero: false)
         let lifetime = duration(t, id, "lifetime")
         let keepalive = keepaliveSetting(t, id, "keepalive")
@@ -379,16 +370,16 @@ private struct Walker {
         let closedEvent = bool(t, id, "closed_event")
         var sides: Set<Side>? = nil
         if let v = t["event_sides"] {
-            if v.type == .array, let a = v.array {
+            if case .array(let a) = v.value {
                 var s: Set<Side> = []
-                for item in a {
-                    if let str = item.string, item.type == .string, let side = Side(rawValue: str) { s.insert(side) } else {
-                        fail(id, "event_sides", "\(label(id, "event_sides")): \(item.debugDescription) is not \"client\" or \"upstream\"")
+                for item in a.items {
+                    if case .string(let str) = item.value, let side = Side(rawValue: str) { s.insert(side) } else {
+                        fail(item.line, "\(label(id, "event_sides")): \(item.value.text) is not \"client\" or \"upstream\"")
                     }
                 }
                 sides = s
             } else {
-                fail(id, "event_sides", "\(label(id, "event_sides")): expected an array such as [\"client\", \"upstream\"], got \(typeName(v))")
+                fail(v.line, "\(label(id, "event_sides")): expected an array such as [\"client\", \"upstream\"], got \(v.value.typeName)")
             }
         }
         let upstreamKeepalive = keepaliveSetting(t, id, "upstream_keepalive")
