@@ -118,6 +118,11 @@ public final class Daemon {
         hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds()))
         control.shutdown()
         ctx.shutdown()
+        // Handlers and closures refer back to their owners through the loop: drop them all.
+        ctx.events.observers.removeAll()
+        ctx.onIdle = nil
+        signals = nil
+        loop.close()
         let h = hooks.snapshot
         let counts = ctx.events.counts
         logger.log(.notice, "tcpopsd stopped", id: .stopped, [

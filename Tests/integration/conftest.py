@@ -27,6 +27,10 @@ def daemon(tmp_path):
     yield start
     for d in started:
         d.kill()
+    for d in started:
+        report = sanitizer_report(d)
+        if report:
+            pytest.fail(f"the sanitizer reported on tcpopsd:\n{report}", pytrace=False)
 
 
 @pytest.fixture

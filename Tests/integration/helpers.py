@@ -356,5 +356,19 @@ def find_client_event(records, client_port, event=None):
     return out
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer", "runtime error:")
+
+
+def sanitizer_report(d):
+    """What AddressSanitizer, LeakSanitizer or ThreadSanitizer said in tcpopsd's log (make
+    test-sanitize runs the suite with such builds), or ""."""
+    try:
+        text = d.logtext()
+    except OSError:
+        return ""
+    at = min((text.find(m) for m in SANITIZER_MARKS if m in text), default=-1)
+    return text[at:at + 6000] if at >= 0 else ""
+
+
 def is_root():
     return os.geteuid() == 0

@@ -134,6 +134,11 @@ final class ControlWorker {
         loop.unregister(listenFD)
         closeFD(listenFD)
         closeFD(reserve)
+        target = nil
+        listener = nil
+        backoff = nil
+        onSubscribersChanged = nil
+        loop.close()
     }
 
     func stop() { loop.stop() }

@@ -140,6 +140,8 @@ private final class Worker {
             logger.log(.error, "hook runner loop failed: \(error)")
         }
         owner = nil
+        running.removeAll()
+        loop.close()
     }
 
     func enqueue(_ job: HookRunner.Job) {

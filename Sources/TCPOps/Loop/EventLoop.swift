@@ -108,6 +108,14 @@ public final class EventLoop {
 
     public func stop() { stopped = true }
 
+    /// After the last run: drops every registration, timer and queued job, so that handlers and
+    /// closures that refer back to their owners (through the loop) are freed with them.
+    public func close() {
+        registrations.removeAll()
+        timers.removeAll()
+        inbox.discard()
+    }
+
     /// Runs until `stop()`. Only loop-integrity failures (epoll_wait itself failing) throw.
     public func run() throws(SystemError) {
         stopped = false

@@ -22,6 +22,11 @@ public final class Inbox: Sendable {
         _ = write(fd, &one, 8)
     }
 
+    /// Drops jobs nobody will run (the loop is done).
+    func discard() {
+        queue.withLock { $0.removeAll() }
+    }
+
     func drain(_ loop: EventLoop) {
         var value: UInt64 = 0
         _ = read(fd, &value, 8)

@@ -24,6 +24,12 @@ public final class TimerQueue {
         return id
     }
 
+    /// Forgets every timer (the loop is done).
+    public func removeAll() {
+        heap.removeAll()
+        callbacks.removeAll()
+    }
+
     public func cancel(_ id: ID) {
         callbacks[id] = nil
         // Keep the heap from filling with cancelled entries.

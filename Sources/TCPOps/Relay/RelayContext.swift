@@ -36,6 +36,8 @@ public final class RelayContext {
         self.pipes = PipePool()
     }
 
+    deinit { scratch.deallocate() }
+
     /// Conids carried over from the previous process are never handed out again.
     func adopted(conids: [UInt64]) {
         if let m = conids.max(), m >= nextConid { nextConid = m + 1 }
