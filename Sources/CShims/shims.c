@@ -38,3 +38,14 @@ int tcpops_wait_status(int status, int *value) {
 int tcpops_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+
+/* Read by LeakSanitizer in sanitizer builds (make test-sanitize), ignored otherwise: what is not
+ * ours to free at exit. The Swift runtime caches demangled type names for the life of the process
+ * (ArgumentParser asks for them while it validates a command line). Built in, because hooks run
+ * tcpopsctl with an environment of their own, without LSAN_OPTIONS. */
+const char *__lsan_default_suppressions(void) { return "leak:swift_getTypeName\n"; }
+
+#ifndef TCPOPS_GIT_REVISION
+#define TCPOPS_GIT_REVISION ""
+#endif
+const char *tcpops_git_revision(void) { return TCPOPS_GIT_REVISION; }

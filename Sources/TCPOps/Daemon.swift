@@ -28,6 +28,10 @@ public final class Daemon {
     private var stopping = false
     private var stopStartedAt: UInt64 = 0
     private var lastStatus = ""
+    /// The thread reading and resolving the file for a reload under way, and whether another
+    /// SIGHUP came meanwhile.
+    private var reloadWorker: PosixThread?
+    private var reloadQueued = false
 
     public init(config: Configuration, logger: Logger) throws(DaemonError) {
         self.config = config
@@ -80,7 +84,7 @@ public final class Daemon {
                 }
             } catch {
                 for l in listeners.values { l.close() }
-                control.shutdown()
+                teardown()
                 throw .bind(listener: l.name, address: l.listen, error)
             }
         }
@@ -95,10 +99,12 @@ public final class Daemon {
             try hooks.start()
             try control.start(target: ControlTarget(ctx: ctx, hooks: hooks, subscriberCount: { control.subscriberCount }))
         } catch {
+            for l in listeners.values { l.close() }
+            teardown()
             throw .resource(error)
         }
         for l in listeners.values {
-            logger.log(.info, "listening on \(l.settings.listen) for \"\(l.settings.name)\", relaying to \(l.settings.upstream)", id: .listener,
+            logger.log(.info, "listening on \(l.settings.listen) for \"\(l.settings.name)\", relaying to \(l.settings.upstreamText)", id: .listener,
                        [("TCPOPS_LISTENER", l.settings.name), ("TCPOPS_LOCAL", l.settings.listen.description)])
         }
         logger.log(.notice, "tcpopsd started with \(config.path): \(listeners.count) listener(s)", id: .started)
@@ -114,15 +120,7 @@ public final class Daemon {
         } catch {
             logger.log(.error, "event loop failed: \(error)")
         }
-        let deadline = stopStartedAt + config.daemon.shutdownTimeout.nanoseconds
-        hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds()))
-        control.shutdown()
-        ctx.shutdown()
-        // Handlers and closures refer back to their owners through the loop: drop them all.
-        ctx.events.observers.removeAll()
-        ctx.onIdle = nil
-        signals = nil
-        loop.close()
+        teardown(hooksUntil: stopStartedAt + config.daemon.shutdownTimeout.nanoseconds)
         let h = hooks.snapshot
         let counts = ctx.events.counts
         logger.log(.notice, "tcpopsd stopped", id: .stopped, [
@@ -132,6 +130,18 @@ public final class Daemon {
             ("TCPOPS_HOOKS_RUN", String(h.started)), ("TCPOPS_HOOKS_FAILED", String(h.failed)),
             ("TCPOPS_HOOKS_KILLED", String(h.killed)), ("TCPOPS_HOOKS_DROPPED", String(h.dropped)),
         ])
+    }
+
+    /// Stops the hook runner (queued hooks may run until `hooksUntil`) and the control server,
+    /// and drops every handler and closure that refers back to its owner through a loop.
+    private func teardown(hooksUntil: UInt64 = 0) {
+        hooks.shutdown(deadline: max(hooksUntil, Clock.monotonicNanoseconds()))
+        control?.shutdown()
+        ctx.shutdown()
+        ctx.events.observers.removeAll()
+        ctx.onIdle = nil
+        signals = nil
+        loop.close()
     }
 
     private func signal(_ signo: Int32) {
@@ -275,12 +285,21 @@ public final class Daemon {
     /// connections); new addresses are bound before any old socket closes; old sockets are retired
     /// (their accept queues relayed first). A listener whose new address cannot be bound keeps its
     /// old socket and settings. Returns what could not be applied, one line each.
-    private func applyListeners(_ wanted: [ListenerSettings]) -> [String] {
+    private func applyListeners(_ wanted: [ListenerSettings], unusable: [String: String] = [:]) -> [String] {
         var byAddress: [SocketAddress: Listener] = [:]
         for l in listeners.values { byAddress[l.settings.listen] = l }
         var next: [String: Listener] = [:]
         var failures: [String] = []
         for s in wanted {
+            if let why = unusable[s.name] {
+                // Not applicable (no upstream address): the old listener stays as it was.
+                let old = listeners[s.name].flatMap { byAddress.removeValue(forKey: $0.settings.listen) }
+                if let old { next[s.name] = old }
+                let keeps = old.map { "; it keeps its previous settings on \($0.settings.listen)" } ?? "; it is not listening"
+                failures.append("listener \"\(s.name)\": \(why)\(keeps)")
+                logger.log(.error, "reload: listener \"\(s.name)\": \(why)\(keeps)", id: .listener, [("TCPOPS_LISTENER", s.name)])
+                continue
+            }
             if let kept = byAddress.removeValue(forKey: s.listen) {
                 let before = kept.settings
                 kept.update(s)
@@ -294,7 +313,7 @@ public final class Daemon {
             do {
                 let l = try Listener(settings: s, ctx: ctx)
                 next[s.name] = l
-                logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstream)", id: .listener,
+                logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstreamText)", id: .listener,
                            [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
             } catch {
                 let old = listeners[s.name].flatMap { byAddress.removeValue(forKey: $0.settings.listen) }
@@ -315,18 +334,60 @@ public final class Daemon {
         return failures
     }
 
+    /// SIGHUP: the file is read and its names resolved in a thread of its own (DNS and the disk may
+    /// take their time; the loop does not wait), then applied here. A SIGHUP during a reload runs
+    /// another one after it.
     private func reload() {
         guard !stopping else { return }
+        if reloadWorker != nil {
+            reloadQueued = true
+            return
+        }
         Notify.send("RELOADING=1\nMONOTONIC_USEC=\(Clock.monotonicNanoseconds() / 1000)")
-        let next: Configuration
+        let path = config.path
+        let previous = config
+        let inbox = loop.inbox
+        let me = Handoff(self)
+        let worker = PosixThread()
+        reloadWorker = worker
         do {
-            next = try ConfigLoader.load(path: config.path)
+            try worker.start {
+                let result: Result<ConfigResolver.Outcome, ConfigError>
+                do throws(ConfigError) {
+                    result = .success(try ConfigResolver.resolve(try ConfigLoader.load(path: path), mode: .reload(previous: previous)))
+                } catch {
+                    result = .failure(error)
+                }
+                inbox.post { _ in me.value.finishReload(result) }
+            }
         } catch {
+            reloadWorker = nil
+            logger.log(.error, "reload failed: \(error)", id: .configInvalid)
+            Notify.send("READY=1\nSTATUS=reload failed: \(error); \(statusLine())")
+        }
+    }
+
+    private func finishReload(_ result: Result<ConfigResolver.Outcome, ConfigError>) {
+        reloadWorker?.join()
+        reloadWorker = nil
+        guard !stopping else { return }
+        defer {
+            if reloadQueued {
+                reloadQueued = false
+                reload()
+            }
+        }
+        let outcome: ConfigResolver.Outcome
+        switch result {
+        case .success(let o): outcome = o
+        case .failure(let error):
             logger.log(.error, "reload failed, keeping the running configuration: \(error)", id: .configInvalid)
             Notify.send("READY=1\nSTATUS=reload failed: configuration invalid; \(statusLine())")
             return
         }
-        let failures = applyListeners(next.listeners)
+        for w in outcome.warnings { logger.log(.warning, "reload: \(w)", id: .configInvalid) }
+        let next = outcome.config
+        let failures = applyListeners(next.listeners, unusable: outcome.unusable)
         if next.daemon.controlSocket != config.daemon.controlSocket || next.daemon.controlMode != config.daemon.controlMode
             || next.daemon.controlGroup != config.daemon.controlGroup {
             logger.log(.notice, "control_socket, control_mode and control_group changes take effect at the next start")

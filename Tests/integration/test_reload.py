@@ -41,7 +41,10 @@ def test_clients_waiting_in_an_accept_queue_are_relayed(daemon, echo, tmp_path):
     rewrite(d, tmp_path, [listener("a", pa, up.address, lifetime=1), listener("b", pc, up.address)])
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
-        d.proc.send_signal(signal.SIGHUP)  # pending before the clients: the reload runs first
+        # Pending before the clients connect: the reload starts first. (The file is read in a
+        # thread, so the old listener may still accept them before the new settings apply; either
+        # way none may be reset. Tests/TCPOpsTests/ListenerTests.swift retires a queue directly.)
+        d.proc.send_signal(signal.SIGHUP)
         time.sleep(0.05)
         waiting = [connect(pa) for _ in range(10)] + [connect(pb) for _ in range(10)]
         for s in waiting:
@@ -57,7 +60,6 @@ def test_clients_waiting_in_an_accept_queue_are_relayed(daemon, echo, tmp_path):
             got += chunk
         assert got == b"queued"
     wait_for(lambda: "configuration reloaded" in d.logtext(), what="reload")
-    assert "10 waiting client(s) relayed first" in d.logtext()
     # "b" is on its new port only.
     assert echo_ok(connect(pc))
     with pytest.raises(ConnectionRefusedError):

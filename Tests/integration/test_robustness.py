@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import BIN, Daemon, connect, free_port, listener, recv_all, render_config, reset_close, wait_for, write_hook
+from helpers import BIN, SANITIZER, Daemon, connect, free_port, listener, recv_all, render_config, reset_close, wait_for, write_hook
 
 
 def echo_roundtrip(s, payload=b"ping", timeout=10):
@@ -170,7 +170,7 @@ def test_abusive_clients_do_not_hurt_others(daemon, echo):
     assert sent < 64 * 1024 * 1024, "a non-reading client must be throttled, not buffered without bound"
     assert echo_roundtrip(good, b"unaffected" * 1000)
     rss_kb = int([l for l in open(f"/proc/{d.proc.pid}/status") if l.startswith("VmRSS")][0].split()[1])
-    assert rss_kb < 200_000, rss_kb
+    assert SANITIZER or rss_kb < 200_000, rss_kb
     for s in silent:
         s.close()
     hog.close()

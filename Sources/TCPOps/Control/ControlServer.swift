@@ -62,8 +62,12 @@ public final class ControlServer: Sendable {
 
     public func shutdown() {
         let worker = self.worker
-        inbox.post { _ in worker.value.stop() }
-        thread.join()
+        if thread.isStarted {
+            inbox.post { _ in worker.value.stop() }
+            thread.join()
+        } else {
+            worker.value.finish()  // never ran (the start failed): tear down here
+        }
         unlink(path)
     }
 }
@@ -129,6 +133,11 @@ final class ControlWorker {
         } catch {
             logger.log(.error, "control loop failed: \(error)")
         }
+        finish()
+    }
+
+    /// Closes every client and the socket, and drops what refers back to this worker.
+    func finish() {
         for c in Array(clients.values) { drop(c) }
         backoff?.close()
         loop.unregister(listenFD)

@@ -45,9 +45,9 @@ public final class HookRunner: Sendable {
     }
 
     private let logger: Logger
-    private let settings: Mutex<Settings>
+    private let settings: Locked<Settings>
     private let waiting = Atomic<Int>(0)
-    private let counters = Mutex(Counters())
+    private let counters = Locked(Counters())
     private let lastDropLog = Atomic<UInt64>(0)
     private let thread = PosixThread()
     private let inbox: Inbox
@@ -55,7 +55,7 @@ public final class HookRunner: Sendable {
 
     public init(settings: Settings, logger: Logger) throws(SystemError) {
         self.logger = logger
-        self.settings = Mutex(settings)
+        self.settings = Locked(settings)
         let loop = try EventLoop()
         inbox = loop.inbox
         worker = Handoff(Worker(loop: loop, logger: logger))
@@ -105,8 +105,12 @@ public final class HookRunner: Sendable {
     /// Lets queued and running hooks finish until `deadline` (monotonic ns), kills what is left, joins.
     public func shutdown(deadline: UInt64) {
         let worker = self.worker
-        inbox.post { _ in worker.value.stop(deadline: deadline) }
-        thread.join()
+        if thread.isStarted {
+            inbox.post { _ in worker.value.stop(deadline: deadline) }
+            thread.join()
+        } else {
+            worker.value.finish()  // never ran (the start failed)
+        }
         let c = snapshot
         if c.dropped > 0 {
             logger.log(.warning, "hooks dropped in all: \(c.dropped)", id: .hookDropped, [("TCPOPS_HOOKS_DROPPED", String(c.dropped))])
@@ -139,6 +143,11 @@ private final class Worker {
         } catch {
             logger.log(.error, "hook runner loop failed: \(error)")
         }
+        finish()
+    }
+
+    /// Drops what refers back to this worker (its loop's handlers, timers and jobs).
+    func finish() {
         owner = nil
         running.removeAll()
         loop.close()

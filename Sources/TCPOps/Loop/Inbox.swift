@@ -2,12 +2,11 @@
 // epoll_wait. Jobs run on the loop's thread and get the loop as their argument.
 import CShims
 import Glibc
-import Synchronization
 
 public final class Inbox: Sendable {
     public typealias Job = @Sendable (EventLoop) -> Void
     let fd: Int32
-    private let queue = Mutex<[Job]>([])
+    private let queue = Locked<[Job]>([])
 
     init() throws(SystemError) {
         fd = try sys("eventfd") { eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)) }

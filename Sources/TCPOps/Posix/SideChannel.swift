@@ -3,7 +3,6 @@
 // Loops queue items without blocking; the queue is bounded and what it cannot take is counted.
 import CShims
 import Glibc
-import Synchronization
 
 public final class SideChannel<Item: Sendable>: Sendable {
     private struct State {
@@ -13,9 +12,11 @@ public final class SideChannel<Item: Sendable>: Sendable {
         /// The writer is writing a batch it took.
         var busy = false
         var dropped: UInt64 = 0
+        /// stop() was called: the writer ends once the queue is empty.
+        var stopping = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// A blocking eventfd the writer sleeps on; written only when it is idle.
     private let wake: Int32
     private let limit: Int
@@ -27,10 +28,33 @@ public final class SideChannel<Item: Sendable>: Sendable {
                 dropped: @escaping @Sendable (UInt64) -> Void = { _ in }) throws(SystemError) {
         self.limit = limit
         wake = try sys("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
-        let me = Unmanaged.passUnretained(self)
-        try thread.start {
-            // The channel lives as long as the process (they are created once); it is never freed.
-            me.takeUnretainedValue().run(write: write, dropped: dropped)
+        // The writer holds the channel until stop() lets it end (the owner's deinit calls it).
+        let me = Unmanaged.passRetained(self)
+        do {
+            try thread.start {
+                let channel = me.takeRetainedValue()
+                channel.run(write: write, dropped: dropped)
+            }
+        } catch {
+            me.release()
+            closeFD(wake)
+            throw error
+        }
+    }
+
+    deinit { closeFD(wake) }
+
+    /// Lets the writer end once what is queued is written.
+    public func stop() {
+        let signal = state.withLock { s -> Bool in
+            s.stopping = true
+            let wasIdle = s.idle
+            s.idle = false
+            return wasIdle
+        }
+        if signal {
+            var one: UInt64 = 1
+            _ = Glibc.write(wake, &one, 8)
         }
     }
 
@@ -78,7 +102,7 @@ public final class SideChannel<Item: Sendable>: Sendable {
                 s.dropped = 0
                 if s.items.isEmpty {
                     s.busy = false
-                    s.idle = true
+                    s.idle = !s.stopping
                     return ([], lost)
                 }
                 s.busy = true
@@ -87,6 +111,7 @@ public final class SideChannel<Item: Sendable>: Sendable {
             }
             if lost > 0 { dropped(lost) }
             if batch.isEmpty {
+                if state.withLock({ $0.stopping }) { return }
                 var value: UInt64 = 0
                 _ = Glibc.read(wake, &value, 8)
                 continue

@@ -27,6 +27,9 @@ public final class PosixThread: @unchecked Sendable {
         started = true
     }
 
+    /// Whether start() ran (and join() has not yet).
+    public var isStarted: Bool { started }
+
     public func join() {
         guard started else { return }
         pthread_join(handle, nil)

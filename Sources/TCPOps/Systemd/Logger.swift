@@ -44,6 +44,8 @@ public final class Logger: Sendable {
         })
     }
 
+    deinit { writer?.stop() }
+
     public var writesToJournal: Bool { useJournal }
 
     /// `auto`: the journal when systemd started us (JOURNAL_STREAM or INVOCATION_ID) and its socket exists.
