@@ -1,8 +1,11 @@
 # tcpopsd: `make run` (install what is missing, build, demo on loopback), `make test` (everything).
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
-DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap
+DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap \
+                  haproxy kamailio sip-tester jq
 PREFIX ?= /usr/local
+# --version names the git revision when built from a checkout.
+export TCPOPS_GIT_REVISION := $(shell git rev-parse --short=10 HEAD 2>/dev/null)
 
 .PHONY: all deps build release run test unit integration fuzz fuzz-build fuzz-smoke test-sanitize soak bench install clean
 
@@ -39,7 +42,7 @@ test: unit integration fuzz-smoke
 # AddressSanitizer, in a build folder of their own. `make fuzz` runs each FUZZ_RUNS times (1 M by
 # default); `make test` runs a short smoke of each. New inputs go to .build-fuzz/corpus/, the seeds
 # in Fuzz/corpus/ stay as they are.
-FUZZ_TARGETS = FuzzConfig:config:toml FuzzControl:control:control
+FUZZ_TARGETS = FuzzConfig:config:toml FuzzControl:control:control FuzzProxy:proxy:proxy
 FUZZ_RUNS ?= 1000000
 fuzz-build: deps
 	@for t in $(FUZZ_TARGETS); do name=$${t%%:*}; \
@@ -62,11 +65,11 @@ fuzz-smoke:
 # The systemd-container tests are left out: the unit's sandbox is not made for sanitizer runtimes.
 SANITIZE_PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration --ignore=Tests/integration/test_container.py
 test-sanitize: deps
-	$(SWIFT) build --sanitize=address --scratch-path .build-asan
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/sanitize/lsan.supp \
+	TCPOPS_SANITIZE=1 $(SWIFT) build --sanitize=address --scratch-path .build-asan
+	TCPOPS_SANITIZER=address ASAN_OPTIONS=detect_leaks=1 \
 	  TCPOPSD=$(CURDIR)/.build-asan/debug/tcpopsd TCPOPSCTL=$(CURDIR)/.build-asan/debug/tcpopsctl $(SANITIZE_PYTEST)
-	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan
-	TSAN_OPTIONS=halt_on_error=0:exitcode=66 \
+	TCPOPS_SANITIZE=1 $(SWIFT) build --sanitize=thread --scratch-path .build-tsan
+	TCPOPS_SANITIZER=thread TSAN_OPTIONS=halt_on_error=0:exitcode=66 \
 	  TCPOPSD=$(CURDIR)/.build-tsan/debug/tcpopsd TCPOPSCTL=$(CURDIR)/.build-tsan/debug/tcpopsctl $(SANITIZE_PYTEST)
 
 # Churn, faults and reloads against the release build for MINUTES minutes (scripts/soak.py).

@@ -7,7 +7,15 @@ import PackageDescription
 // `--static-swift-stdlib` so that `swift build` and `swift test` link them alike; the modules were
 // compiled against the shared Foundation, so its static parts are named. lld, because gold warns
 // about the static Foundation's use of mktemp on every link.
-let staticRuntime: [LinkerSetting] = [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims"])]
+// Sanitizer builds (make test-sanitize) link it dynamically: the statically linked executable does
+// not export the sanitizer's malloc to libsystemd, whose allocations then come back to the wrong free.
+let staticRuntime: [LinkerSetting] = Context.environment["TCPOPS_SANITIZE"] != nil ? [.unsafeFlags(["-use-ld=lld"])]
+    : [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims"])]
+
+// `make` passes the checkout's git revision (for --version); a plain `swift build` leaves it out.
+let revision: [CSetting] = Context.environment["TCPOPS_GIT_REVISION"].flatMap { rev in
+    rev.allSatisfy { $0.isHexDigit } && !rev.isEmpty ? [.define("TCPOPS_GIT_REVISION", to: "\"\(rev)\"")] : nil
+} ?? []
 
 let package = Package(
     name: "tcpopsd",
@@ -23,7 +31,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "CShims", path: "Sources/CShims"),
+        .target(name: "CShims", path: "Sources/CShims", cSettings: revision),
         // tcpopsd's constructor: signals blocked before any Swift code runs.
         .target(name: "CEarly", path: "Sources/CEarly"),
         .target(
@@ -54,7 +62,7 @@ let package = Package(
 // -sanitize=fuzzer,address in a build folder of their own (Fuzz/README.md).
 if Context.environment["TCPOPS_FUZZ"] != nil {
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
-    for name in ["FuzzConfig", "FuzzControl"] {
+    for name in ["FuzzConfig", "FuzzControl", "FuzzProxy"] {
         package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "FuzzSupport"], path: "Fuzz/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])],
                                                  linkerSettings: [.unsafeFlags(["-use-ld=lld"])]))

@@ -2,14 +2,6 @@
 import Glibc
 import TCPOps
 
-enum CtlExit {
-    static let ok: Int32 = 0
-    static let negative: Int32 = 1  // the tcpops function answered -1, or the state is not positive
-    static let daemonError: Int32 = 2  // the daemon answered with an error
-    static let usage: Int32 = 64
-    static let unavailable: Int32 = 69  // no daemon on the socket
-}
-
 struct ControlClient {
     let fd: Int32
     var buffer: [UInt8] = []

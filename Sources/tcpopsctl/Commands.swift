@@ -1,6 +1,5 @@
 // One type per tcpopsctl subcommand.
 import ArgumentParser
-import FoundationEssentials
 import Glibc
 import TCPOps
 
@@ -12,27 +11,38 @@ struct List: ParsableCommand {
     func run() throws {
         var r = ControlRequest(cmd: "list")
         r.listener = listener
-        let (line, a) = try ask(common, r)
+        let a = try ask(common, r)
+        let rows = a["result"]?.items ?? []
         if common.json {
-            print(line)
+            printLine(JSON.array(rows).text)
             return
         }
-        guard case .array(let rows) = a.result ?? .null else { return }
-        let head = ["CONID", "PEER", "SIDE", "LISTENER", "STATE", "LOCAL", "REMOTE", "AGE_MS", "IDLE_MS", "IN", "OUT", "LIFETIME", "KEEPALIVE", "EVENTS"]
+        let head = ["CONID", "PEER", "SIDE", "LISTENER", "STATE", "LOCAL", "REMOTE", "AGE_MS", "IDLE_MS", "IN", "OUT", "LIFETIME",
+                    "KEEPALIVE", "EVENTS"]
         let table = rows.map { row -> [String] in
-            let k = row["keepalive"]
             let ka: String
-            if case .null = k { ka = "off" } else { ka = "\(k["idle"].text)/\(k["count"].text)/\(k["interval"].text)" }
-            return [row["conid"].text, row["peer_conid"].text, row["side"].text, row["listener"].text,
-                    "\(row["state"].text) \(row["state_name"].text)", row["local"].text, row["remote"].text,
-                    row["age_ms"].text, row["idle_ms"].text, row["bytes_in"].text, row["bytes_out"].text,
-                    row["lifetime"].text, ka, row["closed_event"].text]
+            if let k = row["keepalive"], k != .null { ka = "\(cell(k["idle"]))/\(cell(k["count"]))/\(cell(k["interval"]))" } else { ka = "off" }
+            return [cell(row["conid"]), cell(row["peer_conid"]), cell(row["side"]), cell(row["listener"]),
+                    "\(cell(row["state"])) \(cell(row["state_name"]))", cell(row["local"]), cell(row["remote"]),
+                    cell(row["age_ms"]), cell(row["idle_ms"]), cell(row["bytes_in"]), cell(row["bytes_out"]),
+                    cell(row["lifetime"]), ka, cell(row["events"])]
         }
         let widths = head.indices.map { i in ([head[i].count] + table.map { $0[i].count }).max() ?? 0 }
         for row in [head] + table {
-            print(row.indices.map { i in row[i] + String(repeating: " ", count: max(0, widths[i] - row[i].count)) }.joined(separator: "  ")
-                .trimmingTrailingSpaces)
+            printLine(row.indices.map { i in row[i] + String(repeating: " ", count: max(0, widths[i] - row[i].count)) }
+                .joined(separator: "  ").trimmingTrailingSpaces)
         }
+    }
+}
+
+/// A value as a table cell: numbers and strings as they are, true/false as yes/no, null as "-".
+func cell(_ v: JSON?) -> String {
+    switch v ?? .null {
+    case .null: return "-"
+    case .bool(let b): return b ? "yes" : "no"
+    case .string(let s): return s
+    case .double(let d): return d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d)
+    case let other: return other.text
     }
 }
 
@@ -55,40 +65,58 @@ struct Alive: ParsableCommand {
 }
 
 struct State: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The connection's state code and name (tcp_conid_state).")
+    static let configuration = CommandConfiguration(
+        abstract: "The connection's state code and name (tcp_conid_state).",
+        discussion: "With --json: {\"state\": CODE, \"name\": NAME, \"keepalive\": {idle, count, interval} or null, "
+            + "\"user_timeout_ms\": N}, keepalive and user timeout as read back from the socket.")
     @OptionGroup var common: Common
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
     func run() throws {
-        let (line, a) = try ask(common, try conidRequest("state", conid))
-        let code = a.result?.int ?? -1
-        print(common.json ? line : "\(code) \(a.state ?? "gone")")
+        let a = try ask(common, try conidRequest("state", conid))
+        let code = a["result"]?.int64 ?? -1
+        let name = a["state"]?.string ?? "gone"
+        if common.json {
+            printLine(JSON.object([("state", .int(code)), ("name", .string(name)),
+                                   ("keepalive", a["keepalive"] ?? .null), ("user_timeout_ms", a["user_timeout_ms"] ?? .null)]).text)
+        } else {
+            printLine("\(code) \(name)")
+        }
         if code <= 0 { throw ExitCode(CtlExit.negative) }
     }
 }
 
-/// Splits `[CONID] A B ...` where the conid is optional.
-func optionalConid(_ values: [String], rest: Int, usage: String) throws -> (UInt64, [String]) {
-    if values.count == rest + 1 { return (try resolveConid(values[0]), Array(values.dropFirst())) }
-    if values.count == rest { return (try resolveConid(nil), values) }
-    throw ValidationError("usage: \(usage)")
+/// The values of a command that takes `CONID VALUE...`: the CONID is never inferred from how many
+/// values were given (a missing value would shift the others: "keepalive-enable 1 30 3" must not
+/// mean conid $TCPOPS_CONID, idle 1).
+func conidAndValues(_ args: [String], names: [String], usage: String) throws -> (UInt64, [String]) {
+    guard args.count == names.count + 1 else {
+        let missing = args.count < names.count + 1 ? "missing \((["CONID"] + names)[args.count...].joined(separator: " "))" : "too many values"
+        throw ValidationError("\(missing); usage: tcpopsctl \(usage) (in a hook, give \"$TCPOPS_CONID\" as the CONID)")
+    }
+    return (try parseConid(args[0]), Array(args.dropFirst()))
+}
+
+/// An integer value in a range, or a usage error naming it.
+func integer(_ text: String, _ name: String, _ range: ClosedRange<Int>) throws -> Int {
+    guard let v = Int(text) else { throw ValidationError("\(name) must be an integer, not \"\(text)\"") }
+    guard range.contains(v) else { throw ValidationError("\(name) \(v) is out of range (\(range.lowerBound) to \(range.upperBound))") }
+    return v
 }
 
 struct KeepaliveEnable: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "keepalive-enable", abstract: "Turn keepalive on (tcp_keepalive_enable).")
+    static let configuration = CommandConfiguration(commandName: "keepalive-enable",
+                                                    abstract: "Turn keepalive on: CONID IDLE COUNT INTERVAL (tcp_keepalive_enable).")
     @OptionGroup var common: Common
-    @Argument(help: "[CONID] IDLE COUNT INTERVAL") var values: [String] = []
+    @Argument(parsing: .allUnrecognized, help: "CONID IDLE COUNT INTERVAL (seconds, probes, seconds)") var values: [String] = []
 
     func run() throws {
-        let (c, v) = try optionalConid(values, rest: 3, usage: "keepalive-enable [CONID] IDLE COUNT INTERVAL")
-        guard let idle = Int(v[0]), let count = Int(v[1]), let interval = Int(v[2]) else {
-            throw ValidationError("IDLE, COUNT and INTERVAL must be integers")
-        }
+        let (c, v) = try conidAndValues(values, names: ["IDLE", "COUNT", "INTERVAL"], usage: "keepalive-enable CONID IDLE COUNT INTERVAL")
         var r = ControlRequest(cmd: "keepalive-enable")
         r.conid = c
-        r.idle = idle
-        r.count = count
-        r.interval = interval
+        r.idle = try integer(v[0], "IDLE", 1...32767)
+        r.count = try integer(v[1], "COUNT", 1...127)
+        r.interval = try integer(v[2], "INTERVAL", 1...32767)
         try flagCommand(common, r)
     }
 }
@@ -104,13 +132,15 @@ struct KeepaliveDisable: ParsableCommand {
 }
 
 struct Lifetime: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Set the idle lifetime in seconds, 0 for none (tcp_set_connection_lifetime).")
+    static let configuration = CommandConfiguration(
+        abstract: "Set the idle lifetime: CONID SECONDS, 0 for none (tcp_set_connection_lifetime).")
     @OptionGroup var common: Common
-    @Argument(help: "[CONID] SECONDS") var values: [String] = []
+    @Argument(parsing: .allUnrecognized, help: "CONID SECONDS (decimals allowed; 0 removes the lifetime)") var values: [String] = []
 
     func run() throws {
-        let (c, v) = try optionalConid(values, rest: 1, usage: "lifetime [CONID] SECONDS")
-        guard let s = Double(v[0]), s >= 0, s.isFinite else { throw ValidationError("SECONDS must be a number of seconds, 0 or more") }
+        let (c, v) = try conidAndValues(values, names: ["SECONDS"], usage: "lifetime CONID SECONDS")
+        guard let s = Double(v[0]), s.isFinite else { throw ValidationError("SECONDS must be a number, not \"\(v[0])\"") }
+        guard s >= 0, s <= 31_536_000 else { throw ValidationError("SECONDS \(v[0]) is out of range (0 to 31536000)") }
         var r = ControlRequest(cmd: "lifetime")
         r.conid = c
         r.seconds = s
@@ -119,7 +149,8 @@ struct Lifetime: ParsableCommand {
 }
 
 struct ClosedEvent: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "closed-event", abstract: "Raise events for this connection under closed_event = 2 (tcp_enable_closed_event).")
+    static let configuration = CommandConfiguration(commandName: "closed-event",
+                                                    abstract: "Raise events for this connection under closed_event = 2 (tcp_enable_closed_event).")
     @OptionGroup var common: Common
     @Argument(help: "The conid (default $TCPOPS_CONID).") var conid: String?
 
@@ -129,32 +160,31 @@ struct ClosedEvent: ParsableCommand {
 }
 
 struct Conid: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The conid whose remote address is HOST[:PORT], newest first; port 5060 by default (tcp_get_conid).")
+    static let configuration = CommandConfiguration(
+        abstract: "The newest conid whose remote address is HOST, on any port, or HOST:PORT (tcp_get_conid).")
     @OptionGroup var common: Common
-    @Argument(help: "HOST[:PORT] (IPv6 as [ADDR]:PORT)") var address: String
+    @Argument(help: "HOST or HOST:PORT (IPv6 as ADDR or [ADDR]:PORT)") var address: String
     @Flag(help: "Every match, newest first.") var all = false
 
     func run() throws {
         var r = ControlRequest(cmd: "conid")
         r.host = address
         r.all = all
-        let (line, a) = try ask(common, r)
-        if common.json { print(line) }
-        switch a.result ?? .null {
-        case .array(let ids):
-            if !common.json { for id in ids { print(id.text) } }
+        let a = try ask(common, r)
+        let result = a["result"] ?? .int(-1)
+        if let ids = result.items {
+            printLine(common.json ? result.text : ids.map(\.text).joined(separator: "\n"))
             if ids.isEmpty { throw ExitCode(CtlExit.negative) }
-        case .int(let id):
-            if !common.json { print(id) }
-            if id <= 0 { throw ExitCode(CtlExit.negative) }
-        default:
-            throw ExitCode(CtlExit.negative)
+        } else {
+            printLine(result.text)
+            if (result.int64 ?? -1) <= 0 { throw ExitCode(CtlExit.negative) }
         }
     }
 }
 
 struct Send: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Write bytes to the connection's peer, after the relayed bytes already queued (tcp_set_otcpid).")
+    static let configuration = CommandConfiguration(
+        abstract: "Write bytes to the connection's peer, after the relayed bytes already queued (tcp_set_otcpid).")
     @OptionGroup var common: Common
     @Argument(help: "The conid.") var conid: String
     @Argument(help: "The bytes to send, or - for standard input.") var data: String?
@@ -176,21 +206,9 @@ struct Send: ParsableCommand {
         guard !bytes.isEmpty else { throw ValidationError("nothing to send") }
         guard bytes.count <= 48 * 1024 else { throw ValidationError("at most 49152 bytes a send (the request line limit is 64 KiB)") }
         var r = ControlRequest(cmd: "send")
-        r.conid = try resolveConid(conid)
-        r.data = Data(bytes).base64EncodedString()
+        r.conid = try parseConid(conid)
+        r.data = Base64.encode(bytes)
         try flagCommand(common, r)
-    }
-}
-
-func writeStdoutLine(_ line: String) {
-    var bytes = Array(line.utf8)
-    bytes.append(10)
-    var off = 0
-    while off < bytes.count {
-        let n = bytes[off...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        off += n
     }
 }
 
@@ -226,7 +244,8 @@ struct Close: ParsableCommand {
 }
 
 struct EventsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "events", abstract: "Recent events as JSON lines; with --follow, every new one as it happens.")
+    static let configuration = CommandConfiguration(commandName: "events",
+                                                    abstract: "Recent events, one JSON object a line; with --follow, every new one as it happens.")
     @OptionGroup var common: Common
     @Flag(help: "Keep streaming new events.") var follow = false
 
@@ -235,20 +254,21 @@ struct EventsCommand: ParsableCommand {
         var r = ControlRequest(cmd: "events")
         r.follow = follow
         _ = client.send(r)
-        let first = try answerLine(&client, common)
-        guard let a = Answer.parse(first), a.ok else {
-            writeStderr("tcpopsctl: tcpopsd refused the events request: \(Answer.parse(first)?.error ?? first)\n")
+        let first = try answer(&client, common)
+        guard first["ok"] == .bool(true) else {
+            writeStderr("tcpopsctl: tcpopsd refused the events request: \(first["error"]?.string ?? "error")\n")
             throw ExitCode(CtlExit.daemonError)
         }
         if follow { client.waitForever() }
-        if common.json { writeStdoutLine(first) }
-        var left = a.count ?? Int.max
-        while follow || left > 0, case .line(let line) = client.readLine() {
-            if let e = Answer.parse(line), !e.ok, line.hasPrefix("{\"id\"") {
-                writeStderr("tcpopsctl: \(e.error ?? "error")\n")
+        var left = first["count"]?.int64 ?? Int64.max
+        while follow || left > 0 {
+            guard case .line(let line) = client.readLine() else { break }
+            // An error line (a subscriber cut off for being too slow) is not an event.
+            if line.hasPrefix("{\"id\""), let e = try? JSON.parse(line), e["ok"] == .bool(false) {
+                writeStderr("tcpopsctl: \(e["error"]?.string ?? "error")\n")
                 throw ExitCode(CtlExit.daemonError)
             }
-            writeStdoutLine(line)  // unbuffered: a follower sees each event as it comes
+            printLine(line)
             left -= 1
         }
         if follow { throw ExitCode(CtlExit.unavailable) }  // the stream ended: tcpopsd went away
@@ -260,15 +280,15 @@ struct Stats: ParsableCommand {
     @OptionGroup var common: Common
 
     func run() throws {
-        let (line, a) = try ask(common, ControlRequest(cmd: "stats"))
+        let a = try ask(common, ControlRequest(cmd: "stats"))
+        let s = a["result"] ?? .null
         if common.json {
-            print(line)
+            printLine(s.text)
             return
         }
-        let s = a.result ?? .null
-        for key in ["connections_open", "relays_open", "accepted", "rejected", "relayed_bytes"] { print("\(key) \(s[key].text)") }
-        for kind in ["tcp:closed", "tcp:reset", "tcp:timeout"] { print("events.\(kind) \(s["events"][kind].text)") }
-        for key in ["run", "failed", "killed", "dropped"] { print("hooks.\(key) \(s["hooks"][key].text)") }
-        print("subscribers \(s["subscribers"].text)")
+        for key in ["connections_open", "relays_open", "accepted", "rejected", "relayed_bytes"] { printLine("\(key) \(cell(s[key]))") }
+        for kind in ["tcp:closed", "tcp:reset", "tcp:timeout"] { printLine("events.\(kind) \(cell(s["events"]?[kind]))") }
+        for key in ["run", "failed", "killed", "dropped"] { printLine("hooks.\(key) \(cell(s["hooks"]?[key]))") }
+        printLine("subscribers \(cell(s["subscribers"]))")
     }
 }

@@ -1,22 +1,62 @@
 // tcpopsctl: the tcpops functions from outside, one request on tcpopsd's control socket.
 import ArgumentParser
-import FoundationEssentials
 import Glibc
 import TCPOps
 
+/// The options every command takes, before or after the command's name.
 struct Common: ParsableArguments {
     @Option(name: .long, help: "The control socket (default: $TCPOPS_CONTROL_SOCKET, then /run/tcpopsd/control.sock).")
     var socket: String?
 
-    @Flag(name: .long, help: "Print tcpopsd's JSON answer as it is.")
+    @Flag(name: .long, help: "Print the result as JSON (an object, an array or a number; events: one object a line).")
     var json = false
 
     @Option(name: .long, help: "Give up after this many seconds without an answer (0: wait forever).")
     var timeout: Double = 10
 
     var path: String {
-        socket ?? ProcessInfo.processInfo.environment["TCPOPS_CONTROL_SOCKET"].flatMap { $0.isEmpty ? nil : $0 } ?? ControlProtocol.defaultSocket
+        if let socket { return socket }
+        if let env = environment("TCPOPS_CONTROL_SOCKET"), !env.isEmpty { return env }
+        return ControlProtocol.defaultSocket
     }
+
+    /// Global options may stand before the command (`tcpopsctl --socket S list`, as systemctl and
+    /// ip are typed) or after it; ArgumentParser reads them after it, so they are moved there.
+    static let valued: Set<String> = ["--socket", "--timeout"]
+    static let flags: Set<String> = ["--json"]
+
+    static func reorder(_ args: [String]) -> [String] {
+        var globals: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            let name = String(a.prefix { $0 != "=" })
+            if valued.contains(name) {
+                globals.append(a)
+                if !a.contains("="), i + 1 < args.count {
+                    globals.append(args[i + 1])
+                    i += 1
+                }
+            } else if flags.contains(a) {
+                globals.append(a)
+            } else {
+                break
+            }
+            i += 1
+        }
+        guard i < args.count, !globals.isEmpty else { return args }
+        return [args[i]] + globals + args[(i + 1)...]
+    }
+}
+
+func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+enum CtlExit {
+    static let ok: Int32 = 0
+    static let negative: Int32 = 1  // the tcpops function answered -1, or the state is not positive
+    static let daemonError: Int32 = 2  // the daemon answered with an error
+    static let usage: Int32 = 64
+    static let unavailable: Int32 = 69  // no daemon on the socket, or no answer in time
 }
 
 /// A connection to tcpopsd's control socket, or exit 69 saying why there is none.
@@ -36,41 +76,50 @@ func connectOrExit(_ common: Common) throws -> ControlClient {
 
 func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
 
-/// The next answer line, or exit 69 saying why none came.
-func answerLine(_ client: inout ControlClient, _ common: Common) throws -> String {
+/// The next answer line, decoded, or exit 69 (no answer) / 2 (not JSON) saying why.
+func answer(_ client: inout ControlClient, _ common: Common) throws -> JSON {
+    let line: String
     switch client.readLine() {
-    case .line(let l): return l
+    case .line(let l): line = l
     case .timeout:
         writeStderr("tcpopsctl: tcpopsd at \(common.path) did not answer within \(seconds(common.timeout))\n")
+        throw ExitCode(CtlExit.unavailable)
     case .end:
         writeStderr("tcpopsctl: tcpopsd closed the connection without an answer\n")
+        throw ExitCode(CtlExit.unavailable)
     }
-    throw ExitCode(CtlExit.unavailable)
+    do {
+        return try JSON.parse(line)
+    } catch {
+        writeStderr("tcpopsctl: unreadable answer (\(error)): \(line)\n")
+        throw ExitCode(CtlExit.daemonError)
+    }
 }
 
-/// Sends one request and returns the first answer (exits on failure to reach the daemon).
-func ask(_ common: Common, _ request: ControlRequest) throws -> (line: String, answer: Answer) {
+/// Sends one request and returns its answer when it is `ok`; an error answer is printed on stderr
+/// and ends tcpopsctl with status 2.
+func ask(_ common: Common, _ request: ControlRequest) throws -> JSON {
     var client = try connectOrExit(common)
     // A failed send still reads: tcpopsd may have answered (and closed) before taking the request.
     _ = client.send(request)
-    let line = try answerLine(&client, common)
-    guard let answer = Answer.parse(line) else {
-        writeStderr("tcpopsctl: unreadable answer: \(line)\n")
+    let a = try answer(&client, common)
+    guard a["ok"] == .bool(true) else {
+        writeStderr("tcpopsctl: \(a["error"]?.string ?? "tcpopsd answered with an error")\n")
         throw ExitCode(CtlExit.daemonError)
     }
-    if !answer.ok {
-        if common.json { print(line) } else { writeStderr("tcpopsctl: \(answer.error ?? "error")\n") }
-        throw ExitCode(CtlExit.daemonError)
-    }
-    return (line, answer)
+    return a
 }
 
-/// `[CONID]`: the argument, else $TCPOPS_CONID (a hook acts on the connection that raised its event).
+/// `[CONID]` of the commands that take nothing else: the argument, else $TCPOPS_CONID (so a hook
+/// acts on the connection that raised its event).
 func resolveConid(_ given: String?) throws -> UInt64 {
-    let text = given ?? ProcessInfo.processInfo.environment["TCPOPS_CONID"]
-    guard let text, !text.isEmpty else {
+    guard let text = given ?? environment("TCPOPS_CONID"), !text.isEmpty else {
         throw ValidationError("no CONID given and TCPOPS_CONID is not set")
     }
+    return try parseConid(text)
+}
+
+func parseConid(_ text: String) throws -> UInt64 {
     guard let c = UInt64(text), c > 0 else { throw ValidationError("CONID must be a positive integer, not \"\(text)\"") }
     return c
 }
@@ -84,10 +133,23 @@ func conidRequest(_ cmd: String, _ conid: String?) throws -> ControlRequest {
 
 /// Prints the 1 / -1 of a tcpops function and exits 0 / 1.
 func flagCommand(_ common: Common, _ r: ControlRequest) throws {
-    let (line, a) = try ask(common, r)
-    let v = a.result?.int ?? -1
-    print(common.json ? line : String(v))
+    let a = try ask(common, r)
+    let v = a["result"]?.int64 ?? -1
+    printLine(String(v))
     if v != 1 { throw ExitCode(CtlExit.negative) }
+}
+
+/// One line on stdout, unbuffered (a follower sees each event as it comes).
+func printLine(_ line: String) {
+    var bytes = Array(line.utf8)
+    bytes.append(10)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes[off...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return }
+        off += n
+    }
 }
 
 @main
@@ -95,8 +157,21 @@ struct TCPOpsCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcpopsctl",
         abstract: "Query and steer tcpopsd's connections (the tcpops functions, at runtime).",
-        discussion: "A CONID left out means $TCPOPS_CONID, so a hook acts on its own connection.",
+        discussion: """
+        The global options (--socket, --json, --timeout) may stand before or after the command.
+        Commands that take only a connection accept it as [CONID]; left out, it is $TCPOPS_CONID, so
+        a hook acts on its own connection. Commands that take values (keepalive-enable, lifetime,
+        send) need the CONID first, always: in a hook, pass "$TCPOPS_CONID".
+        Exit status: 0 success; 1 the function answered -1 (no such connection, state not
+        positive, no match); 2 tcpopsd answered with an error; 64 bad command line; 69 tcpopsd
+        unreachable or silent.
+        """,
+        version: TCPOpsVersion.line("tcpopsctl"),
         subcommands: [List.self, Alive.self, State.self, KeepaliveEnable.self, KeepaliveDisable.self, Lifetime.self,
                       ClosedEvent.self, Conid.self, Send.self, Close.self, EventsCommand.self, Stats.self]
     )
+
+    static func main() {
+        main(Common.reorder(Array(CommandLine.arguments.dropFirst())))
+    }
 }

@@ -15,7 +15,8 @@ extension Logger.Target: ExpressibleByArgument {}
 struct TCPOpsD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcpopsd",
-        abstract: "A TCP connection manager: relays, tracks, times out and reports TCP connections."
+        abstract: "A TCP connection manager: relays, tracks, times out and reports TCP connections.",
+        version: TCPOpsVersion.line("tcpopsd")
     )
 
     @Option(name: .long, help: "The configuration file.")
@@ -37,7 +38,10 @@ struct TCPOpsD: ParsableCommand {
     func run() throws {
         let configuration: Configuration
         do {
-            configuration = try ConfigLoader.load(path: config)
+            // Names resolve here, before anything else runs (DNS may take its time).
+            let outcome = try ConfigResolver.resolve(try ConfigLoader.load(path: config), mode: checkConfig ? .check : .start)
+            for w in outcome.warnings { writeStderr("warning: \(w)\n") }
+            configuration = outcome.config
         } catch {
             writeStderr("\(error)\n")
             throw ExitCode(ExitStatus.config)

@@ -19,7 +19,7 @@ import Testing
         #expect(c.events.closedEvent == 1)
         #expect(c.events.maxRunningHooks == 16 && c.events.queueLimit == 10_000 && c.events.hookTimeout == 10)
         let l = try #require(c.listeners.first)
-        #expect(l.name == "sip" && l.listen.port == 5060 && l.upstream.description == "127.0.0.1:5070")
+        #expect(l.name == "sip" && l.listen.port == 5060 && l.upstreamText == "127.0.0.1:5070")
         #expect(l.connectTimeout == 5 && l.lifetime == 0 && l.keepalive == nil && l.userTimeout == 0)
         #expect(l.eventSides == [.client, .upstream] && !l.closedEvent)
     }
@@ -52,6 +52,12 @@ import Testing
         event_sides = ["upstream"]
         upstream_keepalive = { idle = 1, count = 2, interval = 3 }
         upstream_user_timeout = 4.5
+        proxy_protocol = "v2"
+        accept_proxy = true
+        [[listener]]
+        name = "b"
+        listen = "127.0.0.1:6002"
+        upstream = ["db.example:5070", "[::1]:5071", "10.0.0.1:5072"]
         """
         let c = try ConfigLoader.parse(text, path: "t.toml")
         #expect(c.daemon.controlMode == 0o600 && c.daemon.logLevel == .debug && c.daemon.shutdownTimeout == 2.5)
@@ -60,6 +66,10 @@ import Testing
         #expect(l.listen.family == .v6 && l.listen.description == "[::1]:6000")
         #expect(l.keepalive == KeepaliveSettings(idle: 60, count: 5, interval: 5))
         #expect(l.upstreamKeepalive == KeepaliveSettings(idle: 1, count: 2, interval: 3) && l.upstreamUserTimeout == 4.5)
+        #expect(l.proxyProtocol == .v2 && l.acceptProxy)
+        let b = c.listeners[1]
+        #expect(b.upstreams.map(\.description) == ["db.example:5070", "[::1]:5071", "10.0.0.1:5072"])
+        #expect(b.upstreams.map(\.isName) == [true, false, false] && b.upstreams[0].addresses.isEmpty)
         #expect(l.connectTimeout == 0.25 && l.lifetime == 120 && l.userTimeout == 30 && l.closedEvent && l.eventSides == [.upstream])
     }
 
@@ -88,7 +98,7 @@ import Testing
         [[listener]]
         name = "x"
         listen = "1.2.3.4:0"
-        upstream = "localhost:80"
+        upstream = "local_host:80"
         lifetime = "forever"
         """)
         #expect(p.map(\.line) == [2, 4, 7, 8, 9])

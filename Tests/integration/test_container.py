@@ -201,7 +201,7 @@ def test_restart_keeps_100_streaming_relays(box, echo):
     socks = [connect(port) for _ in range(n)]
 
     def conids():
-        rows = json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)["result"]
+        rows = json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)
         return {r["remote"]: r["conid"] for r in rows if r["side"] == "client"}
 
     wait_for(lambda: len(conids()) == n, what="100 relays")
@@ -219,7 +219,7 @@ def test_restart_keeps_100_streaming_relays(box, echo):
     assert box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip() != old_pid
     time.sleep(1.5)
     after = conids()
-    row = [r for r in json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)["result"] if r["conid"] == first][0]
+    row = [r for r in json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout) if r["conid"] == first][0]
     assert row["lifetime"] == 3600 and row["closed_event"] is True and row["state"] == 1
     go_on.clear()
     for t in threads:

@@ -53,7 +53,7 @@ def test_list_state_alive_and_json(daemon, echo):
     lines = p.stdout.splitlines()
     assert lines[0].split()[:5] == ["CONID", "PEER", "SIDE", "LISTENER", "STATE"]
     assert any(l.split()[0] == str(c) and "client" in l and "ok" in l for l in lines[1:])
-    rows = json.loads(d.ctl("list", "--json").stdout)["result"]
+    rows = json.loads(d.ctl("list", "--json").stdout)
     mine = [r for r in rows if r["conid"] == c][0]
     assert mine["side"] == "client" and mine["state"] == 1 and mine["remote"] == f"127.0.0.1:{s.getsockname()[1]}"
     assert mine["bytes_in"] == 4 and mine["bytes_out"] == 4
@@ -65,7 +65,7 @@ def test_list_state_alive_and_json(daemon, echo):
     p = d.ctl("alive", str(c))
     assert (p.returncode, p.stdout.strip()) == (0, "1")
     p = d.ctl("state", "--json", str(c))
-    assert json.loads(p.stdout) == {"id": None, "ok": True, "result": 1, "state": "ok"}
+    assert json.loads(p.stdout) == {"state": 1, "name": "ok", "keepalive": None, "user_timeout_ms": 0}
     s.close()
     assert d.stop() == 0
 
@@ -104,12 +104,18 @@ def test_keepalive_enable_sets_options_and_disable_clears(daemon, echo):
     p = d.ctl("keepalive-enable", str(c), "7", "3", "2")
     assert (p.returncode, p.stdout.strip()) == (0, "1")
     assert keepalive_options(theirs) == (1, 7, 3, 2)
+    # state --json reads them back from tcpopsd's socket.
+    assert json.loads(d.ctl("state", "--json", str(c)).stdout)["keepalive"] == {"idle": 7, "count": 3, "interval": 2}
     p = d.ctl("keepalive-disable", str(c))
     assert (p.returncode, p.stdout.strip()) == (0, "1")
     assert keepalive_options(theirs)[0] == 0
+    assert json.loads(d.ctl("state", "--json", str(c)).stdout)["keepalive"] is None
     assert d.ctl("keepalive-enable", "999999", "7", "3", "2").stdout.strip() == "-1"
     bad = d.ctl("keepalive-enable", str(c), "7", "300", "2")
-    assert bad.returncode == 2 and "out of range" in bad.stderr
+    assert bad.returncode == 64 and "COUNT 300 is out of range" in bad.stderr
+    # The daemon checks ranges too, for any client of the protocol.
+    a = json.loads(d.request({"cmd": "keepalive-enable", "conid": c, "idle": 7, "count": 300, "interval": 2}))
+    assert a["ok"] is False and "out of range" in a["error"]
     theirs.close()
     s.close()
     assert d.stop() == 0
@@ -256,24 +262,28 @@ def test_send_reaches_only_that_client_after_queued_bytes(daemon, tmp_path):
     assert d.stop() == 0
 
 
-def test_conid_lookup_default_port_and_all(daemon, echo):
+def test_conid_lookup_any_port_and_all(daemon, echo):
     up = echo()
     p1, p2 = free_port(), free_port()
     d = daemon(listeners=[listener("one", p1, up.address), listener("two", p2, up.address)])
     s = connect(p1)
     assert d.ctl("conid", f"127.0.0.1:{s.getsockname()[1]}").stdout.strip() == str(conid_of(d, s))
-    # Clients from 127.0.0.3:5060 (the default port), one to each listener: --all lists both, newest first.
+    # Clients from 127.0.0.3, one to each listener: without a port any port matches; --all lists
+    # both, newest first.
     clients = []
     for p in (p1, p2):
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        c.bind(("127.0.0.3", 5060))
+        c.bind(("127.0.0.3", 0))
         c.connect(("127.0.0.1", p))
         roundtrip(c)
         clients.append(c)
-    rows = {r["conid"]: r for r in json.loads(d.ctl("list", "--json").stdout)["result"]}
-    sip = sorted((c for c, r in rows.items() if r["remote"] == "127.0.0.3:5060"), reverse=True)
+    rows = {r["conid"]: r for r in json.loads(d.ctl("list", "--json").stdout)}
+    sip = sorted((c for c, r in rows.items() if r["remote"].startswith("127.0.0.3:")), reverse=True)
     assert len(sip) == 2
+    port_of_older = rows[sip[1]]["remote"].split(":")[1]
+    p = d.ctl("conid", f"127.0.0.3:{port_of_older}")
+    assert (p.returncode, p.stdout.strip()) == (0, str(sip[1]))
     p = d.ctl("conid", "127.0.0.3")
     assert (p.returncode, p.stdout.strip()) == (0, str(sip[0]))
     p = d.ctl("conid", "127.0.0.3", "--all")
@@ -356,7 +366,7 @@ def test_bytes_held_when_upstream_resets_still_reach_the_client(daemon, tmp_path
     s = connect(port)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     c = conid_of(d, s)
-    upstream = json.loads(d.ctl("list", "--json").stdout)["result"]
+    upstream = json.loads(d.ctl("list", "--json").stdout)
     up_conid = [r["conid"] for r in upstream if r["peer_conid"] == c][0]
     s.sendall(b"go")
     wait_for(lambda: events_for(d.events(), up_conid), timeout=15, what="the upstream's reset")
@@ -385,7 +395,7 @@ def test_states_accepting_and_connecting(daemon):
         port = free_port()
         d = daemon(listeners=[listener("slow", port, f"{ns.ns_ip}:9", connect_timeout=5)])
         s = connect(port)
-        rows = wait_for(lambda: json.loads(d.ctl("list", "--json").stdout)["result"], what="the relay listed")
+        rows = wait_for(lambda: json.loads(d.ctl("list", "--json").stdout), what="the relay listed")
         by_side = {r["side"]: r for r in rows}
         assert by_side["client"]["state"] == 2 and by_side["client"]["state_name"] == "accepting"
         assert by_side["upstream"]["state"] == 3 and by_side["upstream"]["state_name"] == "connecting"

@@ -29,7 +29,7 @@ def echo_ok(port):
 
 
 def stat(d, key):
-    return json.loads(d.ctl("stats", "--json").stdout)["result"][key]
+    return json.loads(d.ctl("stats", "--json").stdout)[key]
 
 
 def test_followers_see_every_event_in_order(daemon, echo):

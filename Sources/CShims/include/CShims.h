@@ -23,4 +23,6 @@ int tcpops_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 int tcpops_wait_status(int status, int *value);
 /* posix_spawn file action: close every fd from `from` up in the child (glibc 2.34). */
 int tcpops_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+/* The git revision the build came from ("" when unknown): see Package.swift. */
+const char *tcpops_git_revision(void);
 #endif

@@ -207,6 +207,64 @@ private struct Walker {
         }
     }
 
+    /// `upstream`: "host:port" (an IPv4 address, "[IPv6]", or a DNS name), or a list of them.
+    mutating func upstreams(_ t: TOMLTable, _ table: String, _ key: String) -> [Upstream]? {
+        guard let v = t[key] else { return nil }
+        let items: [TOMLNode]
+        switch v.value {
+        case .string: items = [v]
+        case .array(let a):
+            items = a.items
+            if items.isEmpty {
+                fail(v.line, "\(label(table, key)): the list is empty (give at least one \"host:port\")")
+                return nil
+            }
+        default:
+            fail(v.line, "\(label(table, key)): expected \"host:port\" or a list of them, got \(v.value.typeName)")
+            return nil
+        }
+        var out: [Upstream] = []
+        for item in items {
+            guard case .string(let text) = item.value else {
+                fail(item.line, "\(label(table, key)): expected \"host:port\" strings, found \(item.value.aTypeName)")
+                return nil
+            }
+            guard let u = upstream(text, line: item.line, what: label(table, key)) else { return nil }
+            out.append(u)
+        }
+        return out
+    }
+
+    mutating func upstream(_ text: String, line: Int, what: String) -> Upstream? {
+        do {
+            return Upstream(address: try SocketAddress.parse(text), line: line)
+        } catch {
+            // Not an address: a host name and a port?
+            if case .badHost = error, let colon = text.lastIndex(of: ":"), !text.hasPrefix("[") {
+                let name = String(text[..<colon])
+                let portText = text[text.index(after: colon)...]
+                if Walker.isHostName(name) {
+                    guard let p = Int(portText), (1...65535).contains(p) else {
+                        fail(line, "\(what): \"\(text)\": port \"\(portText)\" is not a number from 1 to 65535")
+                        return nil
+                    }
+                    return Upstream(name: name, port: UInt16(p), line: line)
+                }
+            }
+            fail(line, "\(what): \"\(text)\": \(error)")
+            return nil
+        }
+    }
+
+    /// A DNS name: labels of letters, digits and '-', separated by dots, not all digits.
+    static func isHostName(_ s: String) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= 253, !s.allSatisfy({ $0.isNumber || $0 == "." }) else { return false }
+        return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            !label.isEmpty && label.count <= 63 && label.first != "-" && label.last != "-"
+                && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }
+        }
+    }
+
     mutating func keepaliveSetting(_ t: TOMLTable, _ table: String, _ key: String) -> KeepaliveSettings? {
         guard let v = t[key] else { return nil }
         guard case .table(let k) = v.value else {
@@ -350,7 +408,8 @@ private struct Walker {
 
     mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
         checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
-                                   "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout"])
+                                   "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout", "proxy_protocol",
+                                   "accept_proxy"])
         let before = problems.count
         let number = (Int(id.dropFirst(9)) ?? 0) + 1
         let name = string(t, id, "name")
@@ -360,7 +419,7 @@ private struct Walker {
         }
         let listen = address(t, id, "listen")
         if t["listen"] == nil { fail(t.line, "[[listener]] \(name.map { "\"\($0)\"" } ?? "#\(number)"): missing key 'listen'") }
-        let upstream = address(t, id, "upstream")
+        let upstream = upstreams(t, id, "upstream")
         if t["upstream"] == nil { fail(t.line, "[[listener]] \(name.map { "\"\($0)\"" } ?? "#\(number)"): missing key 'upstream'") }
         let connectTimeout = duration(t, id, "connect_timeout", allowZero: false)
         let lifetime = duration(t, id, "lifetime")
@@ -383,8 +442,14 @@ private struct Walker {
             }
         }
         let upstreamKeepalive = keepaliveSetting(t, id, "upstream_keepalive")
+        var proxyProtocol: ProxyProtocol.Version?
+        if let s = string(t, id, "proxy_protocol"), let line = t["proxy_protocol"]?.line {
+            proxyProtocol = ProxyProtocol.Version(rawValue: s)
+            if proxyProtocol == nil { fail(line, "\(label(id, "proxy_protocol")): \"\(s)\" is not \"v1\" or \"v2\"") }
+        }
+        let acceptProxy = bool(t, id, "accept_proxy")
         guard problems.count == before, let name, let listen, let upstream else { return nil }
-        var l = ListenerSettings(name: name, listen: listen, upstream: upstream)
+        var l = ListenerSettings(name: name, listen: listen, upstreams: upstream)
         if let connectTimeout { l.connectTimeout = connectTimeout }
         if let lifetime { l.lifetime = lifetime }
         l.keepalive = keepalive
@@ -393,6 +458,8 @@ private struct Walker {
         if let closedEvent { l.closedEvent = closedEvent }
         if let sides { l.eventSides = sides }
         l.upstreamKeepalive = upstreamKeepalive
+        l.proxyProtocol = proxyProtocol
+        if let acceptProxy { l.acceptProxy = acceptProxy }
         return l
     }
 }

@@ -53,10 +53,46 @@ public struct EventSettings: Sendable, Equatable {
     public var queueLimit = 10_000
 }
 
+/// One upstream as the file names it: an address, or a host name resolved to addresses (tried in
+/// the resolver's order). `line` is where the file says it, for messages; it is not compared.
+public struct Upstream: Sendable, Equatable, CustomStringConvertible {
+    public let host: String
+    public let port: UInt16
+    /// The address itself for an IP literal; for a name, what it resolved to (empty until then).
+    public var addresses: [SocketAddress]
+    public let isName: Bool
+    public let line: Int
+
+    public init(address: SocketAddress, line: Int = 0) {
+        host = address.ip
+        port = address.port
+        addresses = [address]
+        isName = false
+        self.line = line
+    }
+
+    public init(name: String, port: UInt16, line: Int = 0) {
+        host = name
+        self.port = port
+        addresses = []
+        isName = true
+        self.line = line
+    }
+
+    /// "host:port", IPv6 in brackets.
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    public static func == (a: Upstream, b: Upstream) -> Bool {
+        a.host == b.host && a.port == b.port && a.addresses == b.addresses && a.isName == b.isName
+    }
+}
+
 public struct ListenerSettings: Sendable, Equatable {
     public var name: String
     public var listen: SocketAddress
-    public var upstream: SocketAddress
+    /// Tried in order when a connect fails (refused, unreachable, timed out), each address of a
+    /// name in turn.
+    public var upstreams: [Upstream]
     public var connectTimeout = 5.0
     /// Idle lifetime in seconds; 0 = none.
     public var lifetime = 0.0
@@ -68,12 +104,28 @@ public struct ListenerSettings: Sendable, Equatable {
     public var closedEvent = false
     public var eventSides: Set<Side> = [.client, .upstream]
     public var upstreamKeepalive: KeepaliveSettings? = nil
+    /// proxy_protocol: a PROXY header (v1 or v2) before the bytes relayed to the upstream.
+    public var proxyProtocol: ProxyProtocol.Version? = nil
+    /// accept_proxy: each client must begin with a PROXY header, whose addresses are the client's.
+    public var acceptProxy = false
 
-    public init(name: String, listen: SocketAddress, upstream: SocketAddress) {
+    public init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
         self.name = name
         self.listen = listen
-        self.upstream = upstream
+        self.upstreams = upstreams
     }
+
+    public init(name: String, listen: SocketAddress, upstream: SocketAddress) {
+        self.init(name: name, listen: listen, upstreams: [Upstream(address: upstream)])
+    }
+
+    /// Every address to try, in order, with the upstream it belongs to.
+    public var candidates: [(upstream: Upstream, address: SocketAddress)] {
+        upstreams.flatMap { u in u.addresses.map { (u, $0) } }
+    }
+
+    /// The upstreams as the file lists them ("a:1, b:2").
+    public var upstreamText: String { upstreams.map(\.description).joined(separator: ", ") }
 }
 
 public struct Configuration: Sendable, Equatable {

@@ -1,6 +1,5 @@
 // The control commands, run on the relay's loop (requests reach it through its inbox): each takes
 // a decoded request and returns the answer line. Connection state is only touched here.
-import FoundationEssentials
 
 public final class ControlTarget {
     let ctx: RelayContext
@@ -52,8 +51,14 @@ public final class ControlTarget {
             let state = ctx.table[try conid(r)]?.state ?? .gone
             return [("result", .int(state.rawValue > 0 ? 1 : -1))]
         case "state":
-            let state = ctx.table[try conid(r)]?.state ?? .gone
-            return [("result", .int(Int64(state.rawValue))), ("state", .string(state.name))]
+            let c = ctx.table[try conid(r)]
+            let state = c?.state ?? .gone
+            var answer: [(String, JSON)] = [("result", .int(Int64(state.rawValue))), ("state", .string(state.name))]
+            if let c, let options = c.socketOptions() {
+                answer.append(("keepalive", options.keepalive.map(keepaliveJSON) ?? .null))
+                answer.append(("user_timeout_ms", .uint(UInt64(options.userTimeoutMs))))
+            }
+            return answer
         case "keepalive-enable":
             let id = try conid(r)
             guard let idle = r.idle, let count = r.count, let interval = r.interval else {
@@ -75,20 +80,25 @@ public final class ControlTarget {
         case "conid":
             guard let host = r.host else { throw Failure("missing 'host'") }
             if let p = r.port, !(1...65535).contains(p) { throw Failure("port \(p) is out of range") }
-            let address: SocketAddress
+            let wanted: (family: SocketAddress.Family, bytes: [UInt8], port: UInt16?)
             do {
-                address = try SocketAddress.parse(host, defaultPort: UInt16(r.port ?? 5060))
+                wanted = try SocketAddress.parseHost(host)
             } catch {
                 throw Failure("\"\(host)\": \(error)")
             }
-            let found = ctx.table.values.filter { $0.remote == address }.map(\.conid).sorted(by: >)
+            // Without a port, any port matches (the newest connection from that host first).
+            let port = wanted.port ?? r.port.map { UInt16($0) }
+            let found = ctx.table.values.filter { c in
+                guard let remote = c.remote else { return false }
+                return remote.family == wanted.family && remote.bytes == wanted.bytes && (port == nil || remote.port == port)
+            }.map(\.conid).sorted(by: >)
             if r.all == true { return [("result", .array(found.map { .uint($0) }))] }
             return [("result", found.first.map { .uint($0) } ?? .int(-1))]
         case "send":
             let id = try conid(r)
-            guard let b64 = r.data, let bytes = Data(base64Encoded: b64) else { throw Failure("'data' must be base64") }
+            guard let b64 = r.data, let bytes = Base64.decode(b64) else { throw Failure("'data' must be base64") }
             guard !bytes.isEmpty else { throw Failure("nothing to send") }
-            return flag(ctx.table[id]?.send(Array(bytes)) ?? false)
+            return flag(ctx.table[id]?.send(bytes) ?? false)
         case "close":
             return flag(ctx.table[try conid(r)]?.close(reset: r.reset == true) ?? false)
         case "stats":
@@ -110,14 +120,20 @@ public final class ControlTarget {
             ("age_ms", .uint((now &- c.openedAt) / 1_000_000)), ("idle_ms", .uint(c.idleMilliseconds(now: now))),
             ("bytes_in", .uint(c.bytesIn)), ("bytes_out", .uint(c.bytesOut)),
             ("lifetime", .double(c.lifetimeSeconds)),
+            // The upstream (as the file names it) this relay uses or is trying.
+            ("upstream", c.relay?.candidate.map { .string($0.upstream.description) } ?? .null),
         ]
-        if let k = c.keepalive {
-            o.append(("keepalive", .object([("idle", .int(Int64(k.idle))), ("count", .int(Int64(k.count))), ("interval", .int(Int64(k.interval)))])))
-        } else {
-            o.append(("keepalive", .null))
-        }
+        o.append(("keepalive", c.keepalive.map(keepaliveJSON) ?? .null))
+        // Whether a close of this connection would raise an event now (closed_event mode, this
+        // connection's own flag, the listener's event_sides), and the flag itself (mode 2).
+        let sides = c.relay?.listener.eventSides ?? []
+        o.append(("events", .bool(EventPolicy.raises(mode: ctx.closedEventMode, enabled: c.eventsEnabled, side: c.side, sides: sides))))
         o.append(("closed_event", .bool(c.eventsEnabled)))
         return .object(o)
+    }
+
+    func keepaliveJSON(_ k: KeepaliveSettings) -> JSON {
+        .object([("idle", .int(Int64(k.idle))), ("count", .int(Int64(k.count))), ("interval", .int(Int64(k.interval)))])
     }
 
     func stats() -> JSON {

@@ -1,7 +1,6 @@
 // The control protocol: one JSON object per line each way. Requests are decoded here; answers
 // are `{"id":..,"ok":true,...}` or `{"id":..,"ok":false,"error":".."}`. Shared by tcpopsd and
 // tcpopsctl so both sides agree on every name.
-import FoundationEssentials
 
 public enum ControlProtocol {
     /// Longest request line accepted.
@@ -11,7 +10,7 @@ public enum ControlProtocol {
     public static let defaultSocket = "/run/tcpopsd/control.sock"
 }
 
-public struct ControlRequest: Codable, Sendable {
+public struct ControlRequest: Sendable {
     public var id: Int64?
     public var cmd: String
     public var conid: UInt64?
@@ -33,44 +32,122 @@ public struct ControlRequest: Codable, Sendable {
     public enum DecodeFailure: Error { case message(String, id: Int64?) }
 
     /// Decodes one request line; the failure says what is wrong (and the id, if it could be read).
+    /// Members it does not know are ignored (a newer tcpopsctl may send more).
     public static func decode(_ line: [UInt8]) -> Result<ControlRequest, DecodeFailure> {
-        let data = Data(line)
-        let decoder = JSONDecoder()
+        let json: JSON
         do {
-            return .success(try decoder.decode(ControlRequest.self, from: data))
-        } catch let DecodingError.typeMismatch(type, ctx) {
-            return .failure(.message("wrong type for '\(path(ctx))': expected \(typeName(type))", id: id(of: data)))
-        } catch let DecodingError.keyNotFound(key, _) {
-            return .failure(.message("missing '\(key.stringValue)'", id: id(of: data)))
-        } catch let DecodingError.valueNotFound(type, ctx) {
-            return .failure(.message("'\(path(ctx))' is null, expected \(typeName(type))", id: id(of: data)))
-        } catch let DecodingError.dataCorrupted(ctx) {
-            let p = path(ctx)
-            return .failure(.message(p.isEmpty ? "malformed JSON" : "bad value for '\(p)'", id: id(of: data)))
+            json = try JSON.parse(line)
         } catch {
-            return .failure(.message("malformed request", id: id(of: data)))
+            return .failure(.message("malformed JSON: \(error)", id: nil))
         }
+        guard case .object(let members) = json else { return .failure(.message("a request is a JSON object, not \(json.typeName)", id: nil)) }
+        var fields = Fields(members: members)
+        let id = fields.int64("id")
+        if let problem = fields.problem { return .failure(.message(problem, id: nil)) }
+        guard let cmdValue = fields.value("cmd") else { return .failure(.message("missing 'cmd'", id: id)) }
+        guard case .string(let cmd) = cmdValue else {
+            return .failure(.message("wrong type for 'cmd': expected a string, got \(cmdValue.typeName)", id: id))
+        }
+        var r = ControlRequest(cmd: cmd)
+        r.id = id
+        r.conid = fields.uint64("conid")
+        r.listener = fields.string("listener")
+        r.idle = fields.int("idle")
+        r.count = fields.int("count")
+        r.interval = fields.int("interval")
+        r.seconds = fields.double("seconds")
+        r.host = fields.string("host")
+        r.port = fields.int("port")
+        r.all = fields.bool("all")
+        r.data = fields.string("data")
+        r.reset = fields.bool("reset")
+        r.follow = fields.bool("follow")
+        if let problem = fields.problem { return .failure(.message(problem, id: id)) }
+        return .success(r)
     }
 
-    private struct OnlyID: Decodable { var id: Int64? }
+    /// Typed access to a request's members; the first problem is kept (null means absent).
+    private struct Fields {
+        let members: [(String, JSON)]
+        var problem: String?
 
-    private static func id(of data: Data) -> Int64? { (try? JSONDecoder().decode(OnlyID.self, from: data))?.id }
+        init(members: [(String, JSON)]) { self.members = members }
 
-    private static func path(_ ctx: DecodingError.Context) -> String { ctx.codingPath.map(\.stringValue).joined(separator: ".") }
+        func value(_ key: String) -> JSON? {
+            guard let v = members.first(where: { $0.0 == key })?.1 else { return nil }
+            if case .null = v { return nil }
+            return v
+        }
 
-    private static func typeName(_ t: Any.Type) -> String {
-        switch t {
-        case is String.Type: return "a string"
-        case is Bool.Type: return "true or false"
-        case is Double.Type: return "a number"
-        default: return "an integer"
+        mutating func wrong(_ key: String, _ expected: String, _ v: JSON) {
+            if problem == nil { problem = "wrong type for '\(key)': expected \(expected), got \(v.typeName)" }
+        }
+
+        mutating func int64(_ key: String) -> Int64? {
+            guard let v = value(key) else { return nil }
+            guard let i = v.int64 else { wrong(key, "an integer", v); return nil }
+            return i
+        }
+
+        mutating func int(_ key: String) -> Int? { int64(key).flatMap { Int(exactly: $0) } }
+
+        mutating func uint64(_ key: String) -> UInt64? {
+            guard let v = value(key) else { return nil }
+            switch v {
+            case .uint(let u): return u
+            case .int(let i) where i >= 0: return UInt64(i)
+            case .int:
+                if problem == nil { problem = "'\(key)' must be a positive integer" }
+                return nil
+            default:
+                wrong(key, "an integer", v)
+                return nil
+            }
+        }
+
+        mutating func double(_ key: String) -> Double? {
+            guard let v = value(key) else { return nil }
+            switch v {
+            case .double(let d): return d
+            case .int(let i): return Double(i)
+            case .uint(let u): return Double(u)
+            default:
+                wrong(key, "a number", v)
+                return nil
+            }
+        }
+
+        mutating func string(_ key: String) -> String? {
+            guard let v = value(key) else { return nil }
+            guard case .string(let s) = v else { wrong(key, "a string", v); return nil }
+            return s
+        }
+
+        mutating func bool(_ key: String) -> Bool? {
+            guard let v = value(key) else { return nil }
+            guard case .bool(let b) = v else { wrong(key, "true or false", v); return nil }
+            return b
         }
     }
 
     /// The request as a line (tcpopsctl).
     public func line() -> [UInt8] {
-        let encoder = JSONEncoder()
-        var bytes = Array((try? encoder.encode(self)) ?? Data("{}".utf8))
+        var o: [(String, JSON)] = []
+        if let id { o.append(("id", .int(id))) }
+        o.append(("cmd", .string(cmd)))
+        if let conid { o.append(("conid", .uint(conid))) }
+        if let listener { o.append(("listener", .string(listener))) }
+        if let idle { o.append(("idle", .int(Int64(idle)))) }
+        if let count { o.append(("count", .int(Int64(count)))) }
+        if let interval { o.append(("interval", .int(Int64(interval)))) }
+        if let seconds { o.append(("seconds", .double(seconds))) }
+        if let host { o.append(("host", .string(host))) }
+        if let port { o.append(("port", .int(Int64(port)))) }
+        if let all { o.append(("all", .bool(all))) }
+        if let data { o.append(("data", .string(data))) }
+        if let reset { o.append(("reset", .bool(reset))) }
+        if let follow { o.append(("follow", .bool(follow))) }
+        var bytes = Array(JSON.object(o).text.utf8)
         bytes.append(10)
         return bytes
     }
@@ -83,5 +160,59 @@ public enum ControlAnswer {
 
     public static func error(_ id: Int64?, _ message: String) -> String {
         JSON.object([("id", id.map { .int($0) } ?? .null), ("ok", .bool(false)), ("error", .string(message))]).text
+    }
+}
+
+/// Base64 (RFC 4648, standard alphabet) for `send`'s bytes: padding optional when decoding.
+public enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i < bytes.count {
+            let n = min(3, bytes.count - i)
+            let b0 = UInt32(bytes[i]), b1 = n > 1 ? UInt32(bytes[i + 1]) : 0, b2 = n > 2 ? UInt32(bytes[i + 2]) : 0
+            let v = b0 << 16 | b1 << 8 | b2
+            out.append(alphabet[Int(v >> 18 & 63)])
+            out.append(alphabet[Int(v >> 12 & 63)])
+            out.append(n > 1 ? alphabet[Int(v >> 6 & 63)] : UInt8(ascii: "="))
+            out.append(n > 2 ? alphabet[Int(v & 63)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// nil for anything but base64 text.
+    public static func decode(_ text: String) -> [UInt8]? {
+        var values: [UInt8] = []
+        var chars = Array(text.utf8)
+        while chars.last == UInt8(ascii: "=") { chars.removeLast() }
+        guard text.utf8.count - chars.count <= 2 else { return nil }
+        for c in chars {
+            switch c {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): values.append(c - 65)
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): values.append(c - 97 + 26)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): values.append(c - 48 + 52)
+            case UInt8(ascii: "+"): values.append(62)
+            case UInt8(ascii: "/"): values.append(63)
+            default: return nil
+            }
+        }
+        guard values.count % 4 != 1 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(values.count * 3 / 4)
+        var i = 0
+        while i < values.count {
+            let n = min(4, values.count - i)
+            var v: UInt32 = 0
+            for k in 0..<4 { v = v << 6 | (k < n ? UInt32(values[i + k]) : 0) }
+            out.append(UInt8(v >> 16 & 0xFF))
+            if n > 2 { out.append(UInt8(v >> 8 & 0xFF)) }
+            if n > 3 { out.append(UInt8(v & 0xFF)) }
+            i += 4
+        }
+        return out
     }
 }

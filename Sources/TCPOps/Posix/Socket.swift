@@ -93,6 +93,17 @@ enum Socket {
         try setInt(fd, Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), Int32(bitPattern: milliseconds), "TCP_USER_TIMEOUT")
     }
 
+    /// Keepalive (nil when SO_KEEPALIVE is off) and TCP_USER_TIMEOUT in ms, read from the socket.
+    static func options(_ fd: Int32) throws(SystemError) -> (keepalive: KeepaliveSettings?, userTimeoutMs: UInt32) {
+        let on = try getInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE") != 0
+        let ut = UInt32(bitPattern: try getInt(fd, Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), "TCP_USER_TIMEOUT"))
+        guard on else { return (nil, ut) }
+        let k = KeepaliveSettings(idle: try getInt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+                                  count: try getInt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, "TCP_KEEPCNT"),
+                                  interval: try getInt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, "TCP_KEEPINTVL"))
+        return (k, ut)
+    }
+
     static func setNoDelay(_ fd: Int32) {
         try? setInt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
     }

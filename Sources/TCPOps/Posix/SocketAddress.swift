@@ -16,13 +16,29 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
 
     public enum ParseError: Error, Equatable, CustomStringConvertible {
         case missingPort, badPort(String), badHost(String)
+        /// "::1:5060": an IPv6 address with a port needs brackets; the suggestion has them.
+        case unbracketed(suggestion: String)
         public var description: String {
             switch self {
             case .missingPort: return "expected \"host:port\" (IPv6 as \"[addr]:port\")"
             case .badPort(let p): return "port \"\(p)\" is not a number from 1 to 65535"
             case .badHost(let h): return "\"\(h)\" is not an IPv4 or IPv6 address"
+            case .unbracketed(let s): return "an IPv6 address with a port is written in brackets: \"\(s)\""
             }
         }
+    }
+
+    /// Parses a host with an optional port, as `tcpopsctl conid` takes it: "a.b.c.d", "a.b.c.d:port",
+    /// "v6" (bare, no port), "[v6]" or "[v6]:port". The port is nil when left out.
+    public static func parseHost(_ text: String) throws(ParseError) -> (family: Family, bytes: [UInt8], port: UInt16?) {
+        if !text.hasPrefix("["), text.filter({ $0 == ":" }).count > 1 {
+            var v6 = in6_addr()
+            guard inet_pton(AF_INET6, text, &v6) == 1 else { throw .badHost(text) }
+            return (.v6, withUnsafeBytes(of: v6) { Array($0) }, nil)
+        }
+        let hasPort = text.hasPrefix("[") ? text.contains("]:") : text.contains(":")
+        let a = try parse(text, defaultPort: hasPort ? nil : 1)
+        return (a.family, a.bytes, hasPort ? a.port : nil)
     }
 
     /// Parses "a.b.c.d:port" or "[v6]:port". `defaultPort` is used when the port is left out.
@@ -36,8 +52,13 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
             if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty { throw .badHost(text) }
         } else if let colon = text.lastIndex(of: ":") {
             host = text[..<colon]
-            portText = text[text.index(after: colon)...]
-            if host.contains(":") { throw .badHost(text) }
+            let after = text[text.index(after: colon)...]
+            portText = after
+            if host.contains(":") {
+                var v6 = in6_addr()
+                if inet_pton(AF_INET6, String(host), &v6) == 1, Int(after) != nil { throw .unbracketed(suggestion: "[\(host)]:\(after)") }
+                throw .badHost(text)
+            }
         } else {
             host = Substring(text)
         }
@@ -80,6 +101,9 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     /// 0.0.0.0 or ::
     public var isWildcard: Bool { bytes.allSatisfy { $0 == 0 } }
 
+    /// 127.0.0.0/8 or ::1
+    public var isLoopback: Bool { family == .v4 ? bytes.first == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1] }
+
     var domain: Int32 { family == .v4 ? AF_INET : AF_INET6 }
 
     /// Calls `body` with this address as a sockaddr.
@@ -116,5 +140,32 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
         default:
             return nil
         }
+    }
+}
+
+/// The addresses of this host's interfaces (getifaddrs), as address bytes.
+public enum LocalAddresses {
+    public static func current() -> [[UInt8]] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var out: [[UInt8]] = []
+        var p = list
+        while let ifa = p {
+            if let sa = ifa.pointee.ifa_addr {
+                switch Int32(sa.pointee.sa_family) {
+                case AF_INET:
+                    let v = UnsafeRawPointer(sa).load(as: sockaddr_in.self)
+                    out.append(withUnsafeBytes(of: v.sin_addr) { Array($0) })
+                case AF_INET6:
+                    let v = UnsafeRawPointer(sa).load(as: sockaddr_in6.self)
+                    out.append(withUnsafeBytes(of: v.sin6_addr) { Array($0) })
+                default:
+                    break
+                }
+            }
+            p = ifa.pointee.ifa_next
+        }
+        return out
     }
 }

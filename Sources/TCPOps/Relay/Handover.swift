@@ -46,9 +46,10 @@ extension Relay {
     /// when its state cannot be carried across a restart.
     func quiet() -> Bool {
         guard !ended else { return false }
-        guard !draining, client.state == .ok, upstream.state == .ok, !toUpstream.eof, !toClient.eof,
-              client.fdOpen, upstream.fdOpen else {
-            end(failed: nil, reason: .local, why: "cannot be carried across the restart (state \(client.state.name)/\(upstream.state.name))")
+        guard !draining, let up = upstream, client.state == .ok, up.state == .ok, !toUpstream.eof, !toClient.eof,
+              client.fdOpen, up.fdOpen else {
+            end(failed: nil, reason: .local,
+                why: "cannot be carried across the restart (state \(client.state.name)/\(upstream?.state.name ?? "awaiting its PROXY header"))")
             return false
         }
         quieting = true
@@ -108,6 +109,8 @@ extension Relay {
         client.relay = relay
         up.relay = relay
         relay.upstream = up
+        // Which of the listener's upstreams it is (for `list`), if the address is still one of them.
+        if let remote = up.remote, let i = listener.candidates.firstIndex(where: { $0.address == remote }) { relay.attempt = i }
         ctx.track(client)
         ctx.track(up)
         ctx.added(relay)

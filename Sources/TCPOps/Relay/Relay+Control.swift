@@ -9,6 +9,12 @@ extension Connection {
         return r
     }
 
+    /// The relay, once both of its sides exist (not while a PROXY header is awaited).
+    var fullRelay: Relay? {
+        guard let r = liveRelay, r.upstream != nil else { return nil }
+        return r
+    }
+
     /// tcp_keepalive_enable / tcp_keepalive_disable (nil).
     public func setKeepalive(_ k: KeepaliveSettings?) -> Bool {
         guard liveRelay != nil, fdOpen else { return false }
@@ -38,7 +44,7 @@ extension Connection {
 
     /// Queues `bytes` for this connection's peer, after the relayed bytes already queued for it.
     public func send(_ bytes: [UInt8]) -> Bool {
-        guard let r = liveRelay, !bytes.isEmpty else { return false }
+        guard let r = fullRelay, !bytes.isEmpty else { return false }
         let d = side == .client ? r.toClient : r.toUpstream
         guard !d.shut, state != .error, d.held.count - d.heldSent + bytes.count <= Relay.injectLimit else { return false }
         d.held.append(contentsOf: bytes)
@@ -57,11 +63,18 @@ extension Connection {
         return true
     }
 
+    /// Keepalive and TCP_USER_TIMEOUT as the socket has them now (read back, not as asked); nil
+    /// when its socket is closed or cannot be read.
+    public func socketOptions() -> (keepalive: KeepaliveSettings?, userTimeoutMs: UInt32)? {
+        guard fdOpen else { return nil }
+        return try? Socket.options(fd)
+    }
+
     /// Milliseconds since data last moved on this connection.
     public func idleMilliseconds(now: UInt64) -> UInt64 { (now &- lastActivity) / 1_000_000 }
     public var lifetimeSeconds: Double { Double(lifetime) / 1e9 }
     public var listenerName: String { relay?.listener.name ?? "" }
-    public var peerConid: UInt64? { relay.map { side == .client ? $0.upstream.conid : $0.client.conid } }
+    public var peerConid: UInt64? { relay.flatMap { side == .client ? $0.upstream?.conid : $0.client.conid } }
 }
 
 extension Relay {

@@ -59,7 +59,7 @@ extension Relay {
     }
 
     func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
-        TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peer.conid, side: c.side, listener: listener.name,
+        TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peerConid, side: c.side, listener: listener.name,
                  local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
                  bytesIn: c.bytesIn, bytesOut: c.bytesOut)
     }
@@ -73,11 +73,13 @@ extension Relay {
             raise(failed, reason)
             if reason != .fin && reason != .lifetime { failed.state = .error }
         }
-        for c in [client, upstream!] {
+        // (No upstream yet while a PROXY header is awaited.)
+        for c in [client] + (upstream.map { [$0] } ?? []) {
             if c.closeReason == nil { c.closeReason = .local }
             closeSocket(c)
         }
         if let t = connectTimer { ctx.loop.timers.cancel(t) }
+        if let t = proxyTimer { ctx.loop.timers.cancel(t) }
         if let t = drainTimer { ctx.loop.timers.cancel(t) }
         for d in [toUpstream, toClient] {
             if let p = d.pipe {
@@ -85,19 +87,22 @@ extension Relay {
                 d.pipe = nil
             }
         }
-        var f = fields(client)
-        f.append(("TCPOPS_PEER_CONID", String(upstream.conid)))
-        f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
-        f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
-        f.append(("TCPOPS_UPSTREAM_REASON", upstream.closeReason?.rawValue ?? "local"))
-        f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream.bytesOut)))
-        f.append(("TCPOPS_BYTES_TO_CLIENT", String(client.bytesOut)))
-        ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.conid) (\(why))", id: .connectionClosed, f)
+        if ctx.logger.enabled(.info) {
+            var f = fields(client)
+            if let upstream { f.append(("TCPOPS_PEER_CONID", String(upstream.conid))) }
+            f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
+            f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
+            f.append(("TCPOPS_UPSTREAM_REASON", upstream?.closeReason?.rawValue ?? "local"))
+            f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream?.bytesOut ?? 0)))
+            f.append(("TCPOPS_BYTES_TO_CLIENT", String(client.bytesOut)))
+            ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.map { String($0.conid) } ?? "-") (\(why))",
+                           id: .connectionClosed, f)
+        }
         client.state = .gone
-        upstream.state = .gone
+        upstream?.state = .gone
         ctx.removed(self)
         client.relay = nil
-        upstream.relay = nil
+        upstream?.relay = nil
     }
 
     func fields(_ c: Connection) -> [Logger.Field] {

@@ -39,6 +39,8 @@ public final class Relay {
     let toUpstream = Direction()
     let toClient = Direction()
     var connectTimer: TimerQueue.ID?
+    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
+    var attempt = 0
     var ended = false
     /// One side broke while bytes it had sent still wait for the other: the relay lives on only
     /// to deliver them (for at most `drainLimit`), then ends.
@@ -50,93 +52,15 @@ public final class Relay {
     /// Handing over: nothing more is read, held bytes are still written.
     var quieting = false
 
+    /// accept_proxy: what came of the client's PROXY header so far (nil once it was read, or
+    /// when the listener does not ask for one), and the deadline for it.
+    var proxyInput: [UInt8]?
+    var proxyTimer: TimerQueue.ID?
+
     init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
         self.ctx = ctx
         self.listener = listener
         self.client = client
-    }
-
-    /// Takes an accepted socket: applies the listener's options, starts the upstream connect.
-    /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
-    /// socket: the client was closed, and the listener should pause.
-    @discardableResult
-    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32, local: SocketAddress?, remote: SocketAddress?) -> Bool {
-        let now = ctx.loop.now
-        let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
-                                eventsEnabled: listener.closedEvent)
-        client.local = local
-        client.remote = remote
-        client.lifetime = listener.lifetime.nanoseconds
-        client.keepalive = listener.keepalive
-        let relay = Relay(ctx: ctx, listener: listener, client: client)
-        client.relay = relay
-        ctx.track(client)
-        ctx.added(relay)
-        ctx.accepted += 1
-
-        do {
-            try Socket.setKeepalive(clientFD, listener.keepalive, fresh: true)
-            if listener.userTimeout > 0 {
-                try Socket.setUserTimeout(clientFD, milliseconds: UInt32(listener.userTimeout * 1000))
-            }
-            Socket.setNoDelay(clientFD)
-        } catch {
-            ctx.logger.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
-        }
-
-        let upstreamConid = ctx.newConid()
-        let upFD: Int32
-        let connected: Bool
-        do {
-            (upFD, connected) = try Socket.connect(listener.upstream)
-        } catch {
-            let localShortage = error.call == "socket" || [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)
-            // Refused (or unreachable) at once: the upstream conid still raises its event. A local
-            // shortage is ours, not the upstream's: no event, the client is closed.
-            let up = Connection(conid: upstreamConid, side: .upstream, fd: -1, state: .error, now: now, eventsEnabled: listener.closedEvent)
-            up.remote = listener.upstream
-            up.relay = relay
-            relay.upstream = up
-            ctx.track(up)
-            relay.register(client, mask: 0)
-            if localShortage {
-                relay.end(failed: nil, reason: .local, why: "no upstream socket: \(error)")
-                return false
-            }
-            relay.end(failed: up, reason: CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
-            return true
-        }
-        let up = Connection(conid: upstreamConid, side: .upstream, fd: upFD, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
-        up.remote = listener.upstream
-        up.keepalive = listener.upstreamKeepalive
-        up.relay = relay
-        relay.upstream = up
-        ctx.track(up)
-        do {
-            try Socket.setKeepalive(upFD, listener.upstreamKeepalive, fresh: true)
-            if listener.upstreamUserTimeout > 0 {
-                try Socket.setUserTimeout(upFD, milliseconds: UInt32(listener.upstreamUserTimeout * 1000))
-            }
-            Socket.setNoDelay(upFD)
-        } catch {
-            ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", relay.fields(up))
-        }
-        guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.write) else { return true }
-        relay.armLifetime(client)
-        if connected {
-            relay.connected()
-        } else {
-            relay.connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [weak relay] in
-                guard let relay, !relay.ended, relay.upstream.state == .connecting else { return }
-                relay.connectTimer = nil
-                relay.end(failed: relay.upstream, reason: .connectTimeout, why: "no answer within \(relay.listener.connectTimeout) s")
-            }
-        }
-        if ctx.logger.enabled(.debug) {
-            ctx.logger.log(.debug, "accepted conid \(client.conid) from \(client.remote?.description ?? "?"), upstream conid \(up.conid)",
-                           id: .connectionOpened, relay.fields(client))
-        }
-        return true
     }
 
     @discardableResult
@@ -150,25 +74,19 @@ public final class Relay {
         }
     }
 
-    private func connected() {
-        upstream.state = .ok
-        if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
-        upstream.local = Socket.localAddress(upstream.fd)
-        if let t = connectTimer {
-            ctx.loop.timers.cancel(t)
-            connectTimer = nil
-        }
-    }
-
     // MARK: events from the loop
 
     func handle(_ conn: Connection, _ events: UInt32) {
         guard !ended else { return }
+        if awaitingProxy {
+            readProxyHeader()
+            return
+        }
         if conn === upstream && upstream.state == .connecting {
             guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
             let err = Socket.pendingError(upstream.fd)
             if err != 0 {
-                end(failed: upstream, reason: CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
+                attemptFailed(CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
                 return
             }
             connected()

@@ -18,6 +18,9 @@ public final class RelayContext {
     public var relayedBytes: UInt64 = 0
     /// Names of the listeners now configured (for `list --listener`).
     public var listenerNames: Set<String> = []
+    /// accept_proxy connections closed for a missing or bad PROXY header, and when one was last logged.
+    public var proxyRejected: UInt64 = 0
+    var lastProxyRejectLog: UInt64 = 0
     /// Reads that wanted a splice pipe and copied instead, for want of fds.
     public private(set) var pipeShortages: UInt64 = 0
     private var lastPipeShortageLog: UInt64 = 0
@@ -55,11 +58,14 @@ public final class RelayContext {
 
     func track(_ c: Connection) { table[c.conid] = c }
 
+    /// A failed upstream attempt leaves the table before its relay does.
+    func untrack(_ c: Connection) { table[c.conid] = nil }
+
     func added(_ r: Relay) { relays += 1 }
 
     func removed(_ r: Relay) {
         table[r.client.conid] = nil
-        table[r.upstream.conid] = nil
+        if let up = r.upstream { table[up.conid] = nil }
         relays -= 1
         if relays == 0 { onIdle?() }
     }

@@ -1,0 +1,40 @@
+// Host names to addresses (getaddrinfo). It blocks, so it runs only where nothing waits on it: at
+// start before the loop, and on reload in a thread of its own.
+import Glibc
+
+public enum Resolve {
+    /// Every IPv4 and IPv6 address of `host` for TCP, in getaddrinfo's order (RFC 6724, e.g.
+    /// ::1 before 127.0.0.1 for "localhost"), without duplicates; or why there are none. No
+    /// AI_ADDRCONFIG: a host with only loopback IPv6 still relays to ::1.
+    public static func addresses(_ host: String, port: UInt16) -> Result<[SocketAddress], ResolveError> {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let r = getaddrinfo(host, String(port), &hints, &list)
+        guard r == 0 else {
+            let why = r == EAI_SYSTEM ? errnoName(errno) : String(cString: gai_strerror(r))
+            return .failure(ResolveError(host: host, reason: why))
+        }
+        defer { freeaddrinfo(list) }
+        var out: [SocketAddress] = []
+        var p = list
+        while let ai = p {
+            if let sa = ai.pointee.ai_addr, ai.pointee.ai_family == AF_INET || ai.pointee.ai_family == AF_INET6 {
+                var ss = sockaddr_storage()
+                withUnsafeMutableBytes(of: &ss) { dst in
+                    dst.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(ai.pointee.ai_addrlen)))
+                }
+                if let a = withUnsafePointer(to: &ss, { SocketAddress(storage: $0) }), !out.contains(a) { out.append(a) }
+            }
+            p = ai.pointee.ai_next
+        }
+        return out.isEmpty ? .failure(ResolveError(host: host, reason: "no IPv4 or IPv6 address")) : .success(out)
+    }
+}
+
+public struct ResolveError: Error, Sendable, CustomStringConvertible {
+    public let host: String
+    public let reason: String
+    public var description: String { "\"\(host)\" does not resolve: \(reason)" }
+}

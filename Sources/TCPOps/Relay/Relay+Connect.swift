@@ -1,0 +1,145 @@
+// How a relay begins: the accepted client gets the listener's options, then the upstream is
+// connected, candidate after candidate (the listener's upstreams in order, each address of a name
+// in turn) until one answers. A failed attempt raises its own event under its own conid.
+import Glibc
+
+extension Relay {
+    /// Takes an accepted socket: applies the listener's options, starts the upstream connect.
+    /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
+    /// socket: the client was closed, and the listener should pause.
+    @discardableResult
+    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32, local: SocketAddress?, remote: SocketAddress?) -> Bool {
+        let now = ctx.loop.now
+        let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
+                                eventsEnabled: listener.closedEvent)
+        client.local = local
+        client.remote = remote
+        client.lifetime = listener.lifetime.nanoseconds
+        client.keepalive = listener.keepalive
+        let relay = Relay(ctx: ctx, listener: listener, client: client)
+        client.relay = relay
+        ctx.track(client)
+        ctx.added(relay)
+        ctx.accepted += 1
+        do {
+            try Socket.setKeepalive(clientFD, listener.keepalive, fresh: true)
+            if listener.userTimeout > 0 {
+                try Socket.setUserTimeout(clientFD, milliseconds: UInt32(listener.userTimeout * 1000))
+            }
+            Socket.setNoDelay(clientFD)
+        } catch {
+            ctx.logger.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
+        }
+        guard relay.register(client, mask: 0) else { return true }
+        relay.armLifetime(client)
+        if listener.acceptProxy {
+            relay.awaitProxyHeader()
+            return true
+        }
+        let ok = relay.connectUpstream()
+        if ctx.logger.enabled(.debug) && !relay.ended {
+            ctx.logger.log(.debug, "accepted conid \(client.conid) from \(client.remote?.description ?? "?"), upstream conid \(relay.upstream.map { String($0.conid) } ?? "-")",
+                           id: .connectionOpened, relay.fields(client))
+        }
+        return ok
+    }
+
+    /// The upstream entry and address of the current attempt.
+    var candidate: (upstream: Upstream, address: SocketAddress)? {
+        let all = listener.candidates
+        return attempt < all.count ? all[attempt] : nil
+    }
+
+    /// Starts the connect of the current attempt. False when the process is out of fds or memory
+    /// (the relay is ended: that is ours, not the upstream's, and raises no event).
+    @discardableResult
+    func connectUpstream() -> Bool {
+        let now = ctx.loop.now
+        let conid = ctx.newConid()
+        guard let (_, address) = candidate else {
+            end(failed: nil, reason: .local, why: "no upstream address to connect to")
+            return true
+        }
+        let fd: Int32
+        let connectedAtOnce: Bool
+        do {
+            (fd, connectedAtOnce) = try Socket.connect(address)
+        } catch {
+            let up = Connection(conid: conid, side: .upstream, fd: -1, state: .error, now: now, eventsEnabled: listener.closedEvent)
+            up.remote = address
+            up.relay = self
+            upstream = up
+            ctx.track(up)
+            if error.call == "socket" || [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno) {
+                end(failed: nil, reason: .local, why: "no upstream socket: \(error)")
+                return false
+            }
+            // Refused (or unreachable) at once: this attempt's conid raises its event.
+            attemptFailed(CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
+            return true
+        }
+        let up = Connection(conid: conid, side: .upstream, fd: fd, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
+        up.remote = address
+        up.keepalive = listener.upstreamKeepalive
+        up.relay = self
+        upstream = up
+        ctx.track(up)
+        do {
+            try Socket.setKeepalive(fd, listener.upstreamKeepalive, fresh: true)
+            if listener.upstreamUserTimeout > 0 {
+                try Socket.setUserTimeout(fd, milliseconds: UInt32(listener.upstreamUserTimeout * 1000))
+            }
+            Socket.setNoDelay(fd)
+        } catch {
+            ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", fields(up))
+        }
+        guard register(up, mask: Events.write) else { return true }
+        if connectedAtOnce {
+            connected()
+        } else {
+            connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [weak self] in
+                guard let self, !self.ended, self.upstream.state == .connecting else { return }
+                self.connectTimer = nil
+                self.attemptFailed(.connectTimeout, why: "no answer within \(self.listener.connectTimeout) s")
+            }
+        }
+        updateInterest()
+        return true
+    }
+
+    /// The current attempt could not connect: its conid raises its event, and the next candidate
+    /// is tried; after the last, the relay ends (the client is closed by tcpopsd).
+    func attemptFailed(_ reason: CloseReason, why: String) {
+        guard !ended else { return }
+        let failed = upstream!
+        guard attempt + 1 < listener.candidates.count else {
+            end(failed: failed, reason: reason, why: why)
+            return
+        }
+        if let t = connectTimer {
+            ctx.loop.timers.cancel(t)
+            connectTimer = nil
+        }
+        raise(failed, reason)
+        failed.state = .error
+        closeSocket(failed)
+        ctx.untrack(failed)
+        failed.relay = nil
+        let next = listener.candidates[attempt + 1]
+        ctx.logger.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"
+                       + (next.upstream.isName ? " (\(next.upstream))" : ""), fields(client))
+        attempt += 1
+        connectUpstream()
+    }
+
+    func connected() {
+        upstream.state = .ok
+        if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
+        upstream.local = Socket.localAddress(upstream.fd)
+        if let t = connectTimer {
+            ctx.loop.timers.cancel(t)
+            connectTimer = nil
+        }
+        sendProxyHeader()
+    }
+}

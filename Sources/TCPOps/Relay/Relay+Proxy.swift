@@ -1,0 +1,78 @@
+// accept_proxy: a client of such a listener must begin with a PROXY protocol header (a balancer in
+// front sends it); its addresses become the connection's remote and local address everywhere.
+// The header is read within bounds (536 bytes, 3 s) before the upstream is connected; anything
+// else closes the connection, logged with the reason, and no relay is made.
+extension Relay {
+    static let proxyDeadline: UInt64 = 3_000_000_000
+
+    var awaitingProxy: Bool { proxyInput != nil }
+
+    func awaitProxyHeader() {
+        proxyInput = []
+        ctx.loop.modify(client.fd, mask: Events.read)
+        proxyTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.proxyDeadline) { [weak self] in
+            guard let self, !self.ended, self.awaitingProxy else { return }
+            self.proxyTimer = nil
+            self.rejectProxy("no complete header within \(Relay.proxyDeadline / 1_000_000_000) s (\(self.proxyInput?.count ?? 0) bytes came)")
+        }
+    }
+
+    /// The client is readable while its header is awaited.
+    func readProxyHeader() {
+        guard var input = proxyInput else { return }
+        let room = ProxyProtocol.maxHeader - input.count
+        switch Socket.receive(client.fd, into: UnsafeMutableRawBufferPointer(rebasing: ctx.scratch[0..<room])) {
+        case .moved(let n):
+            client.bytesIn &+= UInt64(n)
+            client.lastActivity = ctx.loop.now
+            input.append(contentsOf: UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n]))
+        case .wouldBlock:
+            return
+        case .endOfFile:
+            rejectProxy("the client closed before its header was complete (\(input.count) bytes came)")
+            return
+        case .failed(let e):
+            rejectProxy("the client's connection failed before its header was complete: \(errnoName(e))")
+            return
+        }
+        switch ProxyProtocol.parse(input) {
+        case .needMore:
+            proxyInput = input  // parse says invalid before the buffer could exceed the limit
+        case .invalid(let why):
+            rejectProxy(why)
+        case .header(let h):
+            if let t = proxyTimer {
+                ctx.loop.timers.cancel(t)
+                proxyTimer = nil
+            }
+            proxyInput = nil
+            if let source = h.source, let destination = h.destination {
+                client.remote = source
+                client.local = destination
+            }
+            // What the client sent after its header is its first bytes for the upstream.
+            toUpstream.held = Array(input[h.length...])
+            ctx.logger.log(.debug, "PROXY \(h.version.rawValue) header: client \(client.remote?.description ?? "?")", fields(client))
+            connectUpstream()
+        }
+    }
+
+    private func rejectProxy(_ why: String) {
+        ctx.proxyRejected += 1
+        let now = ctx.loop.now
+        if ctx.lastProxyRejectLog == 0 || now - ctx.lastProxyRejectLog >= 1_000_000_000 {
+            ctx.lastProxyRejectLog = now
+            ctx.logger.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",
+                           id: .connectionClosed, fields(client) + [("TCPOPS_PROXY_REJECTED", String(ctx.proxyRejected))])
+        }
+        proxyInput = nil
+        end(failed: nil, reason: .local, why: "no valid PROXY header: \(why)")
+    }
+
+    /// proxy_protocol: the header the upstream gets before anything else, once it is connected.
+    func sendProxyHeader() {
+        guard let version = listener.proxyProtocol else { return }
+        let header = ProxyProtocol.header(version, source: client.remote, destination: client.local, conid: client.conid)
+        toUpstream.held.insert(contentsOf: header, at: toUpstream.heldSent)
+    }
+}
