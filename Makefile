@@ -80,15 +80,34 @@ soak: release
 bench: release
 	Benchmarks/run.sh .build/release/tcpopsd
 
-# Binaries, units and the example configuration in their usual places (DESTDIR for staging).
+# Binaries, units, the example configuration, the manual pages (tcpopsctl(1) and tcpopsd(8) from
+# the argument parsers, tcpopsd.toml(5) written by hand), tcpopsctl's shell completions and the
+# contract's pages, in their usual places (DESTDIR for staging).
+MANDIR = $(PREFIX)/share/man
 install: release
 	install -D -m 0755 .build/release/tcpopsd $(DESTDIR)$(PREFIX)/bin/tcpopsd
 	install -D -m 0755 .build/release/tcpopsctl $(DESTDIR)$(PREFIX)/bin/tcpopsctl
 	install -D -m 0644 systemd/tcpopsd.service $(DESTDIR)/etc/systemd/system/tcpopsd.service
 	install -D -m 0644 systemd/tcpopsd.socket $(DESTDIR)/etc/systemd/system/tcpopsd.socket
 	[ -e $(DESTDIR)/etc/tcpopsd/tcpopsd.toml ] || install -D -m 0644 config/tcpopsd.toml $(DESTDIR)/etc/tcpopsd/tcpopsd.toml
+	rm -rf .build/man && mkdir -p .build/man/1 .build/man/8
+	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 1 --output-directory .build/man/1 >/dev/null
+	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 8 --output-directory .build/man/8 >/dev/null
+	@# The generator writes paragraph breaks as empty lines (.Pp in mdoc) and gives tcpopsd, which
+	@# has none, a "subcommand" in its synopsis.
+	mkdir -p $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	sed -e 's/^$$/.Pp/' .build/man/1/tcpopsctl.1 > $(DESTDIR)$(MANDIR)/man1/tcpopsctl.1
+	sed -e 's/^$$/.Pp/' -e '/^\.Ar subcommand$$/d' .build/man/8/tcpopsd.8 > $(DESTDIR)$(MANDIR)/man8/tcpopsd.8
+	install -D -m 0644 man/tcpopsd.toml.5 $(DESTDIR)$(MANDIR)/man5/tcpopsd.toml.5
+	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	.build/release/tcpopsctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tcpopsctl
+	.build/release/tcpopsctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_tcpopsctl
+	.build/release/tcpopsctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tcpopsctl.fish
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/README.md
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/
 	@[ -n "$(DESTDIR)" ] || systemctl daemon-reload 2>/dev/null || true
+	@[ -n "$(DESTDIR)" ] || mandb -q 2>/dev/null || true
 
 clean:
 	rm -rf .build

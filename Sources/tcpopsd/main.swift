@@ -16,6 +16,25 @@ struct TCPOpsD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcpopsd",
         abstract: "A TCP connection manager: relays, tracks, times out and reports TCP connections.",
+        discussion: """
+        tcpopsd accepts TCP connections on the listeners of its configuration file (see tcpopsd.toml(5)), \
+        relays each to an upstream, tracks both sides under connection ids (conids), applies keepalive, \
+        TCP_USER_TIMEOUT and idle-lifetime timers, tells a peer's FIN, RST and timeout apart, and reports \
+        each as an event (tcp:closed, tcp:reset, tcp:timeout) to hooks, to the journal and to \
+        `tcpopsctl events` subscribers. tcpopsctl(1) queries and steers the connections at runtime.
+
+        Signals: SIGTERM and SIGINT stop (relays drain for up to shutdown_timeout); SIGHUP re-reads the \
+        file without refusing or resetting a client (an invalid file changes nothing); SIGPIPE is ignored. \
+        Under systemd: Type=notify readiness and status, WATCHDOG=1, socket activation, and with \
+        TCPOPSD_FDSTORE=1 a restart that hands established relays to the next tcpopsd.
+
+        Exit status: 0 clean stop (or a valid file with --check-config); 64 bad command line; 71 an OS \
+        resource could not be had (a bind failed: listener, address and errno named); 78 bad \
+        configuration (every problem as PATH:LINE: what is wrong).
+
+        Files: /etc/tcpopsd/tcpopsd.toml (the configuration), /run/tcpopsd/control.sock (the control \
+        socket). The full contract: /usr/local/share/doc/tcpopsd/.
+        """,
         version: TCPOpsVersion.line("tcpopsd")
     )
 
