@@ -20,11 +20,25 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+# Waits until something listens on 127.0.0.1:PORT, or says who is missing and gives up.
+wait_for_port() {
+  for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.1; done
+  echo "demo: nothing listens on 127.0.0.1:$1 after 10 s ($2)" >&2
+  exit 1
+}
+
 "$BIN" --check-config --config "$CONFIG"
+for port in 5060 5070; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    echo "demo: port $port is taken by another program; the demo needs 5060 and 5070 on 127.0.0.1" >&2
+    exit 1
+  fi
+done
 python3 "$here/echo_upstream.py" 5070 & pids+=($!)
+wait_for_port 5070 "the echo upstream"
 "$BIN" --config "$CONFIG" --log-target stderr & pids+=($!)
 daemon=$!
-for _ in $(seq 50); do ss -Hltn "sport = :5060" | grep -q . && break; sleep 0.1; done
+wait_for_port 5060 "tcpopsd"
 python3 "$here/demo_clients.py" 5060 "$CTL" "$SOCKET"
 sleep 0.5
 if [ -t 0 ]; then

@@ -27,7 +27,11 @@ def say(msg):
 say("client 1 sends 'hello', reads the echo, closes normally (FIN): expect tcp:closed")
 s = socket.create_connection(("127.0.0.1", port))
 s.sendall(b"hello through tcpopsd\n")
-print("    echoed back:", s.recv(100).decode().strip(), flush=True)
+s.settimeout(5)
+echoed = s.recv(100).decode().strip()
+print("    echoed back:", echoed, flush=True)
+if echoed != "hello through tcpopsd":
+    sys.exit("demo: client 1 got no echo: tcpopsd could not reach the upstream on 127.0.0.1:5070")
 s.close()
 time.sleep(0.5)
 

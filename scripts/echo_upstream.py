@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A tiny echo server for the demo: echoes bytes, passes a FIN on. Usage: echo_upstream.py PORT"""
+import os
 import socket
 import sys
 import threading
+import time
 
 
 def serve(c):
@@ -19,6 +21,8 @@ def serve(c):
         c.close()
 
 
+# A slow start (a test sets this): the demo must wait for the upstream, not race it.
+time.sleep(float(os.environ.get("ECHO_START_DELAY", "0")))
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
