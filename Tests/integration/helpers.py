@@ -339,6 +339,51 @@ def recv_all(s, timeout=30):
         chunks.append(d)
 
 
+def echoed(s, payload=b"ping", timeout=10):
+    """Sends `payload` on a connection to an echo upstream and reads as much back: the bytes read
+    (shorter if the connection closed first)."""
+    s.settimeout(timeout)
+    s.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    return got
+
+
+def hooked(tmp_path, **kw):
+    """[events] with a callback hook that records every event's environment in tmp_path/records."""
+    ev = {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
+    ev.update(kw)
+    return ev
+
+
+class AcceptOnce:
+    """An upstream that accepts one connection and hands it to the test (`wait()`)."""
+
+    def __init__(self, rcvbuf=None):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.accepted = []
+        threading.Thread(target=lambda: self.accepted.append(self.sock.accept()[0]), daemon=True).start()
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def wait(self):
+        wait_for(lambda: self.accepted, what="the upstream's accept")
+        return self.accepted[0]
+
+    def close(self):
+        self.sock.close()
+
+
 def listener(name, port, upstream, **kw):
     l = {"name": name, "listen": f"127.0.0.1:{port}", "upstream": upstream}
     l.update(kw)

@@ -3,8 +3,27 @@ RST): cutting the namespace's end of the link makes every packet to it vanish.""
 import itertools
 import os
 import subprocess
+import sys
 
 _counter = itertools.count()
+
+ECHO_SERVER = """
+import socket, sys, threading
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
 
 
 def sh(*args, check=True):
@@ -43,6 +62,14 @@ class NetNS:
 
     def popen(self, *args, **kw):
         return subprocess.Popen(["ip", "netns", "exec", self.name, *args], **kw)
+
+    def echo_server(self, port):
+        """An echo server on this namespace's address (each connection echoed until its FIN),
+        running until killed; returns its Popen once it listens."""
+        p = self.popen(sys.executable, "-c", ECHO_SERVER, self.ns_ip, str(port), stdout=subprocess.PIPE, text=True)
+        line = p.stdout.readline().strip()
+        assert line == "listening", f"echo server in {self.name}: {line!r}"
+        return p
 
     def cut(self):
         """The namespace's end goes down: nothing it sends or should receive gets through."""

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from helpers import BIN, CTL, connect, free_port, is_root, listener, render_config, wait_for
+from helpers import BIN, CTL, connect, echoed, free_port, is_root, listener, render_config, wait_for
 
 
 def conid_of(d, s):
@@ -18,11 +18,7 @@ def conid_of(d, s):
 
 
 def roundtrip(s, payload=b"ping"):
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        got += s.recv(65536)
-    return got
+    return echoed(s, payload)
 
 
 def test_a_missing_value_never_shifts_onto_the_conid(daemon, echo):

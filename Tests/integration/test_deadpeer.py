@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import EchoServer, free_port, find_client_event, listener, wait_for, write_hook, events_for
+from helpers import AcceptOnce, EchoServer, free_port, find_client_event, hooked, listener, wait_for, write_hook, events_for
 from netns import NetNS, netns_available
 
 why = netns_available()
@@ -36,10 +36,6 @@ def start_client(ns, host, port):
     line = p.stdout.readline()
     assert line.strip().isdigit(), f"client in namespace did not connect: {line!r}"
     return p, int(line)
-
-
-def hooked(tmp_path):
-    return {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
 
 
 def test_keepalive_detects_dead_peer(daemon, echo, ns, tmp_path):
@@ -130,31 +126,13 @@ def test_upstream_never_answering_syn_is_connect_timeout(daemon, ns, tmp_path):
     assert d.stop() == 0
 
 
-SERVER = """
-import socket, sys, time
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2])))
-srv.listen(16)
-print("listening", flush=True)
-c, _ = srv.accept()
-while True:
-    d = c.recv(65536)
-    if not d:
-        break
-    c.sendall(d)
-time.sleep(120)
-"""
-
-
 def test_upstream_user_timeout_detects_blackholed_upstream(daemon, ns, tmp_path):
     """Issue 7, item 4: an upstream that goes dark with data in flight raises tcp:timeout on the
     upstream side within upstream_user_timeout (it used to go unnoticed: the option only existed for
     the client side)."""
     uport = 7000 + free_port() % 1000
-    srv = ns.popen(sys.executable, "-c", SERVER, ns.ns_ip, str(uport), stdout=subprocess.PIPE, text=True)
+    srv = ns.echo_server(uport)
     try:
-        assert srv.stdout.readline().strip() == "listening"
         port = free_port()
         d = daemon(listeners=[listener("dark", port, f"{ns.ns_ip}:{uport}", upstream_user_timeout=2)], events=hooked(tmp_path))
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -178,17 +156,11 @@ def test_upstream_user_timeout_detects_blackholed_upstream(daemon, ns, tmp_path)
 
 def test_upstream_user_timeout_ends_a_zero_window_upstream(daemon, tmp_path):
     """An upstream that stays up but stops reading (zero window) is bounded the same way."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    accepted = []
-    threading.Thread(target=lambda: accepted.append(srv.accept()[0]), daemon=True).start()
+    srv = AcceptOnce(rcvbuf=4096)
     port = free_port()
-    d = daemon(listeners=[listener("zw", port, f"127.0.0.1:{srv.getsockname()[1]}", upstream_user_timeout=2)],
-               events=hooked(tmp_path))
+    d = daemon(listeners=[listener("zw", port, srv.address, upstream_user_timeout=2)], events=hooked(tmp_path))
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    wait_for(lambda: accepted, what="upstream accept")
+    srv.wait()
     s.setblocking(False)
     t0 = time.monotonic()
     while not [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"] and time.monotonic() - t0 < 20:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import BIN, ROOT, is_root
+from helpers import BIN, ROOT
 
 
 def test_the_demo_waits_for_a_slow_upstream():

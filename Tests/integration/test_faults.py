@@ -5,7 +5,6 @@ import json
 import os
 import random
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import CTL, SANITIZER, connect, free_port, listener, reset_close, wait_for, write_hook
+from helpers import CTL, SANITIZER, AcceptOnce, connect, free_port, hooked, listener, recv_all, reset_close, wait_for, write_hook
 from netns import NetNS, netns_available
 
 
@@ -64,7 +63,7 @@ def test_churn_checksummed_mixed_closes(daemon, echo):
         try:
             if kind == "fin":
                 got = []
-                t = threading.Thread(target=lambda: got.append(recv_until_eof(s)))
+                t = threading.Thread(target=lambda: got.append(recv_all(s)))
                 t.start()
                 s.sendall(payload)
                 s.shutdown(socket.SHUT_WR)
@@ -128,32 +127,13 @@ def test_churn_checksummed_mixed_closes(daemon, echo):
     assert d.stop() == 0
 
 
-def recv_until_eof(s, timeout=60):
-    s.settimeout(timeout)
-    chunks = []
-    while True:
-        data = s.recv(262144)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
-def hooked(tmp_path):
-    return {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
-
-
 def test_upstream_rst_mid_stream(daemon, tmp_path):
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    accepted = []
-    threading.Thread(target=lambda: accepted.append(srv.accept()[0]), daemon=True).start()
+    srv = AcceptOnce()
     port = free_port()
-    d = daemon(listeners=[listener("urst", port, f"127.0.0.1:{srv.getsockname()[1]}")], events=hooked(tmp_path))
+    d = daemon(listeners=[listener("urst", port, srv.address)], events=hooked(tmp_path))
     s = connect(port)
     s.sendall(b"x" * 100_000)
-    wait_for(lambda: accepted, what="upstream accept")
-    u = accepted[0]
+    u = srv.wait()
     u.recv(1000)
     u.sendall(b"partial answer")
     t0 = time.monotonic()
@@ -162,7 +142,7 @@ def test_upstream_rst_mid_stream(daemon, tmp_path):
     assert ev[0]["TCPOPS_EVENT"] == "tcp:reset" and ev[0]["TCPOPS_REASON"] == "rst", ev[0]
     assert time.monotonic() - t0 < 2
     # The client gets what the upstream sent before its RST, then a close; it raises nothing.
-    assert recv_until_eof(s, 5) == b"partial answer"
+    assert recv_all(s, 5) == b"partial answer"
     time.sleep(0.3)
     assert [r["TCPOPS_SIDE"] for r in d.events()] == ["upstream"]
     srv.close()
@@ -172,18 +152,13 @@ def test_upstream_rst_mid_stream(daemon, tmp_path):
 def test_client_that_never_reads_is_ended_by_user_timeout(daemon, tmp_path):
     """A client that stops reading (zero window) while the upstream talks: backpressure holds tcpopsd
     to a bounded amount, and the client's user_timeout ends it (tcp:timeout on the client side)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    accepted = []
-    threading.Thread(target=lambda: accepted.append(srv.accept()[0]), daemon=True).start()
+    srv = AcceptOnce()
     port = free_port()
-    d = daemon(listeners=[listener("deaf", port, f"127.0.0.1:{srv.getsockname()[1]}", user_timeout=2)], events=hooked(tmp_path))
+    d = daemon(listeners=[listener("deaf", port, srv.address, user_timeout=2)], events=hooked(tmp_path))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    wait_for(lambda: accepted, what="upstream accept")
-    u = accepted[0]
+    u = srv.wait()
     u.setblocking(False)
     t0 = time.monotonic()
     sent = 0
@@ -215,7 +190,7 @@ def test_hook_that_never_ends_under_an_event_storm(daemon, echo, tmp_path):
     s = connect(port)
     data = os.urandom(4 * 1024 * 1024)
     got = []
-    t = threading.Thread(target=lambda: got.append(recv_until_eof(s)))
+    t = threading.Thread(target=lambda: got.append(recv_all(s)))
     t.start()
     t0 = time.monotonic()
     s.sendall(data)
@@ -235,20 +210,6 @@ def test_hook_that_never_ends_under_an_event_storm(daemon, echo, tmp_path):
 netns_why = netns_available()
 needs_netns = pytest.mark.skipif(netns_why is not None, reason=netns_why or "")
 
-SERVER = """
-import socket, sys, time
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2])))
-srv.listen(16)
-print("listening", flush=True)
-while True:
-    c, _ = srv.accept()
-    d = c.recv(65536)
-    c.sendall(d)
-"""
-
-
 @pytest.fixture
 def ns():
     n = NetNS()
@@ -256,16 +217,10 @@ def ns():
     n.close()
 
 
-def serve_in(ns, port):
-    p = ns.popen(sys.executable, "-c", SERVER, ns.ns_ip, str(port), stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "listening"
-    return p
-
-
 @needs_netns
 def test_upstream_blackholed_while_idle_is_found_by_upstream_keepalive(daemon, ns, tmp_path):
     uport = 7000 + free_port() % 1000
-    srv = serve_in(ns, uport)
+    srv = ns.echo_server(uport)
     try:
         port = free_port()
         d = daemon(listeners=[listener("idleup", port, f"{ns.ns_ip}:{uport}",
@@ -292,7 +247,7 @@ def test_icmp_unreachable_on_connect_and_in_flight(daemon, ns, tmp_path):
     if subprocess.run(["which", "nft"], capture_output=True).returncode != 0:
         pytest.skip("nft (Debian nftables) is not installed")
     uport = 7000 + free_port() % 1000
-    srv = serve_in(ns, uport)
+    srv = ns.echo_server(uport)
     try:
         port = free_port()
         d = daemon(listeners=[listener("icmp", port, f"{ns.ns_ip}:{uport}", upstream_user_timeout=2, connect_timeout=5)],
@@ -311,7 +266,7 @@ def test_icmp_unreachable_on_connect_and_in_flight(daemon, ns, tmp_path):
         assert time.monotonic() - t0 < 2
         # The established one: its next bytes draw ICMP errors until the user timeout ends it.
         held.sendall(b"more")
-        ev = wait_for(lambda: len([r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]) == 2, timeout=15,
+        wait_for(lambda: len([r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]) == 2, timeout=15,
                       what="both upstream events")
         ups = [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]
         assert all(r["TCPOPS_EVENT"] == "tcp:timeout" and r["TCPOPS_REASON"] == "unreachable" for r in ups), ups

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from helpers import CTL, Daemon, connect, free_port, listener, recv_all, wait_for
+from helpers import CTL, Daemon, connect, echoed, free_port, listener, recv_all, wait_for
 
 
 def limited(n):
@@ -17,14 +17,7 @@ def limited(n):
 
 
 def roundtrip(s, payload, timeout=10):
-    s.sendall(payload)
-    got = b""
-    s.settimeout(timeout)
-    while len(got) < len(payload):
-        d = s.recv(65536)
-        assert d, "closed"
-        got += d
-    return got == payload
+    return echoed(s, payload, timeout) == payload
 
 
 def cpu_seconds(pid):

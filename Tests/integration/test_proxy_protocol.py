@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import connect, free_port, listener, wait_for, write_hook
+from helpers import connect, echoed, free_port, hooked, listener, wait_for
 
 SIG = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
 
@@ -88,24 +88,13 @@ class HeaderUpstream:
         self.sock.close()
 
 
-def echo_through(s, payload=b"hello"):
-    s.settimeout(5)
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        d = s.recv(100)
-        assert d, "closed"
-        got += d
-    return got
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_tells_the_upstream_who_the_client_is(daemon, version):
     up = HeaderUpstream()
     port = free_port()
     d = daemon(listeners=[listener("pp", port, up.address, proxy_protocol=version)])
     s = connect(port)
-    assert echo_through(s) == b"hello"
+    assert echoed(s, b"hello") == b"hello"
     h = wait_for(lambda: up.headers, what="a header at the upstream")[0]
     assert h["version"] == int(version[1])
     assert h["src"] == f"127.0.0.1:{s.getsockname()[1]}" and h["dst"] == f"127.0.0.1:{port}", h
@@ -124,10 +113,6 @@ def test_proxy_protocol_tells_the_upstream_who_the_client_is(daemon, version):
     s.close()
     s2.close()
     assert d.stop() == 0
-
-
-def hooked(tmp_path):
-    return {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -171,7 +156,7 @@ def test_bad_headers_are_refused_and_nothing_else_is_disturbed(daemon, echo):
     port, plain = free_port(), free_port()
     d = daemon(listeners=[listener("ap", port, up.address, accept_proxy=True), listener("plain", plain, up.address)])
     steady = connect(plain)
-    assert echo_through(steady) == b"hello"
+    assert echoed(steady, b"hello") == b"hello"
     for name, (data, why) in BAD.items():
         s = connect(port)
         s.sendall(data)
@@ -186,7 +171,7 @@ def test_bad_headers_are_refused_and_nothing_else_is_disturbed(daemon, echo):
         wait_for(lambda: why in d.logtext(), timeout=5, what=f"the reason for {name!r} logged")
         time.sleep(1.05)  # the refusal warning is rate-limited to one a second
     assert json.loads(d.ctl("stats", "--json").stdout)["relays_open"] == 1  # only the steady one
-    assert echo_through(steady, b"still fine") == b"still fine"
+    assert echoed(steady, b"still fine") == b"still fine"
     assert d.stop() == 0
 
 

@@ -2,7 +2,6 @@
 socket (new options apply to new connections); a new or moved address is bound before the old
 socket closes; clients already in an old accept queue are relayed; established relays are never
 touched; a part that cannot be applied is named, and the old listener stays."""
-import hashlib
 import os
 import signal
 import socket
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import connect, free_port, listener, render_config, wait_for, write_hook
+from helpers import connect, echoed, free_port, listener, render_config, wait_for, write_hook
 
 
 def rewrite(d, tmp_path, listeners, events=None):
@@ -20,15 +19,7 @@ def rewrite(d, tmp_path, listeners, events=None):
 
 
 def echo_ok(s, payload=b"ping", timeout=5):
-    s.settimeout(timeout)
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        d = s.recv(65536)
-        if not d:
-            return False
-        got += d
-    return got == payload
+    return echoed(s, payload, timeout) == payload
 
 
 def test_clients_waiting_in_an_accept_queue_are_relayed(daemon, echo, tmp_path):

@@ -4,28 +4,20 @@ the relay's loop to sleep in unix_wait_for_peer, freezing every relay."""
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import pytest
 
-from helpers import Daemon, connect, free_port, is_root, listener, wait_for
+from helpers import Daemon, connect, echoed, free_port, is_root, listener, wait_for
 
 HERE = os.path.dirname(__file__)
 
 
 def roundtrip(port, payload=b"still moving", timeout=3):
     s = connect(port, timeout=timeout)
-    s.settimeout(timeout)
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        d = s.recv(65536)
-        assert d, "closed"
-        got += d
+    ok = echoed(s, payload, timeout) == payload
     s.close()
-    return got == payload
+    return ok
 
 
 def test_notify_receiver_that_never_reads(tmp_path, echo):

@@ -3,16 +3,13 @@ at start and on reload; a list, and the addresses of a name, are tried in order 
 refused, unreachable or times out, each failed attempt raising its own event; `list` says which
 upstream a relay uses. Names come from a private /etc/hosts (a mount namespace of tcpopsd's own)."""
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 
 import pytest
 
-from helpers import BIN, Daemon, connect, free_port, is_root, listener, render_config, wait_for, write_hook
+from helpers import BIN, Daemon, connect, echoed, free_port, hooked, is_root, listener, render_config, wait_for
 from netns import NetNS, netns_available
 
 needs_ns = pytest.mark.skipif(not is_root() or not shutil.which("unshare"), reason="needs root and unshare for a private /etc/hosts")
@@ -23,20 +20,9 @@ def hosts_wrapper(hosts_file):
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'mount --bind {hosts_file} /etc/hosts && exec "$0" "$@"']
 
 
-def hooked(tmp_path):
-    return {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
-
-
 def roundtrip(port, payload=b"through"):
     s = connect(port)
-    s.settimeout(10)
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        d = s.recv(100)
-        assert d, "closed"
-        got += d
-    return s, got == payload
+    return s, echoed(s, payload) == payload
 
 
 def test_a_list_is_tried_in_order_and_each_failure_raises_its_event(daemon, echo, tmp_path):

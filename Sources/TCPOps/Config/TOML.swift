@@ -631,18 +631,9 @@ private struct TOMLParser {
     }
 }
 
-private func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
 private func isBareKey(_ c: UInt8) -> Bool {
     (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == UInt8(ascii: "_") || c == UInt8(ascii: "-")
 }
 /// TOML forbids U+0000-U+001F (other than tab, and the newlines where they belong) and U+007F.
 private func isControl(_ c: UInt8) -> Bool { (c < 0x20 && c != 0x09) || c == 0x7F }
 private func hex(_ c: UInt8) -> String { String(c, radix: 16, uppercase: true) }
-private func hexValue(_ c: UInt8) -> Int? {
-    switch c {
-    case 0x30...0x39: return Int(c - 0x30)
-    case 0x41...0x46: return Int(c - 0x41 + 10)
-    case 0x61...0x66: return Int(c - 0x61 + 10)
-    default: return nil
-    }
-}

@@ -179,15 +179,8 @@ private struct JSONReader {
         guard i + 4 <= b.count else { throw fail("\\u needs four hex digits") }
         var v: UInt32 = 0
         for _ in 0..<4 {
-            let c = b[i]
-            let d: UInt32
-            switch c {
-            case 0x30...0x39: d = UInt32(c - 0x30)
-            case 0x41...0x46: d = UInt32(c - 0x41 + 10)
-            case 0x61...0x66: d = UInt32(c - 0x61 + 10)
-            default: throw fail("\\u needs four hex digits")
-            }
-            v = v << 4 | d
+            guard let d = hexValue(b[i]) else { throw fail("\\u needs four hex digits") }
+            v = v << 4 | UInt32(d)
             i += 1
         }
         return v
@@ -228,7 +221,6 @@ private struct JSONReader {
     }
 }
 
-private func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
 
 extension JSON {
     /// The array's items, or nil.
