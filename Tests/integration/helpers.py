@@ -339,6 +339,11 @@ def recv_all(s, timeout=30):
         chunks.append(d)
 
 
+def report(fault, event, seconds):
+    """One line for the record (pytest -s shows it): which fault, the event it raised, how soon."""
+    print(f"\nFAULT {fault}: {event} after {seconds:.2f} s", flush=True)
+
+
 def echoed(s, payload=b"ping", timeout=10):
     """Sends `payload` on a connection to an echo upstream and reads as much back: the bytes read
     (shorter if the connection closed first)."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import AcceptOnce, EchoServer, free_port, find_client_event, hooked, listener, wait_for, write_hook, events_for
+from helpers import AcceptOnce, report, EchoServer, free_port, find_client_event, hooked, listener, wait_for, write_hook, events_for
 from netns import NetNS, netns_available
 
 why = netns_available()
@@ -53,6 +53,7 @@ def test_keepalive_detects_dead_peer(daemon, echo, ns, tmp_path):
         r = find_client_event(d.events(), cport)
         assert len(r) == 1
         assert r[0]["TCPOPS_EVENT"] == "tcp:timeout" and r[0]["TCPOPS_REASON"] == "keepalive", r[0]
+        report("client silent (keepalive 1/2/1)", "tcp:timeout keepalive", elapsed)
         assert 2 <= elapsed <= 8, elapsed
         assert r[0]["TCPOPS_REMOTE_IP"] == ns.ns_ip
         # tcpopsd closed the upstream side itself: no event for it.
@@ -99,6 +100,7 @@ def test_user_timeout_detects_peer_not_acknowledging(daemon, ns, tmp_path):
         elapsed = time.monotonic() - t0
         r = find_client_event(d.events(), cport)
         assert r[0]["TCPOPS_EVENT"] == "tcp:timeout" and r[0]["TCPOPS_REASON"] == "keepalive", r[0]
+        report("client silent with data in flight (user_timeout 2)", "tcp:timeout keepalive", elapsed)
         assert 1.5 <= elapsed <= 8, elapsed
     finally:
         client.kill()
@@ -115,6 +117,7 @@ def test_upstream_never_answering_syn_is_connect_timeout(daemon, ns, tmp_path):
     s.settimeout(6)
     assert s.recv(10) == b""  # the client is closed once the connect times out
     elapsed = time.monotonic() - t0
+    report("upstream never answers SYN (connect_timeout 1)", "tcp:timeout connect-timeout", elapsed)
     assert 0.8 <= elapsed <= 3, elapsed
     wait_for(lambda: d.events(), what="connect-timeout event")
     time.sleep(0.3)
@@ -145,6 +148,7 @@ def test_upstream_user_timeout_detects_blackholed_upstream(daemon, ns, tmp_path)
         elapsed = time.monotonic() - t0
         assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
         assert ev[0]["TCPOPS_REMOTE_IP"] == ns.ns_ip
+        report("upstream black-holed with data in flight (upstream_user_timeout 2)", "tcp:timeout keepalive", elapsed)
         assert 1.5 <= elapsed <= 10, elapsed
         s.settimeout(5)
         assert s.recv(10) == b""  # the relay ended: the client side is closed by tcpopsd
@@ -171,6 +175,7 @@ def test_upstream_user_timeout_ends_a_zero_window_upstream(daemon, tmp_path):
     ev = [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]
     assert ev, "no event for an upstream with a zero window for 20 s"
     assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
+    report("upstream zero window (upstream_user_timeout 2)", "tcp:timeout keepalive", time.monotonic() - t0)
     assert time.monotonic() - t0 <= 12
     s.close()
     srv.close()

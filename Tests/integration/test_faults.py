@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import CTL, SANITIZER, AcceptOnce, connect, free_port, hooked, listener, recv_all, reset_close, wait_for, write_hook
+from helpers import CTL, SANITIZER, AcceptOnce, report, connect, free_port, hooked, listener, recv_all, reset_close, wait_for, write_hook
 from netns import NetNS, netns_available
 
 
@@ -140,6 +140,7 @@ def test_upstream_rst_mid_stream(daemon, tmp_path):
     reset_close(u)
     ev = wait_for(lambda: [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"], timeout=5, what="upstream reset event")
     assert ev[0]["TCPOPS_EVENT"] == "tcp:reset" and ev[0]["TCPOPS_REASON"] == "rst", ev[0]
+    report("upstream RST mid-stream", "tcp:reset rst (upstream side)", time.monotonic() - t0)
     assert time.monotonic() - t0 < 2
     # The client gets what the upstream sent before its RST, then a close; it raises nothing.
     assert recv_all(s, 5) == b"partial answer"
@@ -170,6 +171,7 @@ def test_client_that_never_reads_is_ended_by_user_timeout(daemon, tmp_path):
     ev = d.events()
     assert ev and ev[0]["TCPOPS_SIDE"] == "client", ev
     assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
+    report("client never reads (user_timeout 2)", "tcp:timeout keepalive (client side)", time.monotonic() - t0)
     assert time.monotonic() - t0 < 12
     assert sent < 32 * 1024 * 1024, "tcpopsd must stop reading the upstream while the client cannot take more"
     s.close()
@@ -232,6 +234,7 @@ def test_upstream_blackholed_while_idle_is_found_by_upstream_keepalive(daemon, n
         t0 = time.monotonic()
         ev = wait_for(lambda: [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"], timeout=15, what="keepalive on the upstream")
         assert ev[0]["TCPOPS_EVENT"] == "tcp:timeout" and ev[0]["TCPOPS_REASON"] == "keepalive", ev[0]
+        report("upstream black-holed while idle (upstream_keepalive 1/2/1)", "tcp:timeout keepalive", time.monotonic() - t0)
         assert 2 <= time.monotonic() - t0 <= 10
         s.settimeout(5)
         assert s.recv(10) == b""
@@ -263,13 +266,16 @@ def test_icmp_unreachable_on_connect_and_in_flight(daemon, ns, tmp_path):
         s = connect(port)
         s.settimeout(5)
         assert s.recv(10) == b""
+        report("ICMP host-unreachable at connect", "tcp:timeout unreachable", time.monotonic() - t0)
         assert time.monotonic() - t0 < 2
         # The established one: its next bytes draw ICMP errors until the user timeout ends it.
         held.sendall(b"more")
+        t1 = time.monotonic()
         wait_for(lambda: len([r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]) == 2, timeout=15,
                       what="both upstream events")
         ups = [r for r in d.events() if r["TCPOPS_SIDE"] == "upstream"]
         assert all(r["TCPOPS_EVENT"] == "tcp:timeout" and r["TCPOPS_REASON"] == "unreachable" for r in ups), ups
+        report("ICMP host-unreachable with data in flight (upstream_user_timeout 2)", "tcp:timeout unreachable", time.monotonic() - t1)
         assert d.stop() == 0
     finally:
         srv.kill()
