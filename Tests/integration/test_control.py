@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import (CTL, EchoServer, connect, events_for, find_client_event, free_port, listener, recv_all, wait_for,
+from helpers import (hooked, CTL, EchoServer, connect, events_for, find_client_event, free_port, listener, recv_all, wait_for,
                      write_hook, is_root)
 from netns import NetNS, netns_available
 from sockpeek import find_socket, keepalive_options
@@ -33,12 +33,6 @@ def roundtrip(s, data=b"ping"):
         assert chunk, "closed"
         got += chunk
     return got
-
-
-def hooked(tmp_path, **kw):
-    ev = {"callback": [write_hook(tmp_path / "hook.sh", tmp_path / "records")]}
-    ev.update(kw)
-    return ev
 
 
 def test_list_state_alive_and_json(daemon, echo):

@@ -6,19 +6,12 @@ import time
 
 import pytest
 
-from helpers import (EchoServer, connect, find_client_event, free_port, listener, reset_close, wait_for,
+from helpers import (hooked, EchoServer, connect, find_client_event, free_port, listener, reset_close, wait_for,
                      write_hook, events_for)
 
 SPEC_VARS = ["TCPOPS_EVENT", "TCPOPS_REASON", "TCPOPS_CONID", "TCPOPS_PEER_CONID", "TCPOPS_SIDE", "TCPOPS_LISTENER",
              "TCPOPS_PROTO", "TCPOPS_LOCAL_IP", "TCPOPS_LOCAL_PORT", "TCPOPS_REMOTE_IP", "TCPOPS_REMOTE_PORT",
              "TCPOPS_DURATION_MS", "TCPOPS_BYTES_IN", "TCPOPS_BYTES_OUT", "PATH", "TCPOPS_CONTROL_SOCKET"]
-
-
-def hooked(tmp_path, **kw):
-    hook = write_hook(tmp_path / "hook.sh", tmp_path / "records")
-    ev = {"callback": [hook]}
-    ev.update(kw)
-    return ev
 
 
 def test_fin_raises_one_closed_with_full_environment(daemon, echo, tmp_path):

@@ -12,3 +12,17 @@ func hexValue(_ c: UInt8) -> Int? {
     default: return nil
     }
 }
+
+/// The byte a one-letter backslash escape stands for in TOML and JSON strings (b t n f r " \\).
+func simpleEscape(_ c: UInt8) -> UInt8? {
+    switch c {
+    case UInt8(ascii: "b"): return 0x08
+    case UInt8(ascii: "t"): return 0x09
+    case UInt8(ascii: "n"): return 0x0A
+    case UInt8(ascii: "f"): return 0x0C
+    case UInt8(ascii: "r"): return 0x0D
+    case UInt8(ascii: "\""): return 0x22
+    case UInt8(ascii: "\\"): return 0x5C
+    default: return nil
+    }
+}
