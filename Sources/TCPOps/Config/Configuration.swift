@@ -119,10 +119,18 @@ public struct ListenerSettings: Sendable, Equatable {
         self.init(name: name, listen: listen, upstreams: [Upstream(address: upstream)])
     }
 
-    /// Every address to try, in order, with the upstream it belongs to.
-    public var candidates: [(upstream: Upstream, address: SocketAddress)] {
-        upstreams.flatMap { u in u.addresses.map { (u, $0) } }
+    /// The `index`th address to try (the upstreams in order, each address of a name in turn), with
+    /// the upstream it belongs to; nil past the last.
+    public func candidate(_ index: Int) -> (upstream: Upstream, address: SocketAddress)? {
+        var i = index
+        for u in upstreams {
+            if i < u.addresses.count { return (u, u.addresses[i]) }
+            i -= u.addresses.count
+        }
+        return nil
     }
+
+    public var candidateCount: Int { upstreams.reduce(0) { $0 + $1.addresses.count } }
 
     /// The upstreams as the file lists them ("a:1, b:2").
     public var upstreamText: String { upstreams.map(\.description).joined(separator: ", ") }

@@ -49,7 +49,7 @@ public enum ConfigResolver {
                     }
                 }
             }
-            if case .reload = mode, out.config.listeners[li].candidates.isEmpty {
+            if case .reload = mode, out.config.listeners[li].candidateCount == 0 {
                 out.unusable[l.name] = "no upstream address resolves"
             }
         }

@@ -110,7 +110,9 @@ extension Relay {
         up.relay = relay
         relay.upstream = up
         // Which of the listener's upstreams it is (for `list`), if the address is still one of them.
-        if let remote = up.remote, let i = listener.candidates.firstIndex(where: { $0.address == remote }) { relay.attempt = i }
+        if let remote = up.remote, let i = (0..<listener.candidateCount).first(where: { listener.candidate($0)?.address == remote }) {
+            relay.attempt = i
+        }
         ctx.track(client)
         ctx.track(up)
         ctx.added(relay)

@@ -45,10 +45,7 @@ extension Relay {
     }
 
     /// The upstream entry and address of the current attempt.
-    var candidate: (upstream: Upstream, address: SocketAddress)? {
-        let all = listener.candidates
-        return attempt < all.count ? all[attempt] : nil
-    }
+    var candidate: (upstream: Upstream, address: SocketAddress)? { listener.candidate(attempt) }
 
     /// Starts the connect of the current attempt. False when the process is out of fds or memory
     /// (the relay is ended: that is ours, not the upstream's, and raises no event).
@@ -112,7 +109,7 @@ extension Relay {
     func attemptFailed(_ reason: CloseReason, why: String) {
         guard !ended else { return }
         let failed = upstream!
-        guard attempt + 1 < listener.candidates.count else {
+        guard let next = listener.candidate(attempt + 1) else {
             end(failed: failed, reason: reason, why: why)
             return
         }
@@ -125,7 +122,6 @@ extension Relay {
         closeSocket(failed)
         ctx.untrack(failed)
         failed.relay = nil
-        let next = listener.candidates[attempt + 1]
         ctx.logger.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"
                        + (next.upstream.isName ? " (\(next.upstream))" : ""), fields(client))
         attempt += 1
