@@ -260,10 +260,10 @@ def main():
             stats = dict(l.split(" ", 1) for l in subprocess.run([CTL, "stats", "--socket", d.control], capture_output=True,
                                                                    text=True).stdout.splitlines() if " " in l)
             sample = (round(now - start), rss_kb(d.proc.pid), len(os.listdir(f"/proc/{d.proc.pid}/fd")),
-                      stats.get("relays_open", "?"), stats.get("accepted", "?"))
+                      stats.get("relays_open", "?"), stats.get("accepted", "?"), stats.get("hooks.queued", "?"))
             samples.append(sample)
             print(f"t={sample[0]:>5}s rss={sample[1]} KiB fds={sample[2]} relays={sample[3]} accepted={sample[4]} "
-                  f"verified={counts.get('bytes_verified') / 1e9:.2f} GB reloads={reloads}", flush=True)
+                  f"hooks_queued={sample[5]} verified={counts.get('bytes_verified') / 1e9:.2f} GB reloads={reloads}", flush=True)
             next_sample = now + 10
         time.sleep(0.05)
     alive = d.proc.poll() is None

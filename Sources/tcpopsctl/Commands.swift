@@ -288,7 +288,7 @@ struct Stats: ParsableCommand {
         }
         for key in ["connections_open", "relays_open", "accepted", "rejected", "relayed_bytes"] { printLine("\(key) \(cell(s[key]))") }
         for kind in ["tcp:closed", "tcp:reset", "tcp:timeout"] { printLine("events.\(kind) \(cell(s["events"]?[kind]))") }
-        for key in ["run", "failed", "killed", "dropped"] { printLine("hooks.\(key) \(cell(s["hooks"]?[key]))") }
+        for key in ["run", "failed", "killed", "dropped", "queued"] { printLine("hooks.\(key) \(cell(s["hooks"]?[key]))") }
         printLine("subscribers \(cell(s["subscribers"]))")
     }
 }

@@ -143,7 +143,8 @@ public final class ControlTarget {
             ("connections_open", .int(Int64(ctx.table.count))), ("relays_open", .int(Int64(ctx.relays))),
             ("accepted", .uint(ctx.accepted)), ("rejected", .uint(ctx.rejected)), ("relayed_bytes", .uint(ctx.relayedBytes)),
             ("events", .object(EventKind.allCases.map { ($0.rawValue, .uint(counts[$0] ?? 0)) })),
-            ("hooks", .object([("run", .uint(h.started)), ("failed", .uint(h.failed)), ("killed", .uint(h.killed)), ("dropped", .uint(h.dropped))])),
+            ("hooks", .object([("run", .uint(h.started)), ("failed", .uint(h.failed)), ("killed", .uint(h.killed)), ("dropped", .uint(h.dropped)),
+                                ("queued", .int(Int64(hooks.queued)))])),
             ("subscribers", .int(Int64(subscriberCount()))),
         ])
     }

@@ -74,6 +74,9 @@ public final class HookRunner: Sendable {
 
     public var snapshot: Counters { counters.withLock { $0 } }
 
+    /// Hook runs waiting for a slot now (at most queue_limit).
+    public var queued: Int { waiting.load(ordering: .relaxed) }
+
     /// Queues the hooks of one event. Called on the relay's loop; never blocks on a child.
     public func submit(_ event: TCPEvent) {
         let s = settings.withLock { $0 }
