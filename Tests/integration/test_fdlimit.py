@@ -108,6 +108,8 @@ def test_control_socket_at_the_fd_limit(tmp_path, echo):
     time.sleep(1)
     cpu = cpu_seconds(d.proc.pid) - cpu0
     grown = len(d.loglines()) - lines0
+    print(f"\nfd limit: tcpopsctl gave up after {elapsed:.2f} s (exit {r.returncode}); tcpopsd used {cpu:.3f} s CPU and "
+          f"wrote {len(d.loglines()) - lines0} log lines in {time.monotonic() - t0:.1f} s; {len(hogs)} control clients served at the limit")
     assert cpu < 0.5, f"tcpopsd used {cpu:.2f} s of CPU in {time.monotonic() - t0:.1f} s at the fd limit"
     assert grown < 10, d.loglines()[lines0:][:20]
     # fds back: the control socket serves again at once, and so do relays.
