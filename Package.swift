@@ -27,6 +27,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
@@ -38,6 +39,7 @@ let package = Package(
             name: "TCPOps",
             dependencies: [
                 "CSystemd", "CShims",
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/TCPOps"
         ),

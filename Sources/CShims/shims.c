@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <spawn.h>
 #include <sys/syscall.h>
+#include <netinet/tcp.h>
 #include "CShims.h"
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
@@ -49,3 +50,19 @@ const char *__lsan_default_suppressions(void) { return "leak:swift_getTypeName\n
 #define TCPOPS_GIT_REVISION ""
 #endif
 const char *tcpops_git_revision(void) { return TCPOPS_GIT_REVISION; }
+
+int tcpops_tcp_info(int fd, struct tcpops_tcp_info *out) {
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return -1;
+    out->rtt_us = ti.tcpi_rtt;
+    out->rttvar_us = ti.tcpi_rttvar;
+    out->total_retrans = ti.tcpi_total_retrans;
+    out->unacked = ti.tcpi_unacked;
+    out->lost = ti.tcpi_lost;
+    out->last_data_recv_ms = ti.tcpi_last_data_recv;
+    out->last_ack_recv_ms = ti.tcpi_last_ack_recv;
+    out->pmtu = ti.tcpi_pmtu;
+    out->snd_cwnd = ti.tcpi_snd_cwnd;
+    return 0;
+}

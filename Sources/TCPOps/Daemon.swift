@@ -5,12 +5,14 @@ import Glibc
 public enum DaemonError: Error, CustomStringConvertible {
     case bind(listener: String, address: SocketAddress, SystemError)
     case control(path: String, SystemError)
+    case metrics(address: SocketAddress, SystemError)
     case resource(SystemError)
 
     public var description: String {
         switch self {
         case let .bind(name, address, e): return "cannot listen on \(address) for listener \"\(name)\": \(e)"
         case let .control(path, e): return "cannot create the control socket \(path): \(e)"
+        case let .metrics(address, e): return "cannot listen on \(address) for [metrics]: \(e)"
         case let .resource(e): return "\(e)"
         }
     }
@@ -25,6 +27,10 @@ public final class Daemon {
     private var listeners: [String: Listener] = [:]
     private var signals: SignalReader?
     private var control: ControlServer?
+    private let metrics = DaemonMetrics()
+    /// Serving [metrics] listen, when configured (started on first use, also by a reload).
+    private var metricsServer: MetricsServer?
+    private var metricsAddress: SocketAddress?
     private var stopping = false
     private var stopStartedAt: UInt64 = 0
     private var lastStatus = ""
@@ -38,13 +44,14 @@ public final class Daemon {
         self.logger = logger
         do {
             loop = try EventLoop()
-            hooks = try HookRunner(settings: .init(config.events, controlSocket: config.daemon.controlSocket), logger: logger)
+            hooks = try HookRunner(settings: .init(config.events, controlSocket: config.daemon.controlSocket), logger: logger,
+                                   metrics: metrics.hooks)
         } catch {
             throw .resource(error)
         }
         let dispatcher = EventDispatcher(logger: logger, hooks: hooks)
         ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, closedEventMode: config.events.closedEvent,
-                           maxConnections: config.daemon.maxConnections)
+                           maxConnections: config.daemon.maxConnections, metrics: metrics)
     }
 
     /// Runs until stopped by a signal. Throws only what prevents starting.
@@ -63,7 +70,7 @@ public final class Daemon {
         }
         let control: ControlServer
         do {
-            control = try ControlServer(settings: config.daemon, relayInbox: loop.inbox, logger: logger)
+            control = try ControlServer(settings: config.daemon, relayInbox: loop.inbox, logger: logger, metrics: metrics)
         } catch {
             throw .control(path: config.daemon.controlSocket, error)
         }
@@ -91,6 +98,13 @@ public final class Daemon {
         for p in passed {
             logger.log(.warning, "socket passed by systemd as \"\(p.name)\" (\(p.address?.description ?? "?")) matches no [[listener]]: closed", id: .listener)
             closeFD(p.fd)
+        }
+        if let at = config.metrics.listen {
+            if let error = serveMetrics(at) {
+                for l in listeners.values { l.close() }
+                teardown()
+                throw .metrics(address: at, error)
+            }
         }
         ctx.listenerNames = Set(listeners.keys)
         adopt(handed.carried, nextConid: handed.nextConid)
@@ -137,11 +151,45 @@ public final class Daemon {
     private func teardown(hooksUntil: UInt64 = 0) {
         hooks.shutdown(deadline: max(hooksUntil, Clock.monotonicNanoseconds()))
         control?.shutdown()
+        metricsServer?.shutdown()
         ctx.shutdown()
         ctx.events.observers.removeAll()
         ctx.onIdle = nil
         signals = nil
         loop.close()
+    }
+
+    /// Serves /metrics on `at` (binding it here, so that a failure is reported where it happens),
+    /// or stops serving (nil). The old socket stays until the new one is bound. Returns the error.
+    @discardableResult
+    private func serveMetrics(_ at: SocketAddress?) -> SystemError? {
+        guard at != metricsAddress else { return nil }
+        guard let at else {
+            metricsServer?.replace(listenFD: nil, address: nil)
+            metricsAddress = nil
+            logger.log(.info, "metrics: no longer served")
+            return nil
+        }
+        do throws(SystemError) {
+            let fd = try Socket.listen(at, backlog: 64)
+            if let server = metricsServer {
+                server.replace(listenFD: fd, address: at)
+            } else {
+                let server = try MetricsServer(metrics: metrics, logger: logger)
+                do {
+                    try server.start(listenFD: fd, address: at)
+                } catch {
+                    closeFD(fd)
+                    throw error
+                }
+                metricsServer = server
+            }
+            metricsAddress = at
+            logger.log(.info, "metrics: serving GET /metrics on \(at)", [("TCPOPS_LOCAL", at.description)])
+            return nil
+        } catch {
+            return error
+        }
     }
 
     private func signal(_ signo: Int32) {
@@ -382,12 +430,18 @@ public final class Daemon {
         case .success(let o): outcome = o
         case .failure(let error):
             logger.log(.error, "reload failed, keeping the running configuration: \(error)", id: .configInvalid)
+            metrics.reloaded("failed")
             Notify.send("READY=1\nSTATUS=reload failed: configuration invalid; \(statusLine())")
             return
         }
         for w in outcome.warnings { logger.log(.warning, "reload: \(w)", id: .configInvalid) }
         let next = outcome.config
-        let failures = applyListeners(next.listeners, unusable: outcome.unusable)
+        var failures = applyListeners(next.listeners, unusable: outcome.unusable)
+        if let error = serveMetrics(next.metrics.listen), let at = next.metrics.listen {
+            let keeps = metricsAddress.map { "; /metrics stays on \($0)" } ?? ""
+            failures.append("[metrics]: cannot listen on \(at): \(error)\(keeps)")
+            logger.log(.error, "reload: [metrics]: cannot listen on \(at): \(error)\(keeps)")
+        }
         if next.daemon.controlSocket != config.daemon.controlSocket || next.daemon.controlMode != config.daemon.controlMode
             || next.daemon.controlGroup != config.daemon.controlGroup {
             logger.log(.notice, "control_socket, control_mode and control_group changes take effect at the next start")
@@ -398,6 +452,7 @@ public final class Daemon {
         ctx.closedEventMode = next.events.closedEvent
         ctx.maxConnections = next.daemon.maxConnections
         hooks.update(.init(next.events, controlSocket: control?.path ?? config.daemon.controlSocket))
+        metrics.reloaded(failures.isEmpty ? "ok" : "partial")
         let summary = failures.isEmpty ? "reloaded" : "reloaded with errors (\(failures.count)): \(failures.joined(separator: "; "))"
         logger.log(failures.isEmpty ? .notice : .error, "configuration \(summary)", id: .started)
         Notify.send("READY=1\nSTATUS=\(summary); \(statusLine())")

@@ -20,8 +20,10 @@ struct List: ParsableCommand {
         let head = ["CONID", "PEER", "SIDE", "LISTENER", "STATE", "LOCAL", "REMOTE", "AGE_MS", "IDLE_MS", "IN", "OUT", "LIFETIME",
                     "KEEPALIVE", "EVENTS"]
         let table = rows.map { row -> [String] in
-            let ka: String
+            var ka: String
             if let k = row["keepalive"], k != .null { ka = "\(cell(k["idle"]))/\(cell(k["count"]))/\(cell(k["interval"]))" } else { ka = "off" }
+            // TCP_USER_TIMEOUT set too: it, not the probe count, ends a silent peer.
+            if row["user_timeout_overrides_keepalive"] == .bool(true) { ka += ",ut=\(cell(row["user_timeout_ms"]))ms" }
             return [cell(row["conid"]), cell(row["peer_conid"]), cell(row["side"]), cell(row["listener"]),
                     "\(cell(row["state"])) \(cell(row["state_name"]))", cell(row["local"]), cell(row["remote"]),
                     cell(row["age_ms"]), cell(row["idle_ms"]), cell(row["bytes_in"]), cell(row["bytes_out"]),
@@ -276,10 +278,23 @@ struct EventsCommand: ParsableCommand {
 }
 
 struct Stats: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Counters: connections, bytes, events, hooks, subscribers.")
+    static let configuration = CommandConfiguration(
+        abstract: "Counters: connections, bytes, events, hooks, subscribers.",
+        discussion: "With --openmetrics: every metric in the Prometheus text format, as GET /metrics serves it "
+            + "(for node_exporter's textfile collector, say).")
     @OptionGroup var common: Common
+    @Flag(help: "Print the Prometheus exposition text instead.") var openmetrics = false
 
     func run() throws {
+        if openmetrics {
+            var r = ControlRequest(cmd: "stats")
+            r.format = "openmetrics"
+            let a = try ask(common, r)
+            var text = a["result"]?.string ?? ""
+            if text.hasSuffix("\n") { text.removeLast() }
+            printLine(text)
+            return
+        }
         let a = try ask(common, ControlRequest(cmd: "stats"))
         let s = a["result"] ?? .null
         if common.json {

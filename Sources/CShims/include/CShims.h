@@ -23,6 +23,13 @@ int tcpops_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 int tcpops_wait_status(int status, int *value);
 /* posix_spawn file action: close every fd from `from` up in the child (glibc 2.34). */
 int tcpops_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+/* What an event reports of a connection's TCP state (TCP_INFO), flattened (tcp_info has bitfields). */
+struct tcpops_tcp_info {
+    unsigned int rtt_us, rttvar_us, total_retrans, unacked, lost, last_data_recv_ms, last_ack_recv_ms, pmtu, snd_cwnd;
+};
+/* 0, or -1 with errno. */
+int tcpops_tcp_info(int fd, struct tcpops_tcp_info *out);
+
 /* The git revision the build came from ("" when unknown): see Package.swift. */
 const char *tcpops_git_revision(void);
 #endif

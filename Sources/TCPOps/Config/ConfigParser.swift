@@ -305,7 +305,7 @@ private struct Walker {
 
     mutating func configuration(_ root: TOMLTable, path: String) -> Configuration {
         var config = Configuration(path: path)
-        checkKeys(root, "", allowed: ["daemon", "events", "listener"])
+        checkKeys(root, "", allowed: ["daemon", "events", "listener", "metrics"])
 
         if let v = root["daemon"] {
             if case .table(let t) = v.value {
@@ -319,6 +319,14 @@ private struct Walker {
                 config.events = events(t)
             } else {
                 fail(v.line, "'events' must be a table ([events])")
+            }
+        }
+        if let v = root["metrics"] {
+            if case .table(let t) = v.value {
+                checkKeys(t, "metrics", allowed: ["listen"])
+                config.metrics.listen = address(t, "metrics", "listen")
+            } else {
+                fail(v.line, "'metrics' must be a table ([metrics])")
             }
         }
         guard let lv = root["listener"] else {
@@ -349,6 +357,9 @@ private struct Walker {
             names[l.name] = i
             addresses[l.listen] = l.name
             config.listeners.append(l)
+        }
+        if let m = config.metrics.listen, let other = addresses[m], case .table(let t)? = root["metrics"]?.value {
+            fail(t["listen"]?.line ?? t.line, "[metrics] key 'listen': \(m) is already used by listener \"\(other)\"")
         }
         if list.items.isEmpty { fail(lv.line, "no [[listener]] is configured (at least one is needed)") }
         return config

@@ -136,10 +136,16 @@ public struct ListenerSettings: Sendable, Equatable {
     public var upstreamText: String { upstreams.map(\.description).joined(separator: ", ") }
 }
 
+/// [metrics]: where Prometheus scrapes (nil: not served).
+public struct MetricsSettings: Sendable, Equatable {
+    public var listen: SocketAddress? = nil
+}
+
 public struct Configuration: Sendable, Equatable {
     public var path: String
     public var daemon = DaemonSettings()
     public var events = EventSettings()
+    public var metrics = MetricsSettings()
     public var listeners: [ListenerSettings] = []
 
     public init(path: String) { self.path = path }

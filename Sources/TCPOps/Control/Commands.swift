@@ -68,9 +68,9 @@ public final class ControlTarget {
                 throw Failure("keepalive values out of range (idle 1-32767 s, count 1-127, interval 1-32767 s)")
             }
             let k = KeepaliveSettings(idle: Int32(idle), count: Int32(count), interval: Int32(interval))
-            return flag(ctx.table[id]?.setKeepalive(k) ?? false)
+            return keepalive(ctx.table[id], k)
         case "keepalive-disable":
-            return flag(ctx.table[try conid(r)]?.setKeepalive(nil) ?? false)
+            return keepalive(ctx.table[try conid(r)], nil)
         case "lifetime":
             let id = try conid(r)
             guard let s = r.seconds, s.isFinite, s >= 0, s <= 31_536_000 else { throw Failure("'seconds' must be from 0 to 31536000") }
@@ -110,6 +110,16 @@ public final class ControlTarget {
 
     private func listenerKnown(_ name: String) -> Bool { ctx.listenerNames.contains(name) }
 
+    /// keepalive-enable / -disable: 1, or -1 with the errno when the socket refused it.
+    private func keepalive(_ c: Connection?, _ k: KeepaliveSettings?) -> [(String, JSON)] {
+        guard let c else { return flag(false) }
+        switch c.setKeepalive(k) {
+        case nil: return flag(true)
+        case .gone?: return flag(false)
+        case .failed(let e)?: return flag(false) + [("errno", .string(errnoName(e.errno))), ("error_detail", .string("\(e)"))]
+        }
+    }
+
     func describe(_ c: Connection, now: UInt64) -> JSON {
         var o: [(String, JSON)] = [
             ("conid", .uint(c.conid)), ("peer_conid", c.peerConid.map { .uint($0) } ?? .null),
@@ -123,7 +133,14 @@ public final class ControlTarget {
             // The upstream (as the file names it) this relay uses or is trying.
             ("upstream", c.relay?.candidate.map { .string($0.upstream.description) } ?? .null),
         ]
-        o.append(("keepalive", c.keepalive.map(keepaliveJSON) ?? .null))
+        // Keepalive and TCP_USER_TIMEOUT as the socket has them (read back), not as they were asked.
+        let options = c.socketOptions()
+        let keepalive = options.map { $0.keepalive } ?? c.keepalive
+        o.append(("keepalive", keepalive.map(keepaliveJSON) ?? .null))
+        o.append(("user_timeout_ms", options.map { .uint(UInt64($0.userTimeoutMs)) } ?? .null))
+        // Linux ends a connection by TCP_USER_TIMEOUT rather than by the keepalive probe count
+        // once the user timeout is set: say so where both are.
+        o.append(("user_timeout_overrides_keepalive", .bool(keepalive != nil && (options?.userTimeoutMs ?? 0) > 0)))
         // Whether a close of this connection would raise an event now (closed_event mode, this
         // connection's own flag, the listener's event_sides), and the flag itself (mode 2).
         let sides = c.relay?.listener.eventSides ?? []

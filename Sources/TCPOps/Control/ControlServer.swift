@@ -21,7 +21,7 @@ public final class ControlServer: Sendable {
     public let path: String
 
     /// Binds the socket now, so that a failure stops the start before READY=1.
-    public init(settings: DaemonSettings, relayInbox: Inbox, logger: Logger) throws(SystemError) {
+    public init(settings: DaemonSettings, relayInbox: Inbox, logger: Logger, metrics: DaemonMetrics? = nil) throws(SystemError) {
         let gid = settings.controlGroup.flatMap { UnixSocket.groupID($0) }
         let fd = try UnixSocket.listen(path: settings.controlSocket, mode: settings.controlMode, gid: gid)
         let loop: EventLoop
@@ -36,7 +36,7 @@ public final class ControlServer: Sendable {
         let counter = Atomic<Int>(0)
         subscribers = counter
         let access = Access(daemonUID: geteuid(), groupID: gid, groupName: settings.controlGroup)
-        worker = Handoff(ControlWorker(loop: loop, listenFD: fd, access: access, relayInbox: relayInbox, logger: logger))
+        worker = Handoff(ControlWorker(loop: loop, listenFD: fd, access: access, relayInbox: relayInbox, logger: logger, metrics: metrics))
     }
 
     public var subscriberCount: Int { subscribers.load(ordering: .relaxed) }
@@ -48,7 +48,10 @@ public final class ControlServer: Sendable {
         worker.value.selfInbox = inbox
         try worker.value.listen()
         try thread.start { [self] in
-            worker.value.onSubscribersChanged = { [self] n in self.subscribers.store(n, ordering: .relaxed) }
+            worker.value.onSubscribersChanged = { [self] n in
+                self.subscribers.store(n, ordering: .relaxed)
+                worker.value.metrics?.subscribers.set(to: Double(n))
+            }
             worker.value.run()
         }
     }
@@ -104,7 +107,10 @@ final class ControlWorker {
     private var reserve: Int32 = -1
     private var lastEvictionLog: UInt64 = 0
 
-    init(loop: EventLoop, listenFD: Int32, access: ControlServer.Access, relayInbox: Inbox, logger: Logger) {
+    let metrics: DaemonMetrics?
+
+    init(loop: EventLoop, listenFD: Int32, access: ControlServer.Access, relayInbox: Inbox, logger: Logger, metrics: DaemonMetrics?) {
+        self.metrics = metrics
         self.loop = loop
         self.listenFD = listenFD
         self.access = access
@@ -180,6 +186,7 @@ final class ControlWorker {
                 continue
             }
             clients[c.id] = c
+            metrics?.controlClients.set(to: Double(clients.count))
             active += 1
             if let why = refusal(fd) {
                 logger.log(.warning, "control socket: refused a client: \(why)")
@@ -261,6 +268,12 @@ final class ControlWorker {
             subscribe(c, req)
             return
         }
+        if req.cmd == "stats", req.format == "openmetrics", let metrics {
+            // Rendered here, off the relay's loop: the registry is safe from any thread.
+            c.send(ControlAnswer.ok(req.id, [("result", .string(String(decoding: metrics.render(), as: UTF8.self)))]))
+            c.requestSince = loop.now
+            return
+        }
         guard let target, let selfInbox else { return }
         c.pending += 1
         let clientID = c.id
@@ -318,6 +331,7 @@ final class ControlWorker {
 
     func drop(_ c: ControlClient) {
         guard clients.removeValue(forKey: c.id) != nil else { return }
+        metrics?.controlClients.set(to: Double(clients.count))
         if !c.closing { active -= 1 }
         loop.unregister(c.fd)
         closeFD(c.fd)

@@ -88,6 +88,9 @@ extension TCPEvent {
         o.append(("duration_ms", .uint(durationMs)))
         o.append(("bytes_in", .uint(bytesIn)))
         o.append(("bytes_out", .uint(bytesOut)))
+        o.append(("origin", .string(reason.origin.rawValue)))
+        o.append(("errno", .string(errnoText)))
+        for (name, value) in TCPEvent.tcpFields(tcp) { o.append(("tcp_" + name, value.map { .uint(UInt64($0)) } ?? .null)) }
         return .object(o)
     }
 }

@@ -26,6 +26,8 @@ public struct ControlRequest: Sendable {
     public var data: String?
     public var reset: Bool?
     public var follow: Bool?
+    /// stats: "openmetrics" asks for the Prometheus exposition text instead of the counters.
+    public var format: String?
 
     public init(cmd: String) { self.cmd = cmd }
 
@@ -62,6 +64,7 @@ public struct ControlRequest: Sendable {
         r.data = fields.string("data")
         r.reset = fields.bool("reset")
         r.follow = fields.bool("follow")
+        r.format = fields.string("format")
         if let problem = fields.problem { return .failure(.message(problem, id: id)) }
         return .success(r)
     }
@@ -147,6 +150,7 @@ public struct ControlRequest: Sendable {
         if let data { o.append(("data", .string(data))) }
         if let reset { o.append(("reset", .bool(reset))) }
         if let follow { o.append(("follow", .bool(follow))) }
+        if let format { o.append(("format", .string(format))) }
         var bytes = Array(JSON.object(o).text.utf8)
         bytes.append(10)
         return bytes

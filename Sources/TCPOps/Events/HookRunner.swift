@@ -53,8 +53,11 @@ public final class HookRunner: Sendable {
     private let inbox: Inbox
     private let worker: Handoff<Worker>
 
-    public init(settings: Settings, logger: Logger) throws(SystemError) {
+    private let metrics: HookMetrics?
+
+    public init(settings: Settings, logger: Logger, metrics: HookMetrics? = nil) throws(SystemError) {
         self.logger = logger
+        self.metrics = metrics
         self.settings = Locked(settings)
         let loop = try EventLoop()
         inbox = loop.inbox
@@ -89,6 +92,7 @@ public final class HookRunner: Sendable {
                     c.dropped += 1
                     return c.dropped
                 }
+                metrics?.dropped.increment()
                 let now = Clock.monotonicNanoseconds()
                 if now - lastDropLog.load(ordering: .relaxed) >= 1_000_000_000 || total == 1 {
                     lastDropLog.store(now, ordering: .relaxed)
@@ -122,7 +126,27 @@ public final class HookRunner: Sendable {
 
     fileprivate func settingsNow() -> Settings { settings.withLock { $0 } }
     fileprivate func dequeued() { waiting.subtract(1, ordering: .relaxed) }
-    fileprivate func count(_ body: (inout Counters) -> Void) { counters.withLock { body(&$0) } }
+    fileprivate enum Outcome { case started, failed, killed, dropped(UInt64) }
+
+    /// Counts a hook's outcome, in the totals and in the metrics.
+    fileprivate func record(_ o: Outcome) {
+        counters.withLock { c in
+            switch o {
+            case .started: c.started += 1
+            case .failed: c.failed += 1
+            case .killed: c.killed += 1
+            case .dropped(let n): c.dropped += n
+            }
+        }
+        switch o {
+        case .started: metrics?.run.increment()
+        case .failed: metrics?.failed.increment()
+        case .killed: metrics?.killed.increment()
+        case .dropped(let n): metrics?.dropped.increment(by: Int64(n))
+        }
+    }
+
+    fileprivate func ran(for ns: UInt64) { metrics?.duration.record(.nanoseconds(Int64(ns))) }
 }
 
 /// Lives on the runner's thread only.
@@ -167,7 +191,7 @@ private final class Worker {
             for hook in running.values { hook.kill(reason: "shutdown") }
             let left = queue.count - head
             if left > 0 {
-                owner?.count { $0.dropped += UInt64(left) }
+                owner?.record(.dropped(UInt64(left)))
                 logger.log(.warning, "\(left) queued hooks not run: shutdown", id: .hookDropped)
                 for _ in 0..<left { owner?.dequeued() }
                 queue.removeAll()
@@ -207,11 +231,11 @@ private final class Worker {
         do {
             child = try Spawn.run(argv: job.argv, environment: job.environment)
         } catch {
-            owner?.count { $0.failed += 1 }
+            owner?.record(.failed)
             logger.log(.error, "hook could not start: \(error)", id: .hookFinished, fields(job))
             return
         }
-        owner?.count { $0.started += 1 }
+        owner?.record(.started)
         let hook = RunningHook(job: job, child: child, worker: self)
         running[child.pidfd] = hook
         do {
@@ -243,21 +267,22 @@ private final class Worker {
         for line in hook.outputLines() {
             logger.log(.info, "hook output: \(line)", id: .hookFinished, f)
         }
+        owner?.ran(for: loop.now - hook.startedAt)
         let durationMs = (loop.now - hook.startedAt) / 1_000_000
         f.append(("TCPOPS_HOOK_DURATION_MS", String(durationMs)))
         if let why = hook.killedFor {
-            owner?.count { $0.killed += 1 }
+            owner?.record(.killed)
             logger.log(.warning, "hook killed after \(durationMs) ms (\(why))", id: .hookKilled, f + [("TCPOPS_HOOK_SIGNAL", "SIGKILL")])
         } else if result.exited {
             f.append(("TCPOPS_HOOK_STATUS", String(result.value)))
             if result.value == 0 {
                 logger.log(.info, "hook exited with status 0", id: .hookFinished, f)
             } else {
-                owner?.count { $0.failed += 1 }
+                owner?.record(.failed)
                 logger.log(.warning, "hook exited with status \(result.value)", id: .hookFinished, f)
             }
         } else {
-            owner?.count { $0.failed += 1 }
+            owner?.record(.failed)
             logger.log(.warning, "hook killed by signal \(result.value)", id: .hookFinished, f + [("TCPOPS_HOOK_SIGNAL", String(result.value))])
         }
         startWaiting()

@@ -16,7 +16,13 @@ public enum EventKind: String, Sendable, CaseIterable {
     }
 }
 
-public enum CloseReason: String, Sendable {
+/// Where a close came from: the peer itself, the network between, tcpopsd (or an operator), or a
+/// timer tcpopsd keeps.
+public enum CloseOrigin: String, Sendable, CaseIterable {
+    case peer, network, local, timer
+}
+
+public enum CloseReason: String, Sendable, CaseIterable {
     case fin, rst, refused, keepalive, unreachable
     case connectTimeout = "connect-timeout"
     case lifetime
@@ -30,6 +36,15 @@ public enum CloseReason: String, Sendable {
         case .rst, .refused: return .reset
         case .keepalive, .unreachable, .connectTimeout, .lifetime: return .timeout
         case .local: return nil
+        }
+    }
+
+    public var origin: CloseOrigin {
+        switch self {
+        case .fin, .rst, .refused: return .peer
+        case .keepalive, .unreachable: return .network
+        case .connectTimeout, .lifetime: return .timer
+        case .local: return .local
         }
     }
 
@@ -56,6 +71,10 @@ public struct TCPEvent: Sendable {
     public var durationMs: UInt64
     public var bytesIn: UInt64
     public var bytesOut: UInt64
+    /// The errno the kernel reported for the close (0: none).
+    public var errno: Int32 = 0
+    /// TCP_INFO just before the socket was closed (nil when there was no socket to ask).
+    public var tcp: TCPInfo?
     /// Set by the dispatcher: the event's number (1, 2, ...) and wall-clock time.
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0
@@ -73,7 +92,26 @@ public struct TCPEvent: Sendable {
         f.append(("TCPOPS_DURATION_MS", String(durationMs)))
         f.append(("TCPOPS_BYTES_IN", String(bytesIn)))
         f.append(("TCPOPS_BYTES_OUT", String(bytesOut)))
+        for (k, v) in explanation { f.append((k, v)) }
         return f
+    }
+
+    /// The name of the errno the kernel reported, or "".
+    public var errnoText: String { errno == 0 ? "" : errnoName(errno) }
+
+    /// Why it closed: TCPOPS_ORIGIN, TCPOPS_ERRNO and the TCP_INFO snapshot (empty values when
+    /// there was none), in the order hooks and the journal get them.
+    public var explanation: [(String, String)] {
+        var f: [(String, String)] = [("TCPOPS_ORIGIN", reason.origin.rawValue), ("TCPOPS_ERRNO", errnoText)]
+        for (name, value) in TCPEvent.tcpFields(tcp) { f.append(("TCPOPS_TCP_" + name.uppercased(), value.map(String.init) ?? "")) }
+        return f
+    }
+
+    /// The TCP_INFO fields by their lowercase names (`rtt_us`, ...), nil where unknown.
+    static func tcpFields(_ t: TCPInfo?) -> [(String, UInt32?)] {
+        [("rtt_us", t?.rttMicros), ("rttvar_us", t?.rttvarMicros), ("retransmits", t?.retransmits), ("unacked", t?.unacked),
+         ("lost", t?.lost), ("last_data_recv_ms", t?.lastDataReceivedMs), ("last_ack_recv_ms", t?.lastAckReceivedMs),
+         ("pmtu", t?.pmtu), ("snd_cwnd", t?.sendCwnd)]
     }
 
     /// The hook environment (SPEC "Hooks"), without PATH and TCPOPS_CONTROL_SOCKET.
@@ -93,7 +131,7 @@ public struct TCPEvent: Sendable {
             "TCPOPS_DURATION_MS=\(durationMs)",
             "TCPOPS_BYTES_IN=\(bytesIn)",
             "TCPOPS_BYTES_OUT=\(bytesOut)",
-        ]
+        ] + explanation.map { "\($0.0)=\($0.1)" }
     }
 }
 

@@ -13,6 +13,22 @@ public struct KeepaliveSettings: Equatable, Sendable {
     }
 }
 
+/// A snapshot of TCP_INFO, as events report it (taken just before a socket is closed).
+public struct TCPInfo: Sendable, Equatable {
+    public var rttMicros: UInt32
+    public var rttvarMicros: UInt32
+    /// Retransmitted segments over the connection's life.
+    public var retransmits: UInt32
+    /// Segments sent and not yet acknowledged.
+    public var unacked: UInt32
+    public var lost: UInt32
+    /// Milliseconds since data last came in, and since the last acknowledgement.
+    public var lastDataReceivedMs: UInt32
+    public var lastAckReceivedMs: UInt32
+    public var pmtu: UInt32
+    public var sendCwnd: UInt32
+}
+
 enum Socket {
     static func setInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SystemError) {
         var v = value
@@ -102,6 +118,14 @@ enum Socket {
                                   count: try getInt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, "TCP_KEEPCNT"),
                                   interval: try getInt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, "TCP_KEEPINTVL"))
         return (k, ut)
+    }
+
+    /// The connection's TCP state now (TCP_INFO), or nil when it cannot be read.
+    static func tcpInfo(_ fd: Int32) -> TCPInfo? {
+        var t = tcpops_tcp_info()
+        guard fd >= 0, tcpops_tcp_info(fd, &t) == 0 else { return nil }
+        return TCPInfo(rttMicros: t.rtt_us, rttvarMicros: t.rttvar_us, retransmits: t.total_retrans, unacked: t.unacked, lost: t.lost,
+                       lastDataReceivedMs: t.last_data_recv_ms, lastAckReceivedMs: t.last_ack_recv_ms, pmtu: t.pmtu, sendCwnd: t.snd_cwnd)
     }
 
     static func setNoDelay(_ fd: Int32) {

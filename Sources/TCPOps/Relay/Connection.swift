@@ -30,6 +30,8 @@ public final class Connection: EventHandler {
     public var eventsEnabled: Bool
     /// Set once an event was raised or the close was classified: at most one event a connection.
     var closeReason: CloseReason?
+    /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
+    var closeErrno: Int32 = 0
     /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
     var fdOpen: Bool
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.

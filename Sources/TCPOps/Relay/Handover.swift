@@ -105,7 +105,7 @@ extension Relay {
         let client = connection(c)
         let up = connection(u)
         let upstreamFD = u.fd
-        let relay = Relay(ctx: ctx, listener: listener, client: client)
+        let relay = Relay(ctx: ctx, listener: listener, client: client, metrics: ctx.metrics.listener(listener.name))
         client.relay = relay
         up.relay = relay
         relay.upstream = up

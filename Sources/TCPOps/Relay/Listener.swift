@@ -11,6 +11,8 @@ public final class Listener: EventHandler {
     unowned let ctx: RelayContext
     private var lastRejectLog: UInt64 = 0
     private let backoff: AcceptPause
+    /// This listener's metrics (by name: a rename on reload takes the new name's).
+    private(set) var metrics: ListenerMetrics
 
     /// Binds and listens, or takes `passed`, a listening socket systemd handed over.
     public init(settings: ListenerSettings, ctx: RelayContext, passed: Int32? = nil) throws(SystemError) {
@@ -21,6 +23,7 @@ public final class Listener: EventHandler {
         } else {
             fd = try Socket.listen(settings.listen)
         }
+        metrics = ctx.metrics.listener(settings.name)
         backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
                               fields: [("TCPOPS_LISTENER", settings.name)])
         do {
@@ -45,6 +48,7 @@ public final class Listener: EventHandler {
     public func update(_ s: ListenerSettings) {
         precondition(s.listen == settings.listen, "a listener's socket keeps its address")
         settings = s
+        metrics = ctx.metrics.listener(s.name)
     }
 
     /// The address is no longer wanted: accept and relay what already waits in the queue (the
@@ -81,6 +85,7 @@ public final class Listener: EventHandler {
             }
             guard ctx.hasRoomForRelay else {
                 ctx.rejected += 1
+                metrics.rejectedMaxConnections.increment()
                 Socket.closeWithReset(client)
                 if ctx.loop.now - lastRejectLog > 1_000_000_000 {
                     lastRejectLog = ctx.loop.now
@@ -91,7 +96,7 @@ public final class Listener: EventHandler {
             }
             // Only a wildcard listener needs to ask which local address a client reached.
             let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
-            if !Relay.start(ctx: ctx, listener: settings, clientFD: client, local: local, remote: peer) {
+            if !Relay.start(ctx: ctx, listener: settings, metrics: metrics, clientFD: client, local: local, remote: peer) {
                 backoff.pause(SystemError("socket", EMFILE))
                 return 0
             }

@@ -8,7 +8,8 @@ extension Relay {
     /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
     /// socket: the client was closed, and the listener should pause.
     @discardableResult
-    static func start(ctx: RelayContext, listener: ListenerSettings, clientFD: Int32, local: SocketAddress?, remote: SocketAddress?) -> Bool {
+    static func start(ctx: RelayContext, listener: ListenerSettings, metrics: ListenerMetrics, clientFD: Int32, local: SocketAddress?,
+                      remote: SocketAddress?) -> Bool {
         let now = ctx.loop.now
         let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
                                 eventsEnabled: listener.closedEvent)
@@ -16,11 +17,12 @@ extension Relay {
         client.remote = remote
         client.lifetime = listener.lifetime.nanoseconds
         client.keepalive = listener.keepalive
-        let relay = Relay(ctx: ctx, listener: listener, client: client)
+        let relay = Relay(ctx: ctx, listener: listener, client: client, metrics: metrics)
         client.relay = relay
         ctx.track(client)
         ctx.added(relay)
         ctx.accepted += 1
+        metrics.accepted.increment()
         do {
             try Socket.setKeepalive(clientFD, listener.keepalive, fresh: true)
             if listener.userTimeout > 0 {
@@ -68,10 +70,12 @@ extension Relay {
             upstream = up
             ctx.track(up)
             if error.call == "socket" || [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno) {
+                metrics.rejectedOutOfFds.increment()
                 end(failed: nil, reason: .local, why: "no upstream socket: \(error)")
                 return false
             }
             // Refused (or unreachable) at once: this attempt's conid raises its event.
+            up.closeErrno = error.errno
             attemptFailed(CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
             return true
         }
@@ -109,6 +113,7 @@ extension Relay {
     func attemptFailed(_ reason: CloseReason, why: String) {
         guard !ended else { return }
         let failed = upstream!
+        metrics.connectFailures[reason.rawValue]?.increment()
         guard let next = listener.candidate(attempt + 1) else {
             end(failed: failed, reason: reason, why: why)
             return

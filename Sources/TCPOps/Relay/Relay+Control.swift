@@ -2,6 +2,11 @@
 // (keepalive, lifetime, closed event, send, close).
 import Glibc
 
+public enum KeepaliveFailure: Error {
+    case gone
+    case failed(SystemError)
+}
+
 extension Connection {
     /// The relay this connection belongs to, while it is live.
     var liveRelay: Relay? {
@@ -16,14 +21,17 @@ extension Connection {
     }
 
     /// tcp_keepalive_enable / tcp_keepalive_disable (nil).
-    public func setKeepalive(_ k: KeepaliveSettings?) -> Bool {
-        guard liveRelay != nil, fdOpen else { return false }
+    /// Returns nil when it was done, else why not (no live connection, or the setsockopt's error,
+    /// which is logged).
+    public func setKeepalive(_ k: KeepaliveSettings?) -> KeepaliveFailure? {
+        guard let r = liveRelay, fdOpen else { return .gone }
         do {
             try Socket.setKeepalive(fd, k)
             keepalive = k
-            return true
+            return nil
         } catch {
-            return false
+            r.ctx.logger.log(.warning, "keepalive on conid \(conid): \(error)", r.fields(self))
+            return .failed(error)
         }
     }
 

@@ -3,6 +3,12 @@
 import Glibc
 
 extension Relay {
+    /// A side's socket failed with `e`: classified, remembered for its event, and failed.
+    func fail(_ conn: Connection, errno e: Int32) {
+        conn.closeErrno = e
+        fail(conn, CloseReason.classify(errno: e), why: errnoName(e))
+    }
+
     /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that
     /// tcpopsd already holds are still delivered to the other side, then the relay ends.
     func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
@@ -55,13 +61,18 @@ extension Relay {
         guard let kind = reason.event,
               EventPolicy.raises(mode: ctx.closedEventMode, enabled: conn.eventsEnabled, side: conn.side, sides: listener.eventSides)
         else { return }
+        metrics.event(kind, reason, conn.side)
         ctx.events.emit(event(conn, kind, reason))
     }
 
+    /// The event of `c`'s close, with its TCP state as it is now (the socket is still open).
     func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
-        TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peerConid, side: c.side, listener: listener.name,
-                 local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
-                 bytesIn: c.bytesIn, bytesOut: c.bytesOut)
+        var e = TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peerConid, side: c.side, listener: listener.name,
+                         local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
+                         bytesIn: c.bytesIn, bytesOut: c.bytesOut)
+        e.errno = c.closeErrno
+        if c.fdOpen { e.tcp = Socket.tcpInfo(c.fd) }
+        return e
     }
 
     /// Ends the relay. `failed` is the side whose peer closed, reset or timed out (it raises the
@@ -91,6 +102,7 @@ extension Relay {
             var f = fields(client)
             if let upstream { f.append(("TCPOPS_PEER_CONID", String(upstream.conid))) }
             f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
+            f.append(("TCPOPS_ORIGIN", (failed?.closeReason ?? reason).origin.rawValue))
             f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
             f.append(("TCPOPS_UPSTREAM_REASON", upstream?.closeReason?.rawValue ?? "local"))
             f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream?.bytesOut ?? 0)))
@@ -98,6 +110,7 @@ extension Relay {
             ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.map { String($0.conid) } ?? "-") (\(why))",
                            id: .connectionClosed, f)
         }
+        metrics.duration.record(.nanoseconds(Int64(ctx.loop.now &- client.openedAt)))
         client.state = .gone
         upstream?.state = .gone
         ctx.removed(self)

@@ -59,6 +59,7 @@ extension Relay {
 
     private func rejectProxy(_ why: String) {
         ctx.proxyRejected += 1
+        metrics.rejectedProxyHeader.increment()
         let now = ctx.loop.now
         if ctx.lastProxyRejectLog == 0 || now - ctx.lastProxyRejectLog >= 1_000_000_000 {
             ctx.lastProxyRejectLog = now

@@ -57,10 +57,14 @@ public final class Relay {
     var proxyInput: [UInt8]?
     var proxyTimer: TimerQueue.ID?
 
-    init(ctx: RelayContext, listener: ListenerSettings, client: Connection) {
+    /// Its listener's metrics (counted from the relay's loop, without a lookup).
+    let metrics: ListenerMetrics
+
+    init(ctx: RelayContext, listener: ListenerSettings, client: Connection, metrics: ListenerMetrics) {
         self.ctx = ctx
         self.listener = listener
         self.client = client
+        self.metrics = metrics
     }
 
     @discardableResult
@@ -86,6 +90,7 @@ public final class Relay {
             guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
             let err = Socket.pendingError(upstream.fd)
             if err != 0 {
+                upstream.closeErrno = err
                 attemptFailed(CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
                 return
             }
@@ -102,7 +107,7 @@ public final class Relay {
             // so it is read only here, never after a read).
             let err = Socket.pendingError(conn.fd)
             if err != 0 {
-                fail(conn, CloseReason.classify(errno: err), why: errnoName(err))
+                fail(conn, errno: err)
                 return
             }
         }
@@ -161,7 +166,7 @@ public final class Relay {
                 case .wouldBlock:
                     readDrained = true
                 case .failed(let e):
-                    fail(from, CloseReason.classify(errno: e), why: errnoName(e))
+                    fail(from, errno: e)
                     return
                 }
             }
@@ -230,6 +235,7 @@ public final class Relay {
         case .moved(let n):
             to.bytesOut &+= UInt64(n)
             to.lastActivity = now
+            (to.side == .upstream ? metrics.bytesToUpstream : metrics.bytesToClient).increment(by: Int64(n))
             return n
         case .wouldBlock:
             d.blocked = true
@@ -237,7 +243,7 @@ public final class Relay {
         case .endOfFile:
             return 0
         case .failed(let e):
-            fail(to, CloseReason.classify(errno: e), why: errnoName(e))
+            fail(to, errno: e)
             return nil
         }
     }

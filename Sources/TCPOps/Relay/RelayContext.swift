@@ -30,7 +30,12 @@ public final class RelayContext {
     /// One buffer for the copy path of small reads (the loop is single-threaded).
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Relay.copyLimit, alignment: 16)
 
-    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int) {
+    /// Where the relays count what they do.
+    public let metrics: DaemonMetrics
+
+    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int,
+                metrics: DaemonMetrics = DaemonMetrics()) {
+        self.metrics = metrics
         self.loop = loop
         self.logger = logger
         self.events = events
@@ -56,16 +61,27 @@ public final class RelayContext {
         return nextConid
     }
 
-    func track(_ c: Connection) { table[c.conid] = c }
+    /// `c` must already belong to its relay (for the relay's metrics).
+    func track(_ c: Connection) {
+        table[c.conid] = c
+        c.relay?.metrics.connectionsOpen.increment()
+    }
 
     /// A failed upstream attempt leaves the table before its relay does.
-    func untrack(_ c: Connection) { table[c.conid] = nil }
+    func untrack(_ c: Connection) {
+        if table.removeValue(forKey: c.conid) != nil { c.relay?.metrics.connectionsOpen.decrement() }
+    }
 
-    func added(_ r: Relay) { relays += 1 }
+    func added(_ r: Relay) {
+        relays += 1
+        r.metrics.relaysOpen.increment()
+    }
 
     func removed(_ r: Relay) {
-        table[r.client.conid] = nil
-        if let up = r.upstream { table[up.conid] = nil }
+        for c in [r.client] + (r.upstream.map { [$0] } ?? []) where table.removeValue(forKey: c.conid) != nil {
+            r.metrics.connectionsOpen.decrement()
+        }
+        r.metrics.relaysOpen.decrement()
         relays -= 1
         if relays == 0 { onIdle?() }
     }

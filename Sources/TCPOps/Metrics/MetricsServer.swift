@@ -1,0 +1,264 @@
+// `[metrics] listen`: Prometheus scrapes GET /metrics here. Its own thread and event loop, off the
+// relay's: rendering the exposition text never delays a relay. Bounded: 16 clients at once, a
+// request of at most 8 KiB, 5 s to send it, one request a connection (Connection: close).
+import Glibc
+
+public final class MetricsServer: Sendable {
+    private let thread = PosixThread()
+    private let inbox: Inbox
+    private let worker: Handoff<MetricsWorker>
+
+    public init(metrics: DaemonMetrics, logger: Logger) throws(SystemError) {
+        let loop = try EventLoop()
+        inbox = loop.inbox
+        worker = Handoff(MetricsWorker(loop: loop, metrics: metrics, logger: logger))
+    }
+
+    /// Starts serving on `listenFD` (bound by the caller, so that a failure is the caller's to report).
+    public func start(listenFD: Int32, address: SocketAddress) throws(SystemError) {
+        let worker = self.worker
+        try worker.value.take(listenFD, address)
+        try thread.start { worker.value.run() }
+    }
+
+    /// Serves on another socket from now on (nil: none); the old one is closed after the switch.
+    public func replace(listenFD: Int32?, address: SocketAddress?) {
+        let worker = self.worker
+        let fd = listenFD
+        inbox.post { _ in
+            do {
+                try worker.value.take(fd, address)
+            } catch {
+                worker.value.logger.log(.error, "metrics: cannot watch the new socket: \(error)")
+                if let fd { closeFD(fd) }
+            }
+        }
+    }
+
+    public func shutdown() {
+        let worker = self.worker
+        if thread.isStarted {
+            inbox.post { _ in worker.value.loop.stop() }
+            thread.join()
+        } else {
+            worker.value.finish()
+        }
+    }
+}
+
+/// Lives on the metrics thread only.
+final class MetricsWorker {
+    static let maxClients = 16
+    static let maxRequest = 8192
+    static let deadline: UInt64 = 5_000_000_000
+
+    let loop: EventLoop
+    let metrics: DaemonMetrics
+    let logger: Logger
+    private var listenFD: Int32 = -1
+    private var address: SocketAddress?
+    private var listenHandler: ListenHandler?
+    private var backoff: AcceptPause?
+    private var clients: [Int32: MetricsClient] = [:]
+
+    init(loop: EventLoop, metrics: DaemonMetrics, logger: Logger) {
+        self.loop = loop
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    final class ListenHandler: EventHandler {
+        unowned let worker: MetricsWorker
+        init(_ w: MetricsWorker) { worker = w }
+        func handleEvents(_ events: UInt32) { worker.acceptAll() }
+    }
+
+    /// Serves on `fd` instead of the socket it had (which is closed).
+    func take(_ fd: Int32?, _ at: SocketAddress?) throws(SystemError) {
+        if listenFD >= 0 {
+            backoff?.close()
+            loop.unregister(listenFD)
+            closeFD(listenFD)
+            listenFD = -1
+        }
+        guard let fd, let at else { return }
+        let h = listenHandler ?? ListenHandler(self)
+        listenHandler = h
+        try loop.register(fd, mask: Events.read, handler: h)
+        listenFD = fd
+        address = at
+        backoff = AcceptPause(loop: loop, fd: fd, logger: logger, what: "metrics accept on \(at)")
+    }
+
+    func run() {
+        sweep()
+        do {
+            try loop.run()
+        } catch {
+            logger.log(.error, "metrics loop failed: \(error)")
+        }
+        finish()
+    }
+
+    func finish() {
+        for c in Array(clients.values) { drop(c) }
+        try? take(nil, nil)
+        listenHandler = nil
+        loop.close()
+    }
+
+    private func sweep() {
+        let now = loop.now
+        for c in Array(clients.values) where now - c.since > MetricsWorker.deadline { drop(c) }
+        loop.timers.schedule(at: now + 1_000_000_000) { [weak self] in self?.sweep() }
+    }
+
+    func acceptAll() {
+        for _ in 0..<64 {
+            let fd: Int32
+            do {
+                guard let a = try Socket.accept(listenFD) else { return }
+                fd = a.fd
+            } catch {
+                if [ECONNABORTED, EPROTO].contains(error.errno) { continue }
+                backoff?.pause(error)
+                return
+            }
+            guard clients.count < MetricsWorker.maxClients else {
+                closeFD(fd)  // a scraper that comes back later is served then
+                continue
+            }
+            let c = MetricsClient(fd: fd, worker: self)
+            do {
+                try loop.register(fd, mask: Events.read, handler: c)
+                clients[fd] = c
+            } catch {
+                closeFD(fd)
+            }
+        }
+    }
+
+    func drop(_ c: MetricsClient) {
+        guard clients.removeValue(forKey: c.fd) != nil else { return }
+        loop.unregister(c.fd)
+        closeFD(c.fd)
+    }
+
+    /// The response to one request (its first line); what is not a scrape is logged at debug.
+    func respond(to requestLine: String) -> [UInt8] {
+        let parts = requestLine.split(separator: " ", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else {
+            return response(400, "Bad Request", "a request line is METHOD PATH HTTP/1.x\n")
+        }
+        let method = parts[0], path = parts[1].prefix { $0 != "?" }
+        guard method == "GET" || method == "HEAD" else {
+            logger.log(.debug, "metrics: \(method) \(parts[1]) refused (405)")
+            return response(405, "Method Not Allowed", "only GET /metrics is served\n", extra: "Allow: GET, HEAD\r\n")
+        }
+        guard path == "/metrics" else {
+            logger.log(.debug, "metrics: GET \(parts[1]) not found (404)")
+            return response(404, "Not Found", "only GET /metrics is served\n")
+        }
+        let body = metrics.render()
+        return response(200, "OK", body, type: "text/plain; version=0.0.4; charset=utf-8", head: method == "HEAD")
+    }
+
+    private func response(_ code: Int, _ reason: String, _ body: String, extra: String = "") -> [UInt8] {
+        response(code, reason, Array(body.utf8), type: "text/plain; charset=utf-8", extra: extra)
+    }
+
+    private func response(_ code: Int, _ reason: String, _ body: [UInt8], type: String, extra: String = "", head: Bool = false) -> [UInt8] {
+        let header = "HTTP/1.1 \(code) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\n\(extra)Connection: close\r\n\r\n"
+        return Array(header.utf8) + (head ? [] : body)
+    }
+}
+
+/// One scraper's connection: a request in, a response out, closed.
+final class MetricsClient: EventHandler {
+    let fd: Int32
+    unowned let worker: MetricsWorker
+    let since: UInt64
+    private var input: [UInt8] = []
+    private var output: [UInt8] = []
+    private var sent = 0
+    private var answered = false
+
+    init(fd: Int32, worker: MetricsWorker) {
+        self.fd = fd
+        self.worker = worker
+        since = worker.loop.now
+    }
+
+    func handleEvents(_ events: UInt32) {
+        if answered {
+            if events & Events.write != 0 { flush() }
+            if events & (Events.read | Events.hangup | Events.error) != 0 { discard() }
+            return
+        }
+        while true {
+            switch UnixSocket.read(fd, appendingTo: &input, max: MetricsWorker.maxRequest + 1 - input.count) {
+            case .moved:
+                if let end = headerEnd() {
+                    let line = String(decoding: input[..<(input.firstIndex(of: 13) ?? end)], as: UTF8.self)
+                    answer(worker.respond(to: line))
+                    return
+                }
+                if input.count > MetricsWorker.maxRequest {
+                    answer(Array("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8))
+                    return
+                }
+            case .wouldBlock:
+                return
+            case .endOfFile, .failed:
+                worker.drop(self)
+                return
+            }
+        }
+    }
+
+    /// Where the request's header ends (its blank line), if it came.
+    private func headerEnd() -> Int? {
+        guard input.count >= 4 else { return nil }
+        for i in 3..<input.count where input[i] == 10 && input[i - 1] == 13 && input[i - 2] == 10 && input[i - 3] == 13 { return i }
+        return nil
+    }
+
+    private func answer(_ bytes: [UInt8]) {
+        answered = true
+        output = bytes
+        input = []
+        flush()
+    }
+
+    private func flush() {
+        while sent < output.count {
+            switch Socket.send(fd, output[sent...]) {
+            case .moved(let n): sent += n
+            case .wouldBlock:
+                worker.loop.modify(fd, mask: Events.write)
+                return
+            case .endOfFile, .failed:
+                worker.drop(self)
+                return
+            }
+        }
+        // All written: a FIN, then whatever the client still sends is dropped until it hangs up
+        // (closing with unread bytes would reset the response away).
+        Socket.shutdownWrite(fd)
+        worker.loop.modify(fd, mask: Events.read)
+    }
+
+    private func discard() {
+        var sink: [UInt8] = []
+        while true {
+            sink.removeAll(keepingCapacity: true)
+            switch UnixSocket.read(fd, appendingTo: &sink, max: 4096) {
+            case .moved: continue
+            case .wouldBlock: return
+            case .endOfFile, .failed:
+                worker.drop(self)
+                return
+            }
+        }
+    }
+}
