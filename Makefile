@@ -2,7 +2,7 @@
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
 DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap \
-                  haproxy kamailio sip-tester jq
+                  haproxy kamailio sip-tester jq prometheus
 PREFIX ?= /usr/local
 # --version names the git revision when built from a checkout.
 export TCPOPS_GIT_REVISION := $(shell git rev-parse --short=10 HEAD 2>/dev/null)
@@ -81,8 +81,8 @@ bench: release
 	Benchmarks/run.sh .build/release/tcpopsd
 
 # Binaries, units, the example configuration, the manual pages (tcpopsctl(1) and tcpopsd(8) from
-# the argument parsers, tcpopsd.toml(5) written by hand), tcpopsctl's shell completions and the
-# contract's pages, in their usual places (DESTDIR for staging).
+# the argument parsers, tcpopsd.toml(5) written by hand), tcpopsctl's shell completions, the journal
+# message catalog (journalctl -x) and the contract's pages, in their usual places (DESTDIR for staging).
 MANDIR = $(PREFIX)/share/man
 install: release
 	install -D -m 0755 .build/release/tcpopsd $(DESTDIR)$(PREFIX)/bin/tcpopsd
@@ -104,10 +104,12 @@ install: release
 	.build/release/tcpopsctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tcpopsctl
 	.build/release/tcpopsctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_tcpopsctl
 	.build/release/tcpopsctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tcpopsctl.fish
+	install -D -m 0644 docs/catalog/tcpopsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/tcpopsd.catalog
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/README.md
 	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/
 	@[ -n "$(DESTDIR)" ] || systemctl daemon-reload 2>/dev/null || true
 	@[ -n "$(DESTDIR)" ] || mandb -q 2>/dev/null || true
+	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog 2>/dev/null || true
 
 clean:
 	rm -rf .build

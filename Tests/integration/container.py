@@ -65,6 +65,8 @@ class Container:
         self.run("cp", "/opt/tcpopsd/tcpopsd", "/opt/tcpopsd/tcpopsctl", "/usr/local/bin/")
         for unit in ("tcpopsd.service", "tcpopsd.socket"):
             self.write(f"/etc/systemd/system/{unit}", open(os.path.join(ROOT, "systemd", unit)).read())
+        self.write("/usr/local/lib/systemd/catalog/tcpopsd.catalog", open(os.path.join(ROOT, "docs", "catalog", "tcpopsd.catalog")).read())
+        self.run("journalctl", "--update-catalog")
         self.run("systemctl", "daemon-reload")
 
     def close(self):

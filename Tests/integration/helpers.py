@@ -155,7 +155,7 @@ def die_with_parent(extra=None):
 class Daemon:
     def __init__(self, tmp, listeners=(), events=None, routes=None, daemon=None, log_target="stderr",
                  extra_env=None, config_text=None, wait_ready=True, preexec=None, popen_kw=None, wrapper=(),
-                 notify_reader=True):
+                 notify_reader=True, config_extra=""):
         self.tmp = str(tmp)
         self.records = os.path.join(self.tmp, "records")
         os.makedirs(self.records, exist_ok=True)
@@ -164,7 +164,7 @@ class Daemon:
         self.control = d["control_socket"]
         self.config_path = os.path.join(self.tmp, "tcpopsd.toml")
         with open(self.config_path, "w") as f:
-            f.write(config_text if config_text is not None else render_config(d, events, routes, listeners))
+            f.write(config_text if config_text is not None else render_config(d, events, routes, listeners) + config_extra)
         self.log_path = os.path.join(self.tmp, "tcpopsd.log")
         self.log_target = log_target
         self.extra_env = extra_env or {}

@@ -74,6 +74,31 @@ def test_start_status_and_journal(box, echo):
     box.run("systemctl", "stop", "tcpopsd.service")
 
 
+def test_journalctl_x_explains_a_reset(box, echo):
+    """Issue 9: the message catalog (make install puts it in systemd's catalog directory) explains
+    each MESSAGE_ID: `journalctl -x` on a tcp:reset says what happened and how to read its fields."""
+    stop_all(box)
+    up = echo()
+    port = free_port()
+    configure(box, listener("cat", port, up.address))
+    box.run("systemctl", "start", "tcpopsd.service")
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"x")
+    s.recv(1)
+    cport = s.getsockname()[1]
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+
+    def explained():
+        out = box.run("journalctl", "-x", "-u", "tcpopsd", "TCPOPS_EVENT=tcp:reset", "--no-pager", check=False).stdout
+        return str(cport) in out and "A peer reset a connection" in out and out
+
+    out = wait_for(explained, what="the explained reset in journalctl -x")
+    assert "ECONNRESET" in out and "origin peer" in out, out  # the entry's own fields, substituted
+    assert "rst: the peer sent an RST" in out, out
+    box.run("systemctl", "stop", "tcpopsd.service")
+
+
 def test_socket_activation(box, echo):
     stop_all(box)
     up = echo()

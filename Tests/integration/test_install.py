@@ -43,8 +43,11 @@ def test_completions_docs_and_binaries(staged):
     assert p.returncode == 0 and "tcpopsctl" in p.stdout, p.stderr
     assert (staged / "share/zsh/site-functions/_tcpopsctl").read_text().startswith("#compdef tcpopsctl")
     assert "tcpopsctl" in (staged / "share/fish/vendor_completions.d/tcpopsctl.fish").read_text()
+    catalog = (staged / "lib/systemd/catalog/tcpopsd.catalog").read_text()
+    assert "-- 6493216fb804485a9b6bdb453f8e94e3" in catalog  # tcp:reset's MESSAGE_ID
     docs = {p.name for p in (staged / "share/doc/tcpopsd").iterdir()}
-    assert {"README.md", "configuration.md", "events.md", "tcpopsctl.md", "control.md", "journal.md", "proxy-protocol.md"} <= docs
+    assert {"README.md", "configuration.md", "events.md", "tcpopsctl.md", "control.md", "journal.md", "proxy-protocol.md",
+            "metrics.md"} <= docs
     for binary in ("tcpopsd", "tcpopsctl"):
         p = subprocess.run([str(staged / "bin" / binary), "--version"], capture_output=True, text=True)
         assert p.returncode == 0 and p.stdout.startswith(binary), p.stdout
