@@ -171,3 +171,25 @@ def test_icmp_unreachable_names_its_errno(daemon, tmp_path):
         assert d.stop() == 0
     finally:
         ns.close()
+
+
+def test_list_reads_the_socket_and_says_when_the_user_timeout_overrides_keepalive(daemon, echo):
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("ov", port, up.address, keepalive={"idle": 30, "count": 3, "interval": 5}, user_timeout=20)])
+    s = connect(port)
+    s.sendall(b"x")
+    s.recv(1)
+    rows = {r["side"]: r for r in json.loads(d.ctl("list", "--json").stdout)}
+    c = rows["client"]
+    assert c["keepalive"] == {"idle": 30, "count": 3, "interval": 5} and c["user_timeout_ms"] == 20000
+    assert c["user_timeout_overrides_keepalive"] is True
+    assert rows["upstream"]["keepalive"] is None and rows["upstream"]["user_timeout_overrides_keepalive"] is False
+    line = [l for l in d.ctl("list").stdout.splitlines() if " client " in l][0]
+    assert "30/3/5,ut=20000ms" in line, line
+    # Changed at runtime, read back at once.
+    assert d.ctl("keepalive-enable", str(c["conid"]), "7", "2", "1").stdout.strip() == "1"
+    again = [r for r in json.loads(d.ctl("list", "--json").stdout) if r["conid"] == c["conid"]][0]
+    assert again["keepalive"] == {"idle": 7, "count": 2, "interval": 1}
+    s.close()
+    assert d.stop() == 0
