@@ -426,3 +426,16 @@ def sanitizer_report(d):
 
 def is_root():
     return os.geteuid() == 0
+
+
+def journal_alive(path="/run/systemd/journal/socket"):
+    """True when a journald answers on its socket. A socket file alone is not enough: a journald that
+    was killed leaves its sockets behind, and sending to them fails with ECONNREFUSED."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

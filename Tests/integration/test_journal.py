@@ -8,25 +8,30 @@ import time
 
 import pytest
 
-from helpers import connect, free_port, listener, reset_close, wait_for, is_root
+from helpers import connect, free_port, listener, reset_close, wait_for, is_root, journal_alive
 
 SOCKET = "/run/systemd/journal/socket"
 
 
 @pytest.fixture(scope="module")
 def journal():
-    if os.path.exists(SOCKET):
+    if journal_alive(SOCKET):
         yield None
         return
     if not is_root() or not os.path.exists("/lib/systemd/systemd-journald") or not shutil.which("journalctl"):
         pytest.skip("no journal socket, and a journald cannot be started here (needs root and systemd's journald)")
     os.makedirs("/run/systemd/journal", exist_ok=True)
+    for name in ("socket", "stdout", "dev-log", "syslog", "io.systemd.journal"):  # left by a journald that died
+        try:
+            os.unlink(f"/run/systemd/journal/{name}")
+        except FileNotFoundError:
+            pass
     p = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: os.path.exists(SOCKET), timeout=10, what="journald socket")
+    wait_for(lambda: journal_alive(SOCKET), timeout=10, what="journald socket")
     yield p
     p.terminate()
     p.wait(10)
-    for name in ("socket", "stdout", "dev-log", "syslog"):
+    for name in ("socket", "stdout", "dev-log", "syslog", "io.systemd.journal"):
         try:
             os.unlink(f"/run/systemd/journal/{name}")
         except FileNotFoundError:
