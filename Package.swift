@@ -33,7 +33,7 @@ let package = Package(
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "CShims", path: "Sources/CShims", cSettings: revision),
-        // tcpopsd's constructor: signals blocked before any Swift code runs.
+        // tcpopsd's first code (.preinit_array): signals blocked before any library or Swift code runs.
         .target(name: "CEarly", path: "Sources/CEarly"),
         .target(
             name: "TCPOps",

@@ -1,4 +1,4 @@
-/* Runs as tcpopsd's constructor, before Swift's runtime and main.
+/* Runs first in tcpopsd (.preinit_array), before any library's constructor, Swift's runtime and main.
  * - Signals: a SIGHUP or SIGTERM sent while tcpopsd is still starting stays pending (the signalfd
  *   reads it once the loop runs) instead of killing the process with the default disposition.
  *   Only the dynamic loader's work comes earlier, which is why the executables link the Swift
@@ -31,7 +31,8 @@ static void mark_inherited_fds_cloexec(void) {
     closedir(d);
 }
 
-__attribute__((constructor)) static void tcpopsd_early(void) {
+static void tcpopsd_early(int argc, char **argv, char **envp) {
+    (void)argc; (void)argv; (void)envp;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -41,5 +42,11 @@ __attribute__((constructor)) static void tcpopsd_early(void) {
     signal(SIGPIPE, SIG_IGN);
     mark_inherited_fds_cloexec();
 }
+
+/* In .preinit_array: the dynamic loader calls it before the constructors of any shared library
+ * (libsystemd's dependencies take milliseconds to initialise) and before the executable's own
+ * constructors (the Swift runtime's). */
+__attribute__((section(".preinit_array"), used))
+static void (*const tcpopsd_early_entry)(int, char **, char **) = tcpopsd_early;
 
 int tcpopsd_early_signals_blocked(void) { return blocked; }

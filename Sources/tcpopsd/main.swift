@@ -48,7 +48,7 @@ struct TCPOpsD: ParsableCommand {
     var logTarget: Logger.Target = .auto
 
     static func main() {
-        // The constructor in CEarly blocked the daemon's signals before Swift started; should it
+        // CEarly's .preinit_array entry blocked the daemon's signals before Swift started; should it
         // not have run, they are blocked here, still before any configuration is read.
         if tcpopsd_early_signals_blocked() == 0 { SignalReader.blockEarly() }
         main(nil)

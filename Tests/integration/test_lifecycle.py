@@ -1,6 +1,7 @@
 """Issue 2, items 8 and 10: READY=1 only once listeners accept, STOPPING=1 and a bounded drain on
 SIGTERM, exit statuses, and bad configurations refused with file, line and key."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,46 +150,114 @@ def test_bind_failure_exits_71_naming_address_and_errno(tmp_path):
     taken.close()
 
 
-def _blocked(pid, signo):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigBlk:"):
-                    return (int(line.split()[1], 16) >> (signo - 1)) & 1
-    except OSError:
-        pass
-    return 0
+LOADER_SYSCALLS = {"execve", "brk", "mmap", "munmap", "mprotect", "access", "openat", "read", "pread64", "newfstatat",
+                   "close", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64", "readlink"}
 
 
-@pytest.mark.skipif(bool(SANITIZER), reason="sanitizer builds link the Swift runtime dynamically: the dynamic "
-                    "loader alone takes ~10 ms, a window no code of ours can close")
+def _trace(path):
+    """The main thread's syscalls from an strace -o file: (name, line) in order."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("---", "+++")) or "(" not in line:
+                continue
+            out.append((line.split("(", 1)[0], line.rstrip()))
+    return out
+
+
+def _tracee(strace_proc):
+    """tcpopsd's pid under strace: the child that has exec'd tcpopsd (strace forks probes of its own)."""
+    exe = os.path.realpath(BIN)
+
+    def child():
+        try:
+            with open(f"/proc/{strace_proc.pid}/task/{strace_proc.pid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            return None
+        for k in kids:
+            try:
+                if os.readlink(f"/proc/{k}/exe") == exe:
+                    return k
+            except OSError:
+                pass
+        return None
+    return wait_for(child, timeout=10, what="tcpopsd under strace")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace (make deps installs it)")
+@pytest.mark.skipif(bool(SANITIZER), reason="a sanitizer's runtime initialises first (its own .preinit_array entry, "
+                    "many syscalls), and links the Swift runtime dynamically")
 def test_signals_while_starting_are_not_fatal(tmp_path, echo):
     """Issue 7, item 8: TERM/INT/HUP/PIPE in the first milliseconds of the process (before the
-    daemon's loop exists) used to kill it. Now HUP sent during start is a reload once the loop runs,
-    TERM and INT a clean stop (0), PIPE nothing."""
+    daemon's loop exists) used to kill it. Now tcpopsd blocks them before any library's constructor,
+    the Swift runtime or main runs (only the dynamic loader comes earlier, a window no program can
+    close), HUP sent during start is a reload once the loop runs, TERM and INT a clean stop (0), PIPE
+    nothing. Deterministic: strace injects the signal at chosen syscalls of the start, from the first
+    one after the dynamic loader to the loop's first epoll_wait; no timing involved."""
     up = echo()
-    plan = [signal.SIGHUP] * 16 + [signal.SIGTERM] * 8 + [signal.SIGINT] * 8 + [signal.SIGPIPE] * 4
-    for i, signo in enumerate(plan):
-        d = Daemon(tmp_path / f"run{i}", listeners=[listener("early", free_port(), up.address)], wait_ready=False)
-        d.start()
-        # The signal goes as soon as tcpopsd's own code has blocked it, or 12 ms after exec if it has
-        # not by then (only the dynamic loader comes first: ~3 ms here; an old build took 16-31 ms to
-        # block them), then 0 to 11 ms later so that it lands in every phase of the start.
-        t_end = time.monotonic() + 0.012
-        while not _blocked(d.proc.pid, signal.SIGHUP) and time.monotonic() < t_end:
-            pass
-        time.sleep(0.001 * (i % 12))
-        d.proc.send_signal(signo)
-        if signo in (signal.SIGTERM, signal.SIGINT):
-            rc = d.proc.wait(15)
-            assert rc == 0, f"{signal.Signals(signo).name} during start: exit {rc}\n{d.logtext()}"
+    # Where tcpopsd's own code starts: its .preinit_array entry runs before every library's init.
+    p = subprocess.run([BIN, "--version"], capture_output=True, text=True, env={**os.environ, "LD_DEBUG": "libs"}, timeout=20)
+    calls = [l.split("calling ", 1)[1] for l in p.stderr.splitlines() if "calling " in l]
+    assert calls and calls[0].startswith("preinit:") and calls[0].rstrip().endswith("tcpopsd"), calls[:3]
+
+    started = []  # tcpopsd pids: strace detaches them if it dies, so a failed assertion must not leave them running
+    try:
+        # One clean start under strace: the main thread's syscalls from exec to the loop's first wait.
+        def start(tmp, inject=None):
+            wrapper = ["strace", "-o", str(tmp / "trace.txt")]
+            if inject:
+                wrapper += ["-e", "trace=all", "-e", f"inject={inject[0]}:signal={inject[2]}:when={inject[1]}"]
+            d = Daemon(tmp, listeners=[listener("early", free_port(), up.address)], wait_ready=False, wrapper=wrapper)
+            d.start()
+            pid = _tracee(d.proc)
+            started.append(pid)
+            return d, pid
+
+        d, pid = start(tmp_path / "clean")
+        wait_for(lambda: d.notify.has("READY=1"), timeout=30, what="READY=1")
+        os.kill(pid, signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        d.log.close()
+        d.notify.close()
+        trace = _trace(tmp_path / "clean" / "trace.txt")
+        block = next(i for i, (_, l) in enumerate(trace) if l.startswith("rt_sigprocmask(SIG_BLOCK, [HUP INT TERM]"))
+        loop = next(i for i, (n, _) in enumerate(trace) if n == "epoll_wait")
+        # Nothing but the loader ran before the block (an old build blocked them in main, after ~250 syscalls).
+        assert {n for n, _ in trace[:block]} <= LOADER_SYSCALLS, sorted({n for n, _ in trace[:block]} - LOADER_SYSCALLS)
+        assert loop - block > 20, (block, loop)
+
+        # Then one signal at each of 24 points spread over the start, each in a fresh process.
+        points = sorted({block + 1 + (loop - block - 1) * k // 23 for k in range(24)})
+        kinds = [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE]
+        for j, at in enumerate(points):
+            name = trace[at][0]
+            nth = sum(1 for n, _ in trace[:at + 1] if n == name)
+            signo = kinds[j % len(kinds)]
+            what = f"{signo.name} at syscall {at} ({trace[at][1][:60]}, {name} #{nth})"
+            d, pid = start(tmp_path / f"at{at}", (name, nth, signo.name))
+            if signo in (signal.SIGTERM, signal.SIGINT):
+                rc = d.proc.wait(30)
+                d.log.close()
+                d.notify.close()
+                assert rc == 0, f"{what}: exit {rc}\n{d.logtext()}"
+                assert f"stopping on signal {int(signo)}" in d.logtext(), f"{what}: not injected?\n{d.logtext()}"
+                continue
+            wait_for(lambda: d.notify.has("READY=1") or d.proc.poll() is not None, timeout=30, what="READY=1")
+            assert d.proc.poll() is None, f"{what} killed tcpopsd: {d.proc.returncode}\n{d.logtext()}"
+            if signo == signal.SIGHUP:
+                wait_for(lambda: "configuration reloaded" in d.logtext(), timeout=10, what=f"{what} taken as a reload")
+            os.kill(pid, signal.SIGTERM)
+            assert d.proc.wait(15) == 0, what
+            d.log.close()
             d.notify.close()
-            continue
-        wait_for(lambda: d.notify.has("READY=1") or d.proc.poll() is not None, timeout=20, what="READY=1")
-        assert d.proc.poll() is None, f"{signal.Signals(signo).name} during start killed tcpopsd: {d.proc.returncode}"
-        if signo == signal.SIGHUP:
-            wait_for(lambda: "configuration reloaded" in d.logtext(), timeout=5, what="the early SIGHUP taken as a reload")
-        assert d.stop() == 0
+            # An ignored SIGPIPE leaves no trace; HUP shows as the reload, TERM and INT as the stop.
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_nul_byte_hides_nothing(tmp_path):

@@ -22,7 +22,7 @@ public final class SignalReader: EventHandler {
     }
 
     /// Blocks the daemon's signals and ignores SIGPIPE, before anything else runs (the fallback of
-    /// tcpopsd's C constructor).
+    /// tcpopsd's .preinit_array entry in CEarly).
     public static func blockEarly() {
         var set = sigset_t()
         sigemptyset(&set)
