@@ -39,16 +39,31 @@ class Container:
             ["systemd-nspawn", "-D", CACHE, "-b", "--keep-unit", "--register=no", "-M", name, "--volatile=overlay",
              "--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.pid = wait_for(self._init_pid, timeout=30, what="the container's init")
-        wait_for(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded"),
-                 timeout=60, interval=0.2, what="the container's systemd to be running")
+        try:
+            self.pid = wait_for(self._init_pid, timeout=30, what="the container's init")
+            wait_for(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+                     timeout=60, interval=0.2, what="the container's systemd to be running")
+        except BaseException:
+            # Nobody will call close() on a container that never came up: do not leave it running.
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+            raise
 
     def _init_pid(self):
+        """The container's systemd. nspawn's child is briefly an intermediate process that forks the
+        init and exits; nsenter needs the init itself, so the child must already be systemd."""
         if self.proc.poll() is not None:
             raise AssertionError(f"systemd-nspawn exited: {open(self.log.name).read()[-2000:]}")
         p = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        pids = p.stdout.split()
-        return int(pids[0]) if pids else None
+        for pid in p.stdout.split():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "systemd":
+                        return int(pid)
+            except OSError:
+                pass
+        return None
 
     def run(self, *args, check=True, input=None, timeout=60):
         p = subprocess.run(["nsenter", "-t", str(self.pid), "-a", *args], capture_output=True, text=True,
