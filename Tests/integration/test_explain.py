@@ -24,6 +24,9 @@ def tcp(r, name):
     return int(r[f"TCPOPS_TCP_{name}"])
 
 
+NEVER_ESTABLISHED = ("RTT_US", "RTTVAR_US", "LAST_DATA_RECV_MS", "LAST_ACK_RECV_MS")
+
+
 def test_fin_rst_refused_lifetime_and_close(daemon, echo, tmp_path):
     up = echo()
     port, lport, rport = free_port(), free_port(), free_port()
@@ -54,6 +57,10 @@ def test_fin_rst_refused_lifetime_and_close(daemon, echo, tmp_path):
     assert s.recv(1) == b""
     ref = one(d, lambda r: r["TCPOPS_REASON"] == "refused", "the refused event")
     assert (ref["TCPOPS_ORIGIN"], ref["TCPOPS_ERRNO"], ref["TCPOPS_SIDE"]) == ("peer", "ECONNREFUSED", "upstream")
+    # It never got established: no round trip measured, nothing received (the kernel would say
+    # "milliseconds since boot" for the last two).
+    assert all(ref[f"TCPOPS_TCP_{n}"] == "" for n in NEVER_ESTABLISHED), ref
+    assert ref["TCPOPS_TCP_SND_CWND"] != "", ref
     # The idle lifetime: tcpopsd's own timer, no errno.
     s = connect(lport)
     life_port = s.getsockname()[1]
@@ -93,6 +100,7 @@ def test_connect_timeout_is_a_timer(daemon, tmp_path):
         r = one(d, lambda r: r["TCPOPS_REASON"] == "connect-timeout", "the connect-timeout event")
         assert (r["TCPOPS_ORIGIN"], r["TCPOPS_ERRNO"]) == ("timer", "")
         assert tcp(r, "RETRANSMITS") >= 1 or tcp(r, "UNACKED") >= 1, r  # the SYN went unanswered
+        assert all(r[f"TCPOPS_TCP_{n}"] == "" for n in NEVER_ESTABLISHED), r
         assert d.stop() == 0
     finally:
         ns.close()
@@ -167,6 +175,7 @@ def test_icmp_unreachable_names_its_errno(daemon, tmp_path):
         assert s.recv(1) == b""
         r = one(d, lambda r: r["TCPOPS_REASON"] == "unreachable", "the unreachable event")
         assert (r["TCPOPS_ORIGIN"], r["TCPOPS_ERRNO"]) == ("network", "EHOSTUNREACH"), r
+        assert all(r[f"TCPOPS_TCP_{n}"] == "" for n in NEVER_ESTABLISHED), r
         srv.kill()
         assert d.stop() == 0
     finally:

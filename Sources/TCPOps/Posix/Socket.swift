@@ -15,18 +15,29 @@ public struct KeepaliveSettings: Equatable, Sendable {
 
 /// A snapshot of TCP_INFO, as events report it (taken just before a socket is closed).
 public struct TCPInfo: Sendable, Equatable {
-    public var rttMicros: UInt32
-    public var rttvarMicros: UInt32
+    /// nil when the connection never got established (the kernel reports its initial guesses).
+    public var rttMicros: UInt32?
+    public var rttvarMicros: UInt32?
     /// Retransmitted segments over the connection's life.
     public var retransmits: UInt32
     /// Segments sent and not yet acknowledged.
     public var unacked: UInt32
     public var lost: UInt32
-    /// Milliseconds since data last came in, and since the last acknowledgement.
-    public var lastDataReceivedMs: UInt32
-    public var lastAckReceivedMs: UInt32
+    /// Milliseconds since data last came in, and since the last acknowledgement; nil when the
+    /// connection never got established (the kernel then counts from boot).
+    public var lastDataReceivedMs: UInt32?
+    public var lastAckReceivedMs: UInt32?
     public var pmtu: UInt32
     public var sendCwnd: UInt32
+
+    /// A connect that failed (refused, unreachable, timed out) received nothing: the times since
+    /// the last data and acknowledgement, and the round-trip estimates, mean nothing then.
+    mutating func neverEstablished() {
+        rttMicros = nil
+        rttvarMicros = nil
+        lastDataReceivedMs = nil
+        lastAckReceivedMs = nil
+    }
 }
 
 enum Socket {

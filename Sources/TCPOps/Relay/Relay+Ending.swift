@@ -71,7 +71,10 @@ extension Relay {
                          local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
                          bytesIn: c.bytesIn, bytesOut: c.bytesOut)
         e.errno = c.closeErrno
-        if c.fdOpen { e.tcp = Socket.tcpInfo(c.fd) }
+        if c.fdOpen {
+            e.tcp = Socket.tcpInfo(c.fd)
+            if c.state == .connecting { e.tcp?.neverEstablished() }
+        }
         return e
     }
 
