@@ -77,8 +77,17 @@ MINUTES ?= 5
 soak: release
 	$(PYTHON) scripts/soak.py $(MINUTES)
 
+# tcpopsd (default configuration: events on) beside HAProxy, nginx stream, systemd-socket-proxyd
+# and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~5 minutes.
+BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd
 bench: release
-	Benchmarks/run.sh .build/release/tcpopsd
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+	$(PYTHON) Benchmarks/bench.py --tcpopsd .build/release/tcpopsd
 
 # Binaries, units, the example configuration, the manual pages (tcpopsctl(1) and tcpopsd(8) from
 # the argument parsers, tcpopsd.toml(5) written by hand), tcpopsctl's shell completions, the journal

@@ -109,6 +109,7 @@ public final class Daemon {
         ctx.listenerNames = Set(listeners.keys)
         adopt(handed.carried, nextConid: handed.nextConid)
         ctx.events.observers.append { control.publish($0) }
+        ctx.events.attach(loop)
         do {
             try hooks.start()
             try control.start(target: ControlTarget(ctx: ctx, hooks: hooks, subscriberCount: { control.subscriberCount }))

@@ -56,11 +56,12 @@ public final class ControlServer: Sendable {
         }
     }
 
-    /// Called on the relay's loop for every event.
-    public func publish(_ event: TCPEvent) {
-        let line = event.json(seq: event.seq, unixMicros: event.unixMicros).text
+    /// Called on the relay's loop with a turn's events: one post to the control thread, where
+    /// they are kept (the recent ones) and rendered, only when someone reads them.
+    public func publish(_ events: [TCPEvent]) {
         let worker = self.worker
-        inbox.post { _ in worker.value.broadcast(line) }
+        let batch = Handoff(events)
+        inbox.post { _ in worker.value.broadcast(batch.value) }
     }
 
     public func shutdown() {
@@ -98,7 +99,7 @@ final class ControlWorker {
     /// Clients not being closed, the ones `maxClients` bounds.
     var active = 0
     var nextID: UInt64 = 1
-    var recent: [String] = []
+    var recent: [TCPEvent] = []
     var recentHead = 0
     var listener: ListenHandler?
     private var backoff: AcceptPause?
@@ -298,26 +299,32 @@ final class ControlWorker {
             onSubscribersChanged?(clients.values.filter(\.subscribed).count)
             return
         }
-        let lines = Array(recent[recentHead...] + recent[..<recentHead])
-        c.send(ControlAnswer.ok(req.id, [("count", .int(Int64(lines.count)))]))
-        for l in lines { c.send(l) }
+        let events = Array(recent[recentHead...] + recent[..<recentHead])
+        c.send(ControlAnswer.ok(req.id, [("count", .int(Int64(events.count)))]))
+        for e in events { c.send(e.jsonLine()) }
         c.requestSince = loop.now
     }
 
-    func broadcast(_ line: String) {
-        if recent.count < ControlWorker.recentEvents {
-            recent.append(line)
-        } else {
-            recent[recentHead] = line
-            recentHead = (recentHead + 1) % ControlWorker.recentEvents
-        }
-        for c in clients.values where c.subscribed && !c.closing {
-            if c.backlog > ControlWorker.subscriberBacklog {
-                logger.log(.warning, "control socket: events subscriber fell \(c.backlog) bytes behind: cut off")
-                c.cutOff()
-                continue
+    func broadcast(_ events: [TCPEvent]) {
+        for event in events {
+            if recent.count < ControlWorker.recentEvents {
+                recent.append(event)
+            } else {
+                recent[recentHead] = event
+                recentHead = (recentHead + 1) % ControlWorker.recentEvents
             }
-            c.send(line)
+        }
+        guard clients.values.contains(where: { $0.subscribed && !$0.closing }) else { return }
+        for event in events {
+            let line = event.jsonLine()
+            for c in clients.values where c.subscribed && !c.closing {
+                if c.backlog > ControlWorker.subscriberBacklog {
+                    logger.log(.warning, "control socket: events subscriber fell \(c.backlog) bytes behind: cut off")
+                    c.cutOff()
+                    continue
+                }
+                c.send(line)
+            }
         }
     }
 

@@ -1,27 +1,61 @@
-// The one sink the relay hands its events to: it writes each to the journal, queues its hooks and
-// counts it. Runs on the relay's loop.
-public final class EventDispatcher {
+// The one sink the relay hands its events to: it numbers and counts each, and at the end of the
+// loop turn hands the turn's events, as one batch, to the journal writer, the hook runner and the
+// control socket's subscribers (one queue operation and at most one wake-up each per turn, not per
+// event; the text of an event is made on those threads, only for sinks that exist). Runs on the
+// relay's loop.
+public final class EventDispatcher: TurnEndHandler {
     let logger: Logger
     let hooks: HookRunner?
-    public private(set) var counts: [EventKind: UInt64] = [:]
+    private var byKind = [UInt64](repeating: 0, count: EventKind.allCases.count)
     private var seq: UInt64 = 0
-    /// Also told of every event (the control socket's subscribers).
-    public var observers: [(TCPEvent) -> Void] = []
+    private var pending: [TCPEvent] = []
+    private unowned(unsafe) var loop: EventLoop?
+    /// Also told of every event, a turn's events at a time (the control socket's subscribers).
+    public var observers: [([TCPEvent]) -> Void] = []
 
     public init(logger: Logger, hooks: HookRunner?) {
         self.logger = logger
         self.hooks = hooks
     }
 
+    /// Events raised so far, by kind.
+    public var counts: [EventKind: UInt64] {
+        Dictionary(uniqueKeysWithValues: EventKind.allCases.enumerated().map { ($1, byKind[$0]) })
+    }
+
+    /// The loop whose turn ends send the batches; without one, each event is sent at once.
+    public func attach(_ loop: EventLoop) { self.loop = loop }
+
     public func emit(_ event: TCPEvent) {
         var event = event
         seq += 1
         event.seq = seq
         event.unixMicros = Clock.unixMicroseconds()
-        counts[event.kind, default: 0] += 1
-        logger.log(.notice, "\(event.kind.rawValue) on conid \(event.conid) (\(event.side.rawValue) \(event.remote?.description ?? "?"), reason \(event.reason.rawValue))",
-                   id: event.kind.messageID, event.journalFields)
-        hooks?.submit(event)
-        for o in observers { o(event) }
+        byKind[event.kind.index] += 1
+        if pending.isEmpty { loop?.atTurnEnd(self) }
+        pending.append(event)
+        if loop == nil { turnEnded() }
+    }
+
+    public func turnEnded() {
+        guard !pending.isEmpty else { return }
+        let batch = pending
+        pending = []
+        logger.logEvents(batch)
+        if let hooks, hooks.hasCommands {
+            for e in batch { hooks.submit(e) }
+        }
+        for o in observers { o(batch) }
+    }
+}
+
+extension EventKind {
+    /// 0, 1, 2 in `allCases` order.
+    var index: Int {
+        switch self {
+        case .closed: return 0
+        case .reset: return 1
+        case .timeout: return 2
+        }
     }
 }

@@ -47,6 +47,8 @@ public final class HookRunner: Sendable {
     private let logger: Logger
     private let settings: Locked<Settings>
     private let waiting = Atomic<Int>(0)
+    /// Whether any hook is configured (a callback or a route): without one, events skip the runner.
+    private let anyCommands: Atomic<Bool>
     private let counters = Locked(Counters())
     private let lastDropLog = Atomic<UInt64>(0)
     private let thread = PosixThread()
@@ -59,6 +61,7 @@ public final class HookRunner: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.settings = Locked(settings)
+        anyCommands = Atomic(settings.callback != nil || !settings.routes.isEmpty)
         let loop = try EventLoop()
         inbox = loop.inbox
         worker = Handoff(Worker(loop: loop, logger: logger))
@@ -73,7 +76,13 @@ public final class HookRunner: Sendable {
         }
     }
 
-    public func update(_ s: Settings) { settings.withLock { $0 = s } }
+    public func update(_ s: Settings) {
+        settings.withLock { $0 = s }
+        anyCommands.store(s.callback != nil || !s.routes.isEmpty, ordering: .relaxed)
+    }
+
+    /// Whether a hook is configured for some event.
+    public var hasCommands: Bool { anyCommands.load(ordering: .relaxed) }
 
     public var snapshot: Counters { counters.withLock { $0 } }
 

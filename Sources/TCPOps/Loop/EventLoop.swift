@@ -8,6 +8,12 @@ public protocol EventHandler: AnyObject {
     func handleEvents(_ events: UInt32)
 }
 
+/// Told once at the end of the loop turn in which it asked (`EventLoop.atTurnEnd`): work that is
+/// cheaper in a batch (events crossing to other threads) is gathered during a turn and sent then.
+public protocol TurnEndHandler: AnyObject {
+    func turnEnded()
+}
+
 public enum Events {
     public static let read = EPOLLIN.rawValue
     public static let write = EPOLLOUT.rawValue
@@ -33,6 +39,8 @@ public final class EventLoop {
     public private(set) var now: UInt64
     public let timers = TimerQueue()
     public let inbox: Inbox
+    private var turnEnd: [TurnEndHandler] = []
+    private var turnEndRunning: [TurnEndHandler] = []
 
     public init(maxEventsPerWait: Int = 256) throws(SystemError) {
         epfd = try sys("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -108,9 +116,23 @@ public final class EventLoop {
 
     public func stop() { stopped = true }
 
+    /// `h.turnEnded()` runs once after the events and timers of this turn (ask once per turn).
+    public func atTurnEnd(_ h: TurnEndHandler) { turnEnd.append(h) }
+
+    /// Runs what asked for the end of this turn (also after the loop stopped, for the last turn).
+    public func endTurn() {
+        while !turnEnd.isEmpty {
+            swap(&turnEnd, &turnEndRunning)
+            for h in turnEndRunning { h.turnEnded() }
+            turnEndRunning.removeAll(keepingCapacity: true)
+        }
+    }
+
     /// After the last run: drops every registration, timer and queued job, so that handlers and
     /// closures that refer back to their owners (through the loop) are freed with them.
     public func close() {
+        endTurn()
+        turnEnd.removeAll()
         registrations.removeAll()
         timers.removeAll()
         inbox.discard()
@@ -134,6 +156,7 @@ public final class EventLoop {
                 reg.handler.handleEvents(events[i].events)
             }
             timers.fire(now: now)
+            endTurn()
         }
     }
 }

@@ -64,9 +64,9 @@ public final class ListenerMetrics: Sendable {
     let duration: DurationHistogram
     /// By CloseReason's raw value; only the reasons a connect attempt fails with.
     let connectFailures: [String: Counter]
-    /// By "event|reason|side": every combination an event can have, so that each series exists
-    /// (at 0) from the start.
-    let events: [String: Counter]
+    /// By reason and side (`eventIndex`): every combination an event can have, so that each
+    /// series exists (at 0) from the start.
+    let events: [Counter?]
 
     static let durationBuckets: [Duration] = [.milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60),
                                               .seconds(600), .seconds(3600), .seconds(86400)]
@@ -91,19 +91,36 @@ public final class ListenerMetrics: Sendable {
             (reason.rawValue, r.makeCounter(descriptor: failures, labels: [l, ("reason", reason.rawValue)]))
         })
         let raised = d("tcpopsd_events_total", "Events raised (as closed_event and event_sides let them), by event, reason and side.")
-        var events: [String: Counter] = [:]
+        var events = [Counter?](repeating: nil, count: CloseReason.allCases.count * Side.allCases.count)
         for reason in CloseReason.allCases {
             guard let kind = reason.event else { continue }
             for side in Side.allCases {
-                events["\(kind.rawValue)|\(reason.rawValue)|\(side.rawValue)"] = r.makeCounter(
+                events[ListenerMetrics.eventIndex(reason, side)] = r.makeCounter(
                     descriptor: raised, labels: [("event", kind.rawValue), ("reason", reason.rawValue), ("side", side.rawValue), l])
             }
         }
         self.events = events
     }
 
+    /// Computed, not looked up: `allCases` is an array made at each use.
+    static func eventIndex(_ reason: CloseReason, _ side: Side) -> Int {
+        let r: Int
+        switch reason {
+        case .fin: r = 0
+        case .rst: r = 1
+        case .refused: r = 2
+        case .keepalive: r = 3
+        case .unreachable: r = 4
+        case .connectTimeout: r = 5
+        case .lifetime: r = 6
+        case .local: r = 7
+        }
+        return r * 2 + (side == .client ? 0 : 1)
+    }
+
+    /// (The event kind follows from the reason.)
     func event(_ kind: EventKind, _ reason: CloseReason, _ side: Side) {
-        events["\(kind.rawValue)|\(reason.rawValue)|\(side.rawValue)"]?.increment()
+        events[ListenerMetrics.eventIndex(reason, side)]?.increment()
     }
 }
 

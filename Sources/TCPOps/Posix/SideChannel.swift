@@ -84,6 +84,26 @@ public final class SideChannel<Item: Sendable>: Sendable {
         return taken
     }
 
+    /// Queues several items under one lock and with at most one wake-up; what is past the limit
+    /// is dropped and counted. Returns how many were taken.
+    @discardableResult
+    public func submit(contentsOf items: [Item]) -> Int {
+        let (taken, signal) = state.withLock { s -> (Int, Bool) in
+            let room = max(0, limit - s.items.count)
+            let taken = min(room, items.count)
+            if taken == items.count { s.items.append(contentsOf: items) } else { s.items.append(contentsOf: items[..<taken]) }
+            s.dropped += UInt64(items.count - taken)
+            let signal = taken > 0 && s.idle
+            if signal { s.idle = false }
+            return (taken, signal)
+        }
+        if signal {
+            var one: UInt64 = 1
+            _ = Glibc.write(wake, &one, 8)
+        }
+        return taken
+    }
+
     /// Waits (sleeping 1 ms at a time) until everything queued was written, or the deadline
     /// (monotonic ns) passed. For the end of the process.
     @discardableResult

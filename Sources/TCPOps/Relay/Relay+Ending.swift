@@ -102,16 +102,26 @@ extension Relay {
             }
         }
         if ctx.logger.enabled(.info) {
-            var f = fields(client)
-            if let upstream { f.append(("TCPOPS_PEER_CONID", String(upstream.conid))) }
-            f.append(("TCPOPS_REASON", (failed?.closeReason ?? reason).rawValue))
-            f.append(("TCPOPS_ORIGIN", (failed?.closeReason ?? reason).origin.rawValue))
-            f.append(("TCPOPS_CLIENT_REASON", client.closeReason?.rawValue ?? "local"))
-            f.append(("TCPOPS_UPSTREAM_REASON", upstream?.closeReason?.rawValue ?? "local"))
-            f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(upstream?.bytesOut ?? 0)))
-            f.append(("TCPOPS_BYTES_TO_CLIENT", String(client.bytesOut)))
-            ctx.logger.log(.info, "relay ended: conid \(client.conid) <-> \(upstream.map { String($0.conid) } ?? "-") (\(why))",
-                           id: .connectionClosed, f)
+            // Only values are captured here; the message and fields are made on the log's thread.
+            let base = deferredFields(client)
+            let upstreamConid = upstream?.conid
+            let ended = failed?.closeReason ?? reason
+            let clientReason = client.closeReason?.rawValue ?? "local"
+            let upstreamReason = upstream?.closeReason?.rawValue ?? "local"
+            let toUpstream = upstream?.bytesOut ?? 0
+            let toClient = client.bytesOut
+            let clientConid = client.conid
+            ctx.logger.log(.info, id: .connectionClosed) {
+                var f = base()
+                if let upstreamConid { f.append(("TCPOPS_PEER_CONID", String(upstreamConid))) }
+                f.append(("TCPOPS_REASON", ended.rawValue))
+                f.append(("TCPOPS_ORIGIN", ended.origin.rawValue))
+                f.append(("TCPOPS_CLIENT_REASON", clientReason))
+                f.append(("TCPOPS_UPSTREAM_REASON", upstreamReason))
+                f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(toUpstream)))
+                f.append(("TCPOPS_BYTES_TO_CLIENT", String(toClient)))
+                return ("relay ended: conid \(clientConid) <-> \(upstreamConid.map { String($0) } ?? "-") (\(why))", f)
+            }
         }
         metrics.duration.record(.nanoseconds(Int64(ctx.loop.now &- client.openedAt)))
         client.state = .gone
@@ -121,13 +131,20 @@ extension Relay {
         upstream?.relay = nil
     }
 
-    func fields(_ c: Connection) -> [Logger.Field] {
-        var f: [Logger.Field] = [("TCPOPS_CONID", String(c.conid)), ("TCPOPS_SIDE", c.side.rawValue), ("TCPOPS_LISTENER", listener.name)]
-        if let l = c.local { f.append(("TCPOPS_LOCAL", l.description)) }
-        if let r = c.remote { f.append(("TCPOPS_REMOTE", r.description)) }
-        f.append(("TCPOPS_DURATION_MS", String((ctx.loop.now &- c.openedAt) / 1_000_000)))
-        f.append(("TCPOPS_BYTES_IN", String(c.bytesIn)))
-        f.append(("TCPOPS_BYTES_OUT", String(c.bytesOut)))
-        return f
+    func fields(_ c: Connection) -> [Logger.Field] { deferredFields(c)() }
+
+    /// `c`'s log fields, made later (on the log's thread) from values taken now.
+    func deferredFields(_ c: Connection) -> @Sendable () -> [Logger.Field] {
+        let (conid, side, name, local, remote) = (c.conid, c.side, listener.name, c.local, c.remote)
+        let (duration, bytesIn, bytesOut) = ((ctx.loop.now &- c.openedAt) / 1_000_000, c.bytesIn, c.bytesOut)
+        return {
+            var f: [Logger.Field] = [("TCPOPS_CONID", String(conid)), ("TCPOPS_SIDE", side.rawValue), ("TCPOPS_LISTENER", name)]
+            if let l = local { f.append(("TCPOPS_LOCAL", l.description)) }
+            if let r = remote { f.append(("TCPOPS_REMOTE", r.description)) }
+            f.append(("TCPOPS_DURATION_MS", String(duration)))
+            f.append(("TCPOPS_BYTES_IN", String(bytesIn)))
+            f.append(("TCPOPS_BYTES_OUT", String(bytesOut)))
+            return f
+        }
     }
 }

@@ -20,6 +20,10 @@ public final class Logger: Sendable {
         let message: String
         let id: MessageID?
         let fields: [Field]
+        /// An event (at notice): its message and fields are made from it on the writer thread.
+        var event: TCPEvent? = nil
+        /// Made on the writer thread (message, fields): for entries logged per connection.
+        var deferred: (@Sendable () -> (String, [Field]))? = nil
     }
 
     /// Entries waiting for the writer beyond this are dropped (and counted, and reported).
@@ -71,33 +75,121 @@ public final class Logger: Sendable {
         }
     }
 
+    /// Queues an entry whose message and fields are made on the writer thread by `make` (for
+    /// entries logged per connection: the loop only captures the values).
+    public func log(_ level: LogLevel, id: MessageID? = nil, _ make: @escaping @Sendable () -> (String, [Field])) {
+        guard enabled(level) else { return }
+        let entry = Entry(level: level, message: "", id: id, fields: [], deferred: make)
+        if let writer {
+            writer.submit(entry)
+        } else {
+            Logger.write(entry, journal: useJournal)
+        }
+    }
+
+    /// Queues a turn's events (notice level) in one go; their text is made on the writer thread.
+    public func logEvents(_ events: [TCPEvent]) {
+        guard enabled(.notice), !events.isEmpty else { return }
+        let entries = events.map { Entry(level: .notice, message: "", id: nil, fields: [], event: $0) }
+        if let writer {
+            writer.submit(contentsOf: entries)
+        } else {
+            for e in entries { Logger.write(e, journal: useJournal) }
+        }
+    }
+
     /// Waits for queued entries to be written, at most until `deadline` (monotonic ns): before exit.
     public func flush(deadline: UInt64) {
         writer?.flush(deadline: deadline)
     }
 
     private static func write(_ e: Entry, journal: Bool) {
+        if let event = e.event {
+            if journal && sendToJournal(event) { return }
+            writeLine(event)
+            return
+        }
+        if let make = e.deferred {
+            let (message, fields) = make()
+            let made = Entry(level: e.level, message: message, id: e.id, fields: fields)
+            if journal && sendToJournal(made) { return }
+            writeLine(made)
+            return
+        }
         if journal && sendToJournal(e) { return }
         writeLine(e)
     }
 
-    private static func sendToJournal(_ e: Entry) -> Bool {
-        var entries = ["MESSAGE=\(e.message)", "PRIORITY=\(e.level.rawValue)", "SYSLOG_IDENTIFIER=tcpopsd"]
-        if let id = e.id { entries.append("MESSAGE_ID=\(id.rawValue)") }
-        for (k, v) in e.fields { entries.append("\(k)=\(v)") }
-        var buffers: [UnsafeMutableRawBufferPointer] = []
-        buffers.reserveCapacity(entries.count)
-        defer { for b in buffers { b.deallocate() } }
-        var iov: [iovec] = []
-        iov.reserveCapacity(entries.count)
-        for entry in entries {
-            let utf8 = Array(entry.utf8)
-            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(utf8.count, 1), alignment: 1)
-            b.copyBytes(from: utf8)
-            buffers.append(b)
-            iov.append(iovec(iov_base: b.baseAddress, iov_len: utf8.count))
+    /// An event's journal entry: every field written into one buffer, the iovecs pointing into it.
+    private static func sendToJournal(_ e: TCPEvent) -> Bool {
+        var t = ByteText(capacity: 1024)
+        var spans: [(start: Int, count: Int)] = []
+        spans.reserveCapacity(32)
+        var start = 0
+        func open(_ t: inout ByteText, _ key: StaticString) {
+            start = t.bytes.count
+            t.put(key)
+            t.put(byte: UInt8(ascii: "="))
         }
-        return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
+        func close(_ t: inout ByteText) { spans.append((start, t.bytes.count - start)) }
+        open(&t, "MESSAGE")
+        e.putMessage(&t)
+        close(&t)
+        open(&t, "PRIORITY")
+        t.put(UInt64(LogLevel.notice.rawValue))
+        close(&t)
+        open(&t, "SYSLOG_IDENTIFIER")
+        t.put("tcpopsd")
+        close(&t)
+        open(&t, "MESSAGE_ID")
+        t.put(e.kind.messageID.rawValue)
+        close(&t)
+        e.forEachField(&t, open, close)
+        return t.bytes.withUnsafeBufferPointer { base -> Bool in
+            var iov = spans.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: base.baseAddress! + $0.start), iov_len: $0.count) }
+            return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
+        }
+    }
+
+    /// An event's stderr line: `NOTICE message event=... reason=... ...` (keys without TCPOPS_,
+    /// lowercase; event values have no spaces or quotes, so none is quoted).
+    private static func writeLine(_ e: TCPEvent) {
+        var t = ByteText(capacity: 768)
+        t.put("NOTICE ")
+        e.putMessage(&t)
+        e.forEachField(&t, { t, key in
+            t.put(byte: UInt8(ascii: " "))
+            key.withUTF8Buffer { k in
+                for b in k.dropFirst(k.starts(with: "TCPOPS_".utf8) ? 7 : 0) {
+                    t.put(byte: b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b + 32 : b)
+                }
+            }
+            t.put(byte: UInt8(ascii: "="))
+        }, { _ in })
+        t.put(byte: UInt8(ascii: "\n"))
+        _ = t.bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
+    private static func sendToJournal(_ e: Entry) -> Bool {
+        var t = ByteText(capacity: 512)
+        var spans: [(start: Int, count: Int)] = []
+        spans.reserveCapacity(e.fields.count + 4)
+        func field(_ key: String, _ value: String) {
+            let start = t.bytes.count
+            t.put(key)
+            t.put(byte: UInt8(ascii: "="))
+            t.put(value)
+            spans.append((start, t.bytes.count - start))
+        }
+        field("MESSAGE", e.message)
+        field("PRIORITY", String(e.level.rawValue))
+        field("SYSLOG_IDENTIFIER", "tcpopsd")
+        if let id = e.id { field("MESSAGE_ID", id.rawValue) }
+        for (k, v) in e.fields { field(k, v) }
+        return t.bytes.withUnsafeBufferPointer { base -> Bool in
+            var iov = spans.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: base.baseAddress! + $0.start), iov_len: $0.count) }
+            return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
+        }
     }
 
     private static func writeLine(_ e: Entry) {

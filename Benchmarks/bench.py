@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""make bench: tcpopsd beside the relays an operator would otherwise use, in one run, on loopback.
+
+Each relay (direct, tcpopsd, HAProxy, nginx stream, systemd-socket-proxyd, socat: each when
+installed) is started alone, measured, and stopped, so that none takes CPU from another. tcpopsd
+runs with its default configuration (events on: closed_event = 1, log level info, its events in
+the journal: a standalone systemd-journald is started when none runs). The upstreams are iperf3
+and an epoll echo server (Benchmarks/connrate.c).
+
+Usage: Benchmarks/bench.py [--tcpopsd PATH] [--seconds S] [--only NAME,...] [--idle N]
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = len(os.sched_getaffinity(0))
+IPERF_PORT, ECHO_PORT = 5201, 5300
+LIFETIME_S = 2.0
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def tree(pid):
+    """pid and every descendant (nginx workers, socat children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pid):
+    """user + system time of pid's tree, with children already reaped (socat's forks)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except OSError:
+            pass
+    return total
+
+
+def rss_anon_kib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Relay:
+    """A relay under test: start() returns its pid (None for direct), ports map upstream ports to
+    the ports clients use."""
+    lifetime = True
+
+    def __init__(self, name, work):
+        self.name, self.work, self.proc = name, work, None
+        self.ports = {}
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+
+class Direct(Relay):
+    lifetime = False
+
+    def start(self):
+        self.ports = {IPERF_PORT: IPERF_PORT, ECHO_PORT: ECHO_PORT}
+
+
+class TCPOpsd(Relay):
+    def __init__(self, name, work, binary, workers=None):
+        super().__init__(name, work)
+        self.binary, self.workers = binary, workers
+        self.ports = {IPERF_PORT: 15201, ECHO_PORT: 15300, "lifetime": 15400, "idle": 15500}
+
+    def start(self):
+        workers = f"workers = {json.dumps(self.workers)}\n" if self.workers else ""
+        conf = os.path.join(self.work, f"{self.name}.toml")
+        with open(conf, "w") as f:
+            f.write(f"""[daemon]
+control_socket = "{self.work}/{self.name}.sock"
+{workers}
+[[listener]]
+name = "iperf"
+listen = "127.0.0.1:15201"
+upstream = "127.0.0.1:{IPERF_PORT}"
+[[listener]]
+name = "echo"
+listen = "127.0.0.1:15300"
+upstream = "127.0.0.1:{ECHO_PORT}"
+[[listener]]
+name = "lifetime"
+listen = "127.0.0.1:15400"
+upstream = "127.0.0.1:{ECHO_PORT}"
+lifetime = {LIFETIME_S}
+[[listener]]
+name = "idle"
+listen = "127.0.0.1:15500"
+upstream = "127.0.0.1:{ECHO_PORT}"
+lifetime = 3600
+keepalive = {{ idle = 600, count = 3, interval = 60 }}
+""")
+        self.control = f"{self.work}/{self.name}.sock"
+        self.proc = subprocess.Popen([self.binary, "--config", conf], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.work, f"{self.name}.log"), "w"))
+        return wait_port(15300)
+
+
+class HAProxy(Relay):
+    def start(self):
+        self.ports = {IPERF_PORT: 16201, ECHO_PORT: 16300, "lifetime": 16400, "idle": 16500}
+        cfg = os.path.join(self.work, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+  maxconn 40000
+  nbthread {NCPU}
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen iperf
+  bind 127.0.0.1:16201
+  server s 127.0.0.1:{IPERF_PORT}
+listen echo
+  bind 127.0.0.1:16300
+  server s 127.0.0.1:{ECHO_PORT}
+listen lifetime
+  bind 127.0.0.1:16400
+  timeout client {int(LIFETIME_S * 1000)}ms
+  timeout server {int(LIFETIME_S * 1000)}ms
+  server s 127.0.0.1:{ECHO_PORT}
+listen idle
+  bind 127.0.0.1:16500
+  server s 127.0.0.1:{ECHO_PORT}
+""")
+        self.proc = subprocess.Popen(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return wait_port(16300)
+
+
+class Nginx(Relay):
+    MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+    def start(self):
+        self.ports = {IPERF_PORT: 17201, ECHO_PORT: 17300, "lifetime": 17400, "idle": 17500}
+        cfg = os.path.join(self.work, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(f"""load_module {self.MODULE};
+worker_processes {NCPU};
+worker_rlimit_nofile 65536;
+pid {self.work}/nginx.pid;
+error_log {self.work}/nginx.err;
+events {{ worker_connections 40000; }}
+stream {{
+  server {{ listen 127.0.0.1:17201; proxy_pass 127.0.0.1:{IPERF_PORT}; }}
+  server {{ listen 127.0.0.1:17300; proxy_pass 127.0.0.1:{ECHO_PORT}; }}
+  server {{ listen 127.0.0.1:17400; proxy_pass 127.0.0.1:{ECHO_PORT}; proxy_timeout {int(LIFETIME_S * 1000)}ms; }}
+  server {{ listen 127.0.0.1:17500; proxy_pass 127.0.0.1:{ECHO_PORT}; proxy_timeout 1h; }}
+}}
+""")
+        self.proc = subprocess.Popen(["nginx", "-c", cfg, "-p", self.work, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return wait_port(17300)
+
+    def stop(self):
+        super().stop()
+
+
+class SocketProxyd(Relay):
+    """systemd-socket-proxyd, one per upstream, each fed its listening socket by
+    systemd-socket-activate. No idle timeout of its own: no lifetime row."""
+    lifetime = False
+    BIN = "/lib/systemd/systemd-socket-proxyd"
+
+    def start(self):
+        self.ports = {IPERF_PORT: 18201, ECHO_PORT: 18300, "idle": 18500}
+        self.procs = []
+        for listen, up in ((18201, IPERF_PORT), (18300, ECHO_PORT), (18500, ECHO_PORT)):
+            self.procs.append(subprocess.Popen(
+                ["systemd-socket-activate", "-l", f"127.0.0.1:{listen}", self.BIN, "--connections-max=20000", f"127.0.0.1:{up}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.proc = self.procs[1]
+        return wait_port(18300)
+
+    def use(self, port):
+        """The process serving a client port (each upstream has its own)."""
+        return self.procs[{18201: 0, 18300: 1, 18500: 2}[port]].pid
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+        self.proc = None
+
+
+class Socat(Relay):
+    """A process per connection: measured for streams, connections and latency only."""
+    def start(self):
+        self.ports = {IPERF_PORT: 19201, ECHO_PORT: 19300, "lifetime": 19400}
+        self.procs = [subprocess.Popen(["socat", f"TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr,backlog=4096", *opts,
+                                        f"TCP:127.0.0.1:{up}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for listen, up, opts in ((19201, IPERF_PORT, []), (19300, ECHO_PORT, []),
+                                               (19400, ECHO_PORT, ["-T", str(LIFETIME_S)]))]
+        self.proc = self.procs[1]
+        return wait_port(19300)
+
+    def use(self, port):
+        return self.procs[{19201: 0, 19300: 1, 19400: 2}[port]].pid
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+        self.proc = None
+
+
+def pid_for(relay, port):
+    return relay.use(port) if hasattr(relay, "use") else relay.pid
+
+
+def iperf(port, seconds, streams):
+    out = sh("iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J")
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def connrate(tool, port, seconds, pid):
+    t0 = cpu_ticks(pid) if pid else 0
+    out = sh(tool, "client", str(port), str(seconds), "8")
+    t1 = cpu_ticks(pid) if pid else 0
+    rate = float(out.split()[0])
+    n = int(out.split("(")[1].split()[0])
+    cpu_us = (t1 - t0) * 1e6 / CLK_TCK / n if pid and n else None
+    return rate, cpu_us
+
+
+def pingpong(tool, port, seconds, conns):
+    out = sh(tool, "pingpong", str(port), str(seconds), str(conns), "64")
+    parts = out.replace(",", "").split()
+    return float(parts[parts.index("p50") + 1]), float(parts[parts.index("p99") + 1])
+
+
+def hold_idle(port, n, pid, measure_s):
+    """Opens n clients through the relay and keeps them idle: userspace bytes per relay (RssAnon
+    growth over n), how many the relay really holds (each echoes a byte), and the CPU the idle
+    relays cost over measure_s seconds."""
+    base = rss_anon_kib(pid)
+    socks = []
+    for _ in range(n):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        except OSError:
+            break
+    held = 0
+    for s in socks:  # a relay that cannot take the upstream side closes: count the live ones
+        try:
+            s.sendall(b"x")
+        except OSError:
+            continue
+    for s in socks:
+        try:
+            if s.recv(1) == b"x":
+                held += 1
+        except OSError:
+            pass
+    time.sleep(1)
+    per = (rss_anon_kib(pid) - base) * 1024 / max(held, 1)
+    t0 = cpu_ticks(pid)
+    time.sleep(measure_s)
+    cpu_pct = (cpu_ticks(pid) - t0) / CLK_TCK / measure_s * 100
+    for s in socks:
+        s.close()
+    return per, held, cpu_pct
+
+
+def lifetime_lateness(port, n):
+    """n idle clients through a relay that closes them after LIFETIME_S idle: how late (p99, ms)
+    after LIFETIME_S each saw its close."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    opened = {}
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setblocking(False)
+        opened[s] = time.monotonic()
+        sel.register(s, selectors.EVENT_READ)
+    late = []
+    deadline = time.monotonic() + LIFETIME_S + 30
+    while opened and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=1):
+            s = key.fileobj
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            if data:
+                continue
+            late.append((time.monotonic() - opened.pop(s) - LIFETIME_S) * 1000)
+            sel.unregister(s)
+            s.close()
+    for s in opened:
+        s.close()
+    late.sort()
+    if not late or opened:
+        return None
+    return late[len(late) * 99 // 100]
+
+
+def rst_to_event(ctl, control, port, n):
+    """RST from a client → its tcp:reset line on a `tcpopsctl events --follow --json` stream:
+    p50/p99 in microseconds over n resets."""
+    follow = subprocess.Popen([ctl, "--socket", control, "events", "--follow", "--json"], stdout=subprocess.PIPE, text=True, bufsize=1)
+    lines = follow.stdout
+    seen = {}
+    stop = threading.Event()
+
+    def reader():
+        for line in lines:
+            t = time.monotonic()
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "tcp:reset" and e.get("side") == "client":
+                seen[e.get("remote")] = t
+            if stop.is_set():
+                break
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    time.sleep(0.5)
+    sent = {}
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"x")
+        s.recv(1)
+        key = "%s:%d" % s.getsockname()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sent[key] = time.monotonic()
+        s.close()
+        time.sleep(0.002)
+    end = time.time() + 5
+    while len(seen) < n and time.time() < end:
+        time.sleep(0.05)
+    stop.set()
+    follow.terminate()
+    follow.wait()
+    lat = sorted((seen[k] - t) * 1e6 for k, t in sent.items() if k in seen)
+    if not lat:
+        return None
+    return lat[len(lat) // 2], lat[len(lat) * 99 // 100], len(lat)
+
+
+def journald():
+    """A standalone journald when none runs (root only): tcpopsd logs as it would under systemd."""
+    sock = "/run/systemd/journal/socket"
+    if os.path.exists(sock):
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.connect(sock)
+            s.close()
+            return None
+        except OSError:
+            os.unlink(sock)
+    if os.getuid() != 0 or not os.path.exists("/lib/systemd/systemd-journald"):
+        return None
+    p = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 5
+    while not os.path.exists(sock) and time.time() < end:
+        time.sleep(0.05)
+    return p
+
+
+def fmt(v, spec, ratio_to=None):
+    if v is None:
+        return "n/a"
+    s = format(v, spec)
+    if ratio_to:
+        s += f" ({v / ratio_to:.2f}x)"
+    return s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tcpopsd", default=os.path.join(ROOT, ".build/release/tcpopsd"))
+    ap.add_argument("--tcpopsctl", default=None)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--idle", type=int, default=9000)
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    ctl = args.tcpopsctl or os.path.join(os.path.dirname(args.tcpopsd), "tcpopsctl")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 1 << 20) if os.getuid() else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except ValueError:
+        pass
+    work = tempfile.mkdtemp(prefix="tcpopsd-bench.")
+    tool = os.path.join(work, "connrate")
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", tool, os.path.join(HERE, "connrate.c")], check=True)
+    upstreams = [subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                 subprocess.Popen([tool, "server", str(ECHO_PORT)])]
+    jd = journald()
+    wait_port(ECHO_PORT)
+    wait_port(IPERF_PORT)
+
+    relays = [Direct("direct", work), TCPOpsd("tcpopsd", work, args.tcpopsd)]
+    probe = os.path.join(work, "probe.toml")
+    with open(probe, "w") as f:
+        f.write('[daemon]\nworkers = "auto"\n[[listener]]\nname = "a"\nlisten = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\n')
+    if subprocess.run([args.tcpopsd, "--config", probe, "--check-config"], capture_output=True).returncode == 0:
+        relays[1] = TCPOpsd("tcpopsd-w1", work, args.tcpopsd, workers=1)
+        relays.append(TCPOpsd("tcpopsd-auto", work, args.tcpopsd, workers="auto"))
+    if shutil.which("haproxy"):
+        relays.append(HAProxy("haproxy", work))
+    if shutil.which("nginx") and os.path.exists(Nginx.MODULE):
+        relays.append(Nginx("nginx", work))
+    if os.path.exists(SocketProxyd.BIN) and shutil.which("systemd-socket-activate"):
+        relays.append(SocketProxyd("socket-proxyd", work))
+    if shutil.which("socat"):
+        relays.append(Socat("socat", work))
+    if args.only:
+        keep = set(args.only.split(",")) | {"direct"}
+        relays = [r for r in relays if r.name in keep]
+
+    version = subprocess.run([args.tcpopsd, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().release}, {NCPU} CPUs, loadavg {os.getloadavg()[0]:.2f}; {version}; "
+          f"tcpopsd with its default configuration (events on), logging to {'the journal' if os.path.exists('/run/systemd/journal/socket') else 'stderr'}")
+    results = {}
+    T = args.seconds
+    try:
+        for r in relays:
+            ok = r.start()
+            if ok is False:
+                print(f"{r.name}: did not start, skipped", file=sys.stderr)
+                r.stop()
+                continue
+            time.sleep(0.3)
+            res = {}
+            p_echo = r.ports[ECHO_PORT]
+            res["1 stream Gb/s"] = iperf(r.ports[IPERF_PORT], T, 1)
+            res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
+            res["conn/s"], res["CPU µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
+            res["p50 µs (1 conn)"], res["p99 µs (1 conn)"] = pingpong(tool, p_echo, min(T, 3), 1)
+            res["p50 µs (100 conns)"], res["p99 µs (100 conns)"] = pingpong(tool, p_echo, min(T, 3), 100)
+            if "idle" in r.ports and r.pid:
+                res["B/idle relay"], res["idle held"], res["idle CPU %"] = hold_idle(r.ports["idle"], args.idle, pid_for(r, r.ports["idle"]), 10)
+            if "lifetime" in r.ports:
+                res["lifetime p99 late ms"] = lifetime_lateness(r.ports["lifetime"], 2000)
+            if isinstance(r, TCPOpsd):
+                rst = rst_to_event(ctl, r.control, r.ports[ECHO_PORT], 1000)
+                if rst:
+                    res["RST→event p50 µs"], res["RST→event p99 µs"], _ = rst
+            r.stop()
+            results[r.name] = res
+            print(f"{r.name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()), flush=True)
+    finally:
+        for r in relays:
+            r.stop()
+        for p in upstreams:
+            p.terminate()
+        if jd:
+            jd.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+    direct = results.get("direct", {})
+    rows = [("1 stream, Gb/s", "1 stream Gb/s", ".1f", True), ("8 streams, Gb/s", "8 streams Gb/s", ".1f", True),
+            ("new connections/s", "conn/s", ",.0f", True), ("proxy CPU per connection, µs", "CPU µs/conn", ".0f", False),
+            ("64 B round trip p50 / p99, µs (1 conn)", ("p50 µs (1 conn)", "p99 µs (1 conn)"), ".0f", False),
+            ("64 B round trip p50 / p99, µs (100 conns)", ("p50 µs (100 conns)", "p99 µs (100 conns)"), ".0f", False),
+            (f"userspace per idle relay, B ({args.idle:,} held)", "B/idle relay", ",.0f", False), ("idle relays held", "idle held", "d", False),
+            ("CPU of the idle relays, % of a core", "idle CPU %", ".2f", False),
+            (f"lifetime close p99 late, ms (2,000 idle, {LIFETIME_S:g} s)", "lifetime p99 late ms", ".1f", False),
+            ("RST → tcp:reset on `events --follow` p50 / p99, µs", ("RST→event p50 µs", "RST→event p99 µs"), ".0f", False)]
+    names = list(results)
+    print()
+    print("| | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label, key, spec, ratio in rows:
+        cells = []
+        for n in names:
+            v = results[n]
+            if isinstance(key, tuple):
+                a, b = v.get(key[0]), v.get(key[1])
+                cells.append("" if a is None else f"{a:{spec}} / {b:{spec}}")
+            else:
+                x = v.get(key)
+                d = direct.get(key) if ratio and n != "direct" else None
+                cells.append("" if x is None else fmt(x, spec, d))
+        if any(cells):
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
