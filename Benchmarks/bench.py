@@ -163,7 +163,8 @@ class HAProxy(Relay):
         cfg = os.path.join(self.work, "haproxy.cfg")
         with open(cfg, "w") as f:
             f.write(f"""global
-  maxconn 40000
+  maxconn {max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 800) // 2)}
+  maxpipes 200
   nbthread {NCPU}
 defaults
   mode tcp
@@ -250,7 +251,7 @@ class Socat(Relay):
     """A process per connection: measured for streams, connections and latency only."""
     def start(self):
         self.ports = {IPERF_PORT: 19201, ECHO_PORT: 19300, "lifetime": 19400}
-        self.procs = [subprocess.Popen(["socat", f"TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr,backlog=4096", *opts,
+        self.procs = [subprocess.Popen(["socat", *opts, f"TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr,backlog=4096",
                                         f"TCP:127.0.0.1:{up}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                       for listen, up, opts in ((19201, IPERF_PORT, []), (19300, ECHO_PORT, []),
                                                (19400, ECHO_PORT, ["-T", str(LIFETIME_S)]))]
@@ -277,14 +278,42 @@ def iperf(port, seconds, streams):
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
+def journald_pid():
+    out = subprocess.run(["pgrep", "-x", "systemd-journal"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def settle(timeout=60):
+    """Waits until journald has written what it was sent (its CPU time stops growing), so that
+    one measurement's log backlog does not take CPU from the next."""
+    jd = journald_pid()
+    if not jd:
+        return
+    end = time.time() + timeout
+    last = cpu_ticks(jd)
+    while time.time() < end:
+        time.sleep(0.5)
+        now = cpu_ticks(jd)
+        if now - last <= 1:
+            return
+        last = now
+
+
 def connrate(tool, port, seconds, pid):
+    """connections/s, the proxy's CPU per connection, and journald's (what the proxy's log
+    entries cost it, written before settle() returns)."""
+    jd = journald_pid()
     t0 = cpu_ticks(pid) if pid else 0
+    j0 = cpu_ticks(jd) if jd else 0
     out = sh(tool, "client", str(port), str(seconds), "8")
     t1 = cpu_ticks(pid) if pid else 0
+    settle()
+    j1 = cpu_ticks(jd) if jd else 0
     rate = float(out.split()[0])
     n = int(out.split("(")[1].split()[0])
     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / n if pid and n else None
-    return rate, cpu_us
+    journal_us = (j1 - j0) * 1e6 / CLK_TCK / n if pid and n and jd else None
+    return rate, cpu_us, journal_us
 
 
 def pingpong(tool, port, seconds, conns):
@@ -326,37 +355,14 @@ def hold_idle(port, n, pid, measure_s):
     return per, held, cpu_pct
 
 
-def lifetime_lateness(port, n):
+def lifetime_lateness(tool, port, n):
     """n idle clients through a relay that closes them after LIFETIME_S idle: how late (p99, ms)
-    after LIFETIME_S each saw its close."""
-    import selectors
-    sel = selectors.DefaultSelector()
-    opened = {}
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.setblocking(False)
-        opened[s] = time.monotonic()
-        sel.register(s, selectors.EVENT_READ)
-    late = []
-    deadline = time.monotonic() + LIFETIME_S + 30
-    while opened and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=1):
-            s = key.fileobj
-            try:
-                data = s.recv(4096)
-            except ConnectionResetError:
-                data = b""
-            if data:
-                continue
-            late.append((time.monotonic() - opened.pop(s) - LIFETIME_S) * 1000)
-            sel.unregister(s)
-            s.close()
-    for s in opened:
-        s.close()
-    late.sort()
-    if not late or opened:
+    after LIFETIME_S each saw its close (connrate lifetime)."""
+    out = subprocess.run([tool, "lifetime", str(port), str(n), str(LIFETIME_S)], capture_output=True, text=True).stdout
+    if "p99" not in out:
         return None
-    return late[len(late) * 99 // 100]
+    parts = out.replace(",", "").split()
+    return float(parts[parts.index("p99") + 1])
 
 
 def rst_to_event(ctl, control, port, n):
@@ -492,18 +498,20 @@ def main():
             p_echo = r.ports[ECHO_PORT]
             res["1 stream Gb/s"] = iperf(r.ports[IPERF_PORT], T, 1)
             res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
-            res["conn/s"], res["CPU µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
+            res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
             res["p50 µs (1 conn)"], res["p99 µs (1 conn)"] = pingpong(tool, p_echo, min(T, 3), 1)
             res["p50 µs (100 conns)"], res["p99 µs (100 conns)"] = pingpong(tool, p_echo, min(T, 3), 100)
             if "idle" in r.ports and r.pid:
                 res["B/idle relay"], res["idle held"], res["idle CPU %"] = hold_idle(r.ports["idle"], args.idle, pid_for(r, r.ports["idle"]), 10)
             if "lifetime" in r.ports:
-                res["lifetime p99 late ms"] = lifetime_lateness(r.ports["lifetime"], 2000)
+                res["lifetime p99 late ms"] = lifetime_lateness(tool, r.ports["lifetime"], 2000)
+                settle()
             if isinstance(r, TCPOpsd):
                 rst = rst_to_event(ctl, r.control, r.ports[ECHO_PORT], 1000)
                 if rst:
                     res["RST→event p50 µs"], res["RST→event p99 µs"], _ = rst
             r.stop()
+            settle()
             results[r.name] = res
             print(f"{r.name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()), flush=True)
     finally:
@@ -518,6 +526,7 @@ def main():
     direct = results.get("direct", {})
     rows = [("1 stream, Gb/s", "1 stream Gb/s", ".1f", True), ("8 streams, Gb/s", "8 streams Gb/s", ".1f", True),
             ("new connections/s", "conn/s", ",.0f", True), ("proxy CPU per connection, µs", "CPU µs/conn", ".0f", False),
+            ("journald CPU per connection, µs (its log entries)", "journald µs/conn", ".0f", False),
             ("64 B round trip p50 / p99, µs (1 conn)", ("p50 µs (1 conn)", "p99 µs (1 conn)"), ".0f", False),
             ("64 B round trip p50 / p99, µs (100 conns)", ("p50 µs (100 conns)", "p99 µs (100 conns)"), ".0f", False),
             (f"userspace per idle relay, B ({args.idle:,} held)", "B/idle relay", ",.0f", False), ("idle relays held", "idle held", "d", False),

@@ -30,7 +30,7 @@ def test_no_spin_when_blocked_side_hangs_up(daemon):
     conns = []
     threading.Thread(target=lambda: conns.append(srv.accept()[0]), daemon=True).start()
     port = free_port()
-    d = daemon(listeners=[listener("bp", port, f"127.0.0.1:{srv.getsockname()[1]}")])
+    d = daemon(listeners=[listener("bp", port, f"127.0.0.1:{srv.getsockname()[1]}")], daemon={"log_level": "debug"})
     c = connect(port)
     cport = c.getsockname()[1]
     wait_for(lambda: conns, what="upstream accept")

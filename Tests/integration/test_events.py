@@ -1,12 +1,13 @@
 """Issue 2, items 2, 3, 5 and 6: FIN, RST, lifetime, refused and connect timeout, each raising the
 right event with the SPEC hook environment; closed_event 0/1/2 and event_sides."""
+import json
 import os
 import socket
 import time
 
 import pytest
 
-from helpers import (hooked, EchoServer, connect, find_client_event, free_port, listener, reset_close, wait_for,
+from helpers import (echoed, hooked, EchoServer, connect, find_client_event, free_port, listener, reset_close, wait_for,
                      write_hook, events_for)
 
 SPEC_VARS = ["TCPOPS_EVENT", "TCPOPS_REASON", "TCPOPS_CONID", "TCPOPS_PEER_CONID", "TCPOPS_SIDE", "TCPOPS_LISTENER",
@@ -152,7 +153,7 @@ def test_closed_event_2_only_enabled_listeners(daemon, echo, tmp_path):
     up = echo()
     on, off = free_port(), free_port()
     d = daemon(listeners=[listener("on", on, up.address, closed_event=True), listener("off", off, up.address)],
-               events=hooked(tmp_path, closed_event=2))
+               events=hooked(tmp_path, closed_event=2), daemon={"log_level": "debug"})
     ports = {}
     for name, p in (("on", on), ("off", off)):
         s = connect(p)
@@ -196,3 +197,28 @@ def test_route_and_callback_both_run(daemon, echo, tmp_path):
     argvs = sorted(r["ARGV"] for r in d.events())
     assert argvs == ["fixed-arg", "tcp:closed"]
     assert d.stop() == 0
+
+
+def test_relay_ended_is_info_only_where_a_side_raised_no_event(daemon, echo):
+    """Both sides closed by their peers (two events say it all): the relay summary is debug, not in
+    an info log. A relay that tcpopsd closes itself (tcpopsctl close: no event) is logged at info."""
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("summ", port, up.address)])
+    s = connect(port)
+    echoed(s, b"one")
+    s.close()  # FIN from the client; the echo server answers with its own FIN
+    def closed_events():
+        return [l for l in d.ctl("events", "--json").stdout.splitlines() if '"tcp:closed"' in l]
+    wait_for(lambda: len(closed_events()) == 2, what="both sides' events")
+    wait_for(lambda: json.loads(d.ctl("stats", "--json").stdout)["relays_open"] == 0, what="relay gone")
+    time.sleep(0.3)
+    assert "relay ended" not in d.logtext()
+    s = connect(port)
+    echoed(s, b"two")
+    conid = int(d.ctl("conid", "127.0.0.1:%d" % s.getsockname()[1]).stdout.strip())
+    assert d.ctl("close", str(conid)).stdout.strip() == "1"
+    wait_for(lambda: "relay ended" in d.logtext(), what="the summary of a relay tcpopsd closed")
+    line = next(l for l in d.loglines() if "relay ended" in l)
+    assert line.startswith("INFO ") and "client_reason=local" in line and "upstream_reason=local" in line
+    s.close()

@@ -10,7 +10,8 @@ from helpers import EchoServer, connect, free_port, listener, recv_all, wait_for
 def test_32_clients_8mib_each_checksummed(daemon, echo, tmp_path):
     up = echo()
     port = free_port()
-    d = daemon(listeners=[listener("relay", port, up.address)])
+    # debug: "relay ended" is logged for every relay (at info only where a side raised no event)
+    d = daemon(listeners=[listener("relay", port, up.address)], daemon={"log_level": "debug"})
     fds_idle = d.open_fds()
     n, size = 32, 8 * 1024 * 1024
     results = {}

@@ -150,7 +150,8 @@ def test_abusive_clients_do_not_hurt_others(daemon, echo):
     client keeps its relay, and the daemon ends with no leaked fds."""
     up = echo()
     port = free_port()
-    d = daemon(listeners=[listener("abuse", port, up.address)])
+    # debug: "relay ended" is logged for every relay (at info only where a side raised no event)
+    d = daemon(listeners=[listener("abuse", port, up.address)], daemon={"log_level": "debug"})
     base = d.open_fds()
     good = connect(port)
     silent = [connect(port) for _ in range(200)]

@@ -32,6 +32,8 @@ public final class Connection: EventHandler {
     var closeReason: CloseReason?
     /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
     var closeErrno: Int32 = 0
+    /// Its close raised a tcp:* event.
+    var raisedEvent = false
     /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
     var fdOpen: Bool
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.

@@ -62,6 +62,7 @@ extension Relay {
               EventPolicy.raises(mode: ctx.closedEventMode, enabled: conn.eventsEnabled, side: conn.side, sides: listener.eventSides)
         else { return }
         metrics.event(kind, reason, conn.side)
+        conn.raisedEvent = true
         ctx.events.emit(event(conn, kind, reason))
     }
 
@@ -101,7 +102,11 @@ extension Relay {
                 d.pipe = nil
             }
         }
-        if ctx.logger.enabled(.info) {
+        // At info when a side closed without an event of its own (tcpopsd closed it, or events are
+        // off for it): the journal must say how each connection ended. When both sides raised
+        // events, those already say it (reason, bytes), and the summary is debug.
+        let level: LogLevel = client.raisedEvent && upstream?.raisedEvent == true ? .debug : .info
+        if ctx.logger.enabled(level) {
             // Only values are captured here; the message and fields are made on the log's thread.
             let base = deferredFields(client)
             let upstreamConid = upstream?.conid
@@ -111,7 +116,7 @@ extension Relay {
             let toUpstream = upstream?.bytesOut ?? 0
             let toClient = client.bytesOut
             let clientConid = client.conid
-            ctx.logger.log(.info, id: .connectionClosed) {
+            ctx.logger.log(level, id: .connectionClosed) {
                 var f = base()
                 if let upstreamConid { f.append(("TCPOPS_PEER_CONID", String(upstreamConid))) }
                 f.append(("TCPOPS_REASON", ended.rawValue))
