@@ -152,7 +152,9 @@ lifetime = 3600
 keepalive = {{ idle = 600, count = 3, interval = 60 }}
 """)
         self.control = f"{self.work}/{self.name}.sock"
-        self.proc = subprocess.Popen([self.binary, "--config", conf], stdout=subprocess.DEVNULL,
+        # As under systemd: the journal when one runs (auto picks it only when systemd started us).
+        target = "journal" if journald_pid() else "stderr"
+        self.proc = subprocess.Popen([self.binary, "--config", conf, "--log-target", target], stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(self.work, f"{self.name}.log"), "w"))
         return wait_port(15300)
 

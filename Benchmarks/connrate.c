@@ -1,4 +1,4 @@
-/* Load generator for Benchmarks/run.sh.
+/* Load generator for Benchmarks/bench.py.
  *   connrate server PORT                      epoll echo server on 127.0.0.1:PORT (echoes, closes on FIN)
  *   connrate client PORT SECONDS THREADS      each thread: connect, send 32 bytes, read them back, close;
  *                                             prints connections per second over SECONDS
