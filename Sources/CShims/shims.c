@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <sys/syscall.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include "CShims.h"
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
@@ -65,4 +66,11 @@ int tcpops_tcp_info(int fd, struct tcpops_tcp_info *out) {
     out->pmtu = ti.tcpi_pmtu;
     out->snd_cwnd = ti.tcpi_snd_cwnd;
     return 0;
+}
+
+int tcpops_allowed_cpus(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return CPU_COUNT(&set);
 }

@@ -21,10 +21,13 @@ public enum DaemonError: Error, CustomStringConvertible {
 public final class Daemon {
     private var config: Configuration
     private let logger: Logger
+    /// RelayWorker 0's loop: the main thread's, which also runs signals, reload, status and control.
     private let loop: EventLoop
     private let hooks: HookRunner
-    private let ctx: RelayContext
-    private var listeners: [String: Listener] = [:]
+    /// The event loops relaying (workers[0] runs on the main thread).
+    private let workers: [RelayWorker]
+    private let shared: RelayShared
+    private var listeners: [String: ListenerGroup] = [:]
     private var signals: SignalReader?
     private var control: ControlServer?
     private let metrics = DaemonMetrics()
@@ -42,17 +45,25 @@ public final class Daemon {
     public init(config: Configuration, logger: Logger) throws(DaemonError) {
         self.config = config
         self.logger = logger
+        shared = RelayShared(maxConnections: config.daemon.maxConnections, closedEventMode: config.events.closedEvent)
+        let count = config.daemon.workerCount
         do {
             loop = try EventLoop()
             hooks = try HookRunner(settings: .init(config.events, controlSocket: config.daemon.controlSocket), logger: logger,
                                    metrics: metrics.hooks)
+            var workers: [RelayWorker] = []
+            for i in 0..<count {
+                workers.append(RelayWorker(index: i, count: count, loop: i == 0 ? loop : try EventLoop(), logger: logger, hooks: hooks,
+                                      shared: shared, metrics: metrics))
+            }
+            self.workers = workers
         } catch {
             throw .resource(error)
         }
-        let dispatcher = EventDispatcher(logger: logger, hooks: hooks)
-        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, closedEventMode: config.events.closedEvent,
-                           maxConnections: config.daemon.maxConnections, metrics: metrics)
     }
+
+    /// Relays open in every worker (their counters are atomics).
+    private var relaysNow: Int { workers.reduce(0) { $0 + $1.ctx.counters.relaysNow } }
 
     /// Runs until stopped by a signal. Throws only what prevents starting.
     public func run() throws(DaemonError) {
@@ -80,11 +91,17 @@ public final class Daemon {
         let handed = ListenFDs.takeAll()
         var passed = handed.sockets
         for r in handed.rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
+        do {
+            for w in workers.dropFirst() { try w.start(logger: logger) }
+        } catch {
+            teardown()
+            throw .resource(error)
+        }
         for l in config.listeners {
             let match = passed.firstIndex { $0.name == l.name } ?? passed.firstIndex { $0.address == l.listen }
             let inherited = match.map { passed.remove(at: $0) }
             do {
-                listeners[l.name] = try Listener(settings: l, ctx: ctx, passed: inherited?.fd)
+                listeners[l.name] = try ListenerGroup(settings: l, workers: workers, passed: inherited?.fd)
                 if let inherited {
                     logger.log(.info, "listener \"\(l.name)\" uses the socket systemd passed as \"\(inherited.name)\" (\(inherited.address?.description ?? "?"))",
                                id: .listener, [("TCPOPS_LISTENER", l.name)])
@@ -106,13 +123,14 @@ public final class Daemon {
                 throw .metrics(address: at, error)
             }
         }
-        ctx.listenerNames = Set(listeners.keys)
+        for w in workers {
+            w.post { w in w.dispatcher.observers.append { control.publish($0) } }
+        }
         adopt(handed.carried, nextConid: handed.nextConid)
-        ctx.events.observers.append { control.publish($0) }
-        ctx.events.attach(loop)
         do {
             try hooks.start()
-            try control.start(target: ControlTarget(ctx: ctx, hooks: hooks, subscriberCount: { control.subscriberCount }))
+            try control.start(target: ControlTarget(workers: workers, hooks: hooks, subscriberCount: { control.subscriberCount },
+                                                    listenerNames: { [unowned self] in Set(self.listeners.keys) }))
         } catch {
             for l in listeners.values { l.close() }
             teardown()
@@ -122,12 +140,19 @@ public final class Daemon {
             logger.log(.info, "listening on \(l.settings.listen) for \"\(l.settings.name)\", relaying to \(l.settings.upstreamText)", id: .listener,
                        [("TCPOPS_LISTENER", l.settings.name), ("TCPOPS_LOCAL", l.settings.listen.description)])
         }
-        logger.log(.notice, "tcpopsd started with \(config.path): \(listeners.count) listener(s)", id: .started)
+        logger.log(.notice, "tcpopsd started with \(config.path): \(listeners.count) listener(s), \(workers.count) worker(s)", id: .started,
+                   [("TCPOPS_WORKERS", String(workers.count))])
         Notify.send("READY=1\nSTATUS=\(statusLine())")
         scheduleStatus()
         if let usec = Notify.watchdogInterval() {
-            // From the relay's own loop: if the loop stops turning, systemd stops hearing it.
-            scheduleWatchdog(every: usec * 1000 / 2)
+            // From the main loop, and only while every worker's loop turns too: if one stops
+            // turning, systemd stops hearing from tcpopsd.
+            let beat = usec * 1000 / 4
+            for w in workers.dropFirst() {
+                w.heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
+                w.post { $0.beat(every: beat) }
+            }
+            scheduleWatchdog(every: usec * 1000 / 2, limit: usec * 1000)
             logger.log(.info, "watchdog: WATCHDOG=1 every \(usec / 2000) ms")
         }
         do {
@@ -137,9 +162,12 @@ public final class Daemon {
         }
         teardown(hooksUntil: stopStartedAt + config.daemon.shutdownTimeout.nanoseconds)
         let h = hooks.snapshot
-        let counts = ctx.events.counts
+        var counts: [EventKind: UInt64] = [:]
+        for w in workers { for (k, n) in w.dispatcher.counts { counts[k, default: 0] += n } }
+        let accepted = workers.reduce(0) { $0 + $1.ctx.counters.acceptedTotal }
+        let bytes = workers.reduce(0) { $0 + $1.ctx.counters.relayedBytesTotal }
         logger.log(.notice, "tcpopsd stopped", id: .stopped, [
-            ("TCPOPS_ACCEPTED", String(ctx.accepted)), ("TCPOPS_RELAYED_BYTES", String(ctx.relayedBytes)),
+            ("TCPOPS_ACCEPTED", String(accepted)), ("TCPOPS_RELAYED_BYTES", String(bytes)),
             ("TCPOPS_EVENTS_CLOSED", String(counts[.closed] ?? 0)), ("TCPOPS_EVENTS_RESET", String(counts[.reset] ?? 0)),
             ("TCPOPS_EVENTS_TIMEOUT", String(counts[.timeout] ?? 0)),
             ("TCPOPS_HOOKS_RUN", String(h.started)), ("TCPOPS_HOOKS_FAILED", String(h.failed)),
@@ -150,14 +178,17 @@ public final class Daemon {
     /// Stops the hook runner (queued hooks may run until `hooksUntil`) and the control server,
     /// and drops every handler and closure that refers back to its owner through a loop.
     private func teardown(hooksUntil: UInt64 = 0) {
+        // The other workers' loops stop (if they run), their threads end; then every loop's
+        // relays, timers and queued jobs go.
+        for w in workers.dropFirst() { w.loop.inbox.post { $0.stop() } }
+        for w in workers.dropFirst() { w.finish() }
+        workers[0].dispatcher.turnEnded()
         hooks.shutdown(deadline: max(hooksUntil, Clock.monotonicNanoseconds()))
         control?.shutdown()
         metricsServer?.shutdown()
-        ctx.shutdown()
-        ctx.events.observers.removeAll()
-        ctx.onIdle = nil
         signals = nil
-        loop.close()
+        for w in workers { w.dispatcher.observers.removeAll() }
+        workers[0].finish()
     }
 
     /// Serves /metrics on `at` (binding it here, so that a failure is reported where it happens),
@@ -204,7 +235,8 @@ public final class Daemon {
 
     private func statusLine() -> String {
         let state = stopping ? "draining" : "relaying"
-        return "\(state): \(ctx.relays) relays, \(ctx.table.count) connections; \(ctx.accepted) accepted"
+        let accepted = workers.reduce(0) { $0 + $1.ctx.counters.acceptedTotal }
+        return "\(state): \(relaysNow) relays, \(shared.connectionsNow) connections; \(accepted) accepted"
     }
 
     private func scheduleStatus() {
@@ -219,10 +251,24 @@ public final class Daemon {
         }
     }
 
-    private func scheduleWatchdog(every ns: UInt64) {
-        Notify.send("WATCHDOG=1")
-        loop.timers.schedule(at: loop.now + ns) { [weak self] in self?.scheduleWatchdog(every: ns) }
+    /// WATCHDOG=1 every `ns`, as long as every other worker's loop beat within `limit` ns.
+    private func scheduleWatchdog(every ns: UInt64, limit: UInt64) {
+        let stuck = workers.dropFirst().filter { w in
+            let beat = w.heartbeat.load(ordering: .relaxed)
+            return loop.now > beat && loop.now - beat > limit
+        }
+        if stuck.isEmpty {
+            Notify.send("WATCHDOG=1")
+            watchdogWarned = false
+        } else if !watchdogWarned {
+            watchdogWarned = true
+            logger.log(.error, "worker(s) \(stuck.map { String($0.index) }.joined(separator: ", ")) stopped turning: no WATCHDOG=1 until they do",
+                       id: .stopping)
+        }
+        loop.timers.schedule(at: loop.now + ns) { [weak self] in self?.scheduleWatchdog(every: ns, limit: limit) }
     }
+
+    private var watchdogWarned = false
 
     // MARK: restart without loss
 
@@ -234,9 +280,10 @@ public final class Daemon {
         return !s.isEmpty && s != "0"
     }
 
-    /// Rebuilds the relays a previous tcpopsd stored, then asks systemd to drop its copies.
+    /// Rebuilds the relays a previous tcpopsd stored (spread over the workers, one after another),
+    /// then asks systemd to drop its copies.
     private func adopt(_ carried: [(fd: Int32, side: CarriedSide)], nextConid: UInt64?) {
-        if let next = nextConid, next > 0 { ctx.adopted(conids: [next - 1]) }
+        if let next = nextConid, next > 0 { shared.adopted(last: next - 1) }
         guard !carried.isEmpty else { return }
         var byPair: [UInt64: [(fd: Int32, side: CarriedSide)]] = [:]
         for c in carried { byPair[c.side.clientConid, default: []].append(c) }
@@ -245,7 +292,8 @@ public final class Daemon {
             let client = pair.first { $0.side.side == .client }
             let upstream = pair.first { $0.side.side == .upstream }
             if let client, let upstream, let l = listeners[client.side.listener]?.settings ?? config.listeners.first(where: { $0.name == client.side.listener }) {
-                Relay.adopt(ctx: ctx, listener: l, client: client, upstream: upstream)
+                shared.adopted(last: max(client.side.clientConid, client.side.upstreamConid))
+                workers[adopted % workers.count].post { w in Relay.adopt(ctx: w.ctx, listener: l, client: client, upstream: upstream) }
                 adopted += 1
             } else {
                 logger.log(.warning, "a relay stored by the previous tcpopsd cannot be adopted (\(pair.map(\.side.name).joined(separator: ", "))): closed")
@@ -258,15 +306,49 @@ public final class Daemon {
     }
 
     /// Quiets every relay, waits (briefly) until what tcpopsd holds is written out, stores both
-    /// sockets of each in the fd store, and stops.
+    /// sockets of each in the fd store, and stops. Each worker hands over its own relays.
     private func handOver() {
-        let relays = ctx.liveRelays.filter { $0.quiet() }
-        let deadline = loop.now + min(config.daemon.shutdownTimeout, 5).nanoseconds
-        logger.log(.notice, "stopping: handing \(relays.count) relay(s) to systemd's fd store", id: .stopping)
+        let deadline = Clock.monotonicNanoseconds() + min(config.daemon.shutdownTimeout, 5).nanoseconds
+        logger.log(.notice, "stopping: handing \(relaysNow) relay(s) to systemd's fd store", id: .stopping)
+        final class Total { var stored = 0 }
+        let total = Total()
+        let lock = Locked(())
+        let main = workers[0]
+        var left = workers.count
+        for w in workers {
+            let h = Handoff((total, lock, main))
+            w.post { w in
+                Daemon.handOver(w, deadline: deadline) { stored in
+                    h.value.1.withLock { _ in h.value.0.stored += stored }
+                    h.value.2.post { _ in
+                        left -= 1
+                        if left == 0 { self.handedOver(total.stored) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every worker is done: the conid counter travels too (on a placeholder fd), then stop.
+    private func handedOver(_ stored: Int) {
+        let marker = Socket.placeholder()
+        if marker >= 0 {
+            _ = Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=tn.\(shared.peekNextConid)", fds: [marker])
+            closeFD(marker)
+        }
+        logger.log(.notice, "handed \(stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(stored))])
+        loop.stop()
+    }
+
+    /// On `w`'s thread: quiets its relays, waits until each is ready to carry (or the deadline),
+    /// stores each in the fd store, and tells `done` how many it stored.
+    private static func handOver(_ w: RelayWorker, deadline: UInt64, done: @escaping (Int) -> Void) {
+        let ctx = w.ctx
+        _ = ctx.liveRelays.filter { $0.quiet() }
         func attempt() {
             let live = ctx.liveRelays
-            if loop.now < deadline && !live.allSatisfy(\.readyToCarry) {
-                loop.timers.schedule(at: loop.now + 20_000_000) { attempt() }
+            if ctx.loop.now < deadline && !live.allSatisfy(\.readyToCarry) {
+                ctx.loop.timers.schedule(at: ctx.loop.now + 20_000_000) { attempt() }
                 return
             }
             var stored = 0
@@ -286,14 +368,7 @@ public final class Daemon {
                     r.end(failed: nil, reason: .local, why: "the fd store refused it: closed")
                 }
             }
-            // The conid counter travels too, on a placeholder fd: conids are never reused.
-            let marker = Socket.placeholder()
-            if marker >= 0 {
-                _ = Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=tn.\(ctx.peekNextConid)", fds: [marker])
-                closeFD(marker)
-            }
-            logger.log(.notice, "handed \(stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(stored))])
-            loop.stop()
+            done(stored)
         }
         attempt()
     }
@@ -302,8 +377,8 @@ public final class Daemon {
 
     private func beginStop(_ signo: Int32) {
         if stopping {
-            logger.log(.notice, "second stop signal: closing \(ctx.relays) relays now", id: .stopping)
-            ctx.closeAll()
+            logger.log(.notice, "second stop signal: closing \(relaysNow) relays now", id: .stopping)
+            for w in workers { w.post { $0.ctx.closeAll() } }
             return
         }
         stopping = true
@@ -311,20 +386,25 @@ public final class Daemon {
         Notify.send("STOPPING=1\nSTATUS=\(statusLine())")
         for l in listeners.values { l.close() }
         listeners.removeAll()
-        if handoverEnabled && ctx.relays > 0 {
+        if handoverEnabled && relaysNow > 0 {
             handOver()
             return
         }
-        logger.log(.notice, "stopping on signal \(signo): draining \(ctx.relays) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
-        if ctx.relays == 0 {
+        logger.log(.notice, "stopping on signal \(signo): draining \(relaysNow) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
+        waitForDrain()
+        loop.timers.schedule(at: loop.now + config.daemon.shutdownTimeout.nanoseconds) { [unowned self] in
+            self.logger.log(.notice, "shutdown_timeout reached: closing \(self.relaysNow) relays", id: .stopping)
+            for w in self.workers { w.post { $0.ctx.closeAll() } }
+        }
+    }
+
+    /// Stops once no worker has a relay left (looked at every 10 ms: their counts are atomics).
+    private func waitForDrain() {
+        if relaysNow == 0 {
             loop.stop()
             return
         }
-        ctx.onIdle = { [unowned self] in self.loop.stop() }
-        loop.timers.schedule(at: loop.now + config.daemon.shutdownTimeout.nanoseconds) { [unowned self] in
-            self.logger.log(.notice, "shutdown_timeout reached: closing \(self.ctx.relays) relays", id: .stopping)
-            self.ctx.closeAll()
-        }
+        loop.timers.schedule(at: loop.now + 10_000_000) { [unowned self] in self.waitForDrain() }
     }
 
     // MARK: reload
@@ -335,9 +415,9 @@ public final class Daemon {
     /// (their accept queues relayed first). A listener whose new address cannot be bound keeps its
     /// old socket and settings. Returns what could not be applied, one line each.
     private func applyListeners(_ wanted: [ListenerSettings], unusable: [String: String] = [:]) -> [String] {
-        var byAddress: [SocketAddress: Listener] = [:]
+        var byAddress: [SocketAddress: ListenerGroup] = [:]
         for l in listeners.values { byAddress[l.settings.listen] = l }
-        var next: [String: Listener] = [:]
+        var next: [String: ListenerGroup] = [:]
         var failures: [String] = []
         for s in wanted {
             if let why = unusable[s.name] {
@@ -360,7 +440,7 @@ public final class Daemon {
                 continue
             }
             do {
-                let l = try Listener(settings: s, ctx: ctx)
+                let l = try ListenerGroup(settings: s, workers: workers)
                 next[s.name] = l
                 logger.log(.info, "listening on \(s.listen) for \"\(s.name)\", relaying to \(s.upstreamText)", id: .listener,
                            [("TCPOPS_LISTENER", s.name), ("TCPOPS_LOCAL", s.listen.description)])
@@ -375,9 +455,11 @@ public final class Daemon {
         }
         // Every address still wanted is listening: only now do the others go.
         for old in byAddress.values {
-            let taken = old.retire()
-            logger.log(.info, "listener \"\(old.settings.name)\" on \(old.settings.listen) removed\(taken > 0 ? " (\(taken) waiting client(s) relayed first)" : "")",
-                       id: .listener, [("TCPOPS_LISTENER", old.settings.name), ("TCPOPS_LOCAL", old.settings.listen.description)])
+            let (name, address, logger) = (old.settings.name, old.settings.listen, logger)
+            old.retire { taken in
+                logger.log(.info, "listener \"\(name)\" on \(address) removed\(taken > 0 ? " (\(taken) waiting client(s) relayed first)" : "")",
+                           id: .listener, [("TCPOPS_LISTENER", name), ("TCPOPS_LOCAL", address.description)])
+            }
         }
         listeners = next
         return failures
@@ -448,10 +530,11 @@ public final class Daemon {
             logger.log(.notice, "control_socket, control_mode and control_group changes take effect at the next start")
         }
         config = next
-        ctx.listenerNames = Set(listeners.keys)
         logger.setLevel(next.daemon.logLevel)
-        ctx.closedEventMode = next.events.closedEvent
-        ctx.maxConnections = next.daemon.maxConnections
+        shared.apply(maxConnections: next.daemon.maxConnections, closedEventMode: next.events.closedEvent)
+        if next.daemon.workerCount != workers.count {
+            logger.log(.notice, "workers: \(workers.count) event loop(s) run; a change takes effect at the next start")
+        }
         hooks.update(.init(next.events, controlSocket: control?.path ?? config.daemon.controlSocket))
         metrics.reloaded(failures.isEmpty ? "ok" : "partial")
         let summary = failures.isEmpty ? "reloaded" : "reloaded with errors (\(failures.count)): \(failures.joined(separator: "; "))"

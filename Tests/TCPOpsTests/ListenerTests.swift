@@ -15,8 +15,9 @@ import Testing
         let upstreamFD = try Socket.listen(SocketAddress(family: .v4, bytes: any.bytes, port: 0))
         defer { closeFD(upstreamFD) }
         let upstream = try #require(Socket.localAddress(upstreamFD))
+        let listenFD = try Socket.listen(SocketAddress(family: .v4, bytes: any.bytes, port: 0))
         let listener = try Listener(settings: ListenerSettings(name: "old", listen: SocketAddress(family: .v4, bytes: any.bytes, port: 0),
-                                                               upstream: upstream), ctx: ctx)
+                                                               upstream: upstream), ctx: ctx, fd: listenFD, exclusive: false)
         let address = try #require(Socket.localAddress(listener.fd))
         var clients: [Int32] = []
         defer { for c in clients { closeFD(c) } }
@@ -28,6 +29,7 @@ import Testing
         }
         #expect(ctx.accepted == 0)
         let taken = listener.retire()
+        closeFD(listenFD)  // as its ListenerGroup does once every worker let go of it
         #expect(taken == 10)
         #expect(ctx.accepted == 10 && ctx.relays == 10 && ctx.table.count == 20)
         // The listening socket is gone: a new client is refused, the old ones are not reset.

@@ -56,7 +56,8 @@ def test_sigterm_with_no_connections_exits_at_once(daemon, echo):
 def test_fds_return_to_baseline(daemon, echo):
     up = echo()
     port = free_port()
-    d = daemon(listeners=[listener("fd", port, up.address)])
+    # debug: "relay ended" is logged for every relay (at info only where a side raised no event)
+    d = daemon(listeners=[listener("fd", port, up.address)], daemon={"log_level": "debug"})
     base = d.open_fds()
     for _ in range(50):
         s = connect(port)

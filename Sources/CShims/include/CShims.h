@@ -30,6 +30,9 @@ struct tcpops_tcp_info {
 /* 0, or -1 with errno. */
 int tcpops_tcp_info(int fd, struct tcpops_tcp_info *out);
 
+/* The CPUs this process may run on (sched_getaffinity), or the online CPUs when that fails. */
+int tcpops_allowed_cpus(void);
+
 /* The git revision the build came from ("" when unknown): see Package.swift. */
 const char *tcpops_git_revision(void);
 #endif

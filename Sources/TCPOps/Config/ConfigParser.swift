@@ -368,7 +368,15 @@ private struct Walker {
     mutating func daemon(_ t: TOMLTable) -> DaemonSettings {
         let tb = "daemon"
         var d = DaemonSettings()
-        checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout"])
+        checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout", "workers"])
+        if let v = t["workers"] {
+            switch v.value {
+            case .string("auto"): d.workers = nil
+            case .integer(let n) where (1...Int64(DaemonSettings.maxWorkers)).contains(n): d.workers = Int(n)
+            case .integer(let n): fail(v.line, "\(label(tb, "workers")): \(n) is out of range (expected \"auto\" or 1...\(DaemonSettings.maxWorkers))")
+            default: fail(v.line, "\(label(tb, "workers")): expected \"auto\" or a number of event loops (1...\(DaemonSettings.maxWorkers)), got \(v.value)")
+            }
+        }
         if let s = string(t, tb, "control_socket"), let line = t["control_socket"]?.line {
             if s.hasPrefix("/") && s.utf8.count < 108 { d.controlSocket = s } else {
                 fail(line, "\(label(tb, "control_socket")): \"\(s)\" must be an absolute path shorter than 108 bytes")

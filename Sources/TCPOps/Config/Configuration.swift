@@ -1,4 +1,5 @@
 // The validated, immutable configuration: what the TOML file says, with defaults filled in.
+import CShims
 import Glibc
 
 public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
@@ -41,6 +42,18 @@ public struct DaemonSettings: Sendable, Equatable {
     public var maxConnections = 100_000
     public var logLevel = LogLevel.info
     public var shutdownTimeout = 10.0
+    /// Event loops (threads) relaying; nil: "auto", one per CPU the process may run on.
+    public var workers: Int? = nil
+
+    /// The number of event loops to run: `workers`, or the CPUs this process may run on.
+    public var workerCount: Int { workers ?? max(1, min(DaemonSettings.maxWorkers, CPUs.allowed())) }
+
+    public static let maxWorkers = 256
+}
+
+public enum CPUs {
+    /// The CPUs the process may run on (sched_getaffinity), at least 1.
+    public static func allowed() -> Int { max(1, Int(tcpops_allowed_cpus())) }
 }
 
 public struct EventSettings: Sendable, Equatable {

@@ -1,30 +1,69 @@
-// The control commands, run on the relay's loop (requests reach it through its inbox): each takes
-// a decoded request and returns the answer line. Connection state is only touched here.
+// The control commands. A request reaches worker 0's loop (the main thread) through its inbox;
+// what touches connections runs on every worker's loop, each over its own connection table, and
+// the parts are put together back on worker 0's loop into the answer line. Connection state is
+// only touched by its own worker.
 
 public final class ControlTarget {
-    let ctx: RelayContext
+    let workers: [RelayWorker]
     let hooks: HookRunner
     let subscriberCount: @Sendable () -> Int
+    /// The names of the listeners now configured (main thread).
+    var listenerNames: () -> Set<String>
 
-    public init(ctx: RelayContext, hooks: HookRunner, subscriberCount: @escaping @Sendable () -> Int) {
-        self.ctx = ctx
+    init(workers: [RelayWorker], hooks: HookRunner, subscriberCount: @escaping @Sendable () -> Int,
+         listenerNames: @escaping () -> Set<String>) {
+        self.workers = workers
         self.hooks = hooks
         self.subscriberCount = subscriberCount
+        self.listenerNames = listenerNames
+    }
+
+    /// One worker's part of an answer: nil when the conid asked for is not one of its connections.
+    typealias Part = [(String, JSON)]?
+
+    /// Runs `r` and tells `reply` the answer line (on the main thread; at once with one worker).
+    public func execute(_ r: ControlRequest, reply: @escaping (String) -> Void) {
+        let each: (RelayContext) throws -> Part
+        let combine: ([Part]) throws -> [(String, JSON)]
+        do {
+            (each, combine) = try plan(r)
+        } catch {
+            reply(answer(r, error))
+            return
+        }
+        final class Parts { var parts: [Part] = []; var failure: Error? }
+        let parts = Parts()
+        let lock = Locked(())
+        everyWorker(workers, { w in
+            let part: Part
+            do {
+                part = try each(w.ctx)
+            } catch {
+                lock.withLock { _ in parts.failure = error }
+                return
+            }
+            lock.withLock { _ in parts.parts.append(part) }
+        }, then: { [self] in
+            if let f = parts.failure {
+                reply(answer(r, f))
+                return
+            }
+            do {
+                reply(ControlAnswer.ok(r.id, try combine(parts.parts)))
+            } catch {
+                reply(answer(r, error))
+            }
+        })
+    }
+
+    private func answer(_ r: ControlRequest, _ error: Error) -> String {
+        if let f = error as? Failure { return ControlAnswer.error(r.id, f.message) }
+        return ControlAnswer.error(r.id, "\(error)")
     }
 
     private struct Failure: Error {
         let message: String
         init(_ m: String) { message = m }
-    }
-
-    public func execute(_ r: ControlRequest) -> String {
-        do {
-            return ControlAnswer.ok(r.id, try run(r))
-        } catch let f as Failure {
-            return ControlAnswer.error(r.id, f.message)
-        } catch {
-            return ControlAnswer.error(r.id, "\(error)")
-        }
     }
 
     private func conid(_ r: ControlRequest) throws -> UInt64 {
@@ -35,30 +74,45 @@ public final class ControlTarget {
     /// The 1 / -1 answer of the tcpops functions.
     private func flag(_ done: Bool) -> [(String, JSON)] { [("result", .int(done ? 1 : -1))] }
 
-    private func run(_ r: ControlRequest) throws -> [(String, JSON)] {
+    /// For a command on one conid: the answer of the worker that has it, else `gone`.
+    private func one(_ gone: [(String, JSON)]) -> ([Part]) -> [(String, JSON)] {
+        { parts in parts.lazy.compactMap { $0 }.first ?? gone }
+    }
+
+    /// What each worker does for `r`, and how their parts make the answer. Checks the request first.
+    private func plan(_ r: ControlRequest) throws -> ((RelayContext) throws -> Part, ([Part]) throws -> [(String, JSON)]) {
         switch r.cmd {
         case "list":
-            if let name = r.listener, !ctx.table.values.contains(where: { $0.listenerName == name }) && !listenerKnown(name) {
-                throw Failure("no listener named \"\(name)\"")
-            }
-            let now = ctx.loop.now
-            let rows = ctx.table.values
-                .filter { r.listener == nil || $0.listenerName == r.listener }
-                .sorted { $0.conid < $1.conid }
-                .map { describe($0, now: now) }
-            return [("result", .array(rows))]
+            let names = listenerNames()
+            return ({ [self] ctx in
+                let now = ctx.loop.now
+                let rows = ctx.table.values.filter { r.listener == nil || $0.listenerName == r.listener }.map { (c: $0.conid, row: describe(ctx, $0, now: now)) }
+                return [("rows", .array(rows.map { .array([.uint($0.c), $0.row]) }))]
+            }, { parts in
+                var rows: [(UInt64, JSON)] = []
+                for p in parts {
+                    guard case .array(let list)? = p?.first?.1 else { continue }
+                    for case .array(let pair) in list where pair.count == 2 {
+                        if case .uint(let c) = pair[0] { rows.append((c, pair[1])) }
+                    }
+                }
+                if let name = r.listener, rows.isEmpty, !names.contains(name) { throw Failure("no listener named \"\(name)\"") }
+                return [("result", .array(rows.sorted { $0.0 < $1.0 }.map(\.1)))]
+            })
         case "alive":
-            let state = ctx.table[try conid(r)]?.state ?? .gone
-            return [("result", .int(state.rawValue > 0 ? 1 : -1))]
+            let id = try conid(r)
+            return ({ ctx in ctx.table[id].map { [("result", .int($0.state.rawValue > 0 ? 1 : -1))] } }, one([("result", .int(-1))]))
         case "state":
-            let c = ctx.table[try conid(r)]
-            let state = c?.state ?? .gone
-            var answer: [(String, JSON)] = [("result", .int(Int64(state.rawValue))), ("state", .string(state.name))]
-            if let c, let options = c.socketOptions() {
-                answer.append(("keepalive", options.keepalive.map(keepaliveJSON) ?? .null))
-                answer.append(("user_timeout_ms", .uint(UInt64(options.userTimeoutMs))))
-            }
-            return answer
+            let id = try conid(r)
+            return ({ ctx in
+                guard let c = ctx.table[id] else { return nil }
+                var answer: [(String, JSON)] = [("result", .int(Int64(c.state.rawValue))), ("state", .string(c.state.name))]
+                if let options = c.socketOptions() {
+                    answer.append(("keepalive", options.keepalive.map(self.keepaliveJSON) ?? .null))
+                    answer.append(("user_timeout_ms", .uint(UInt64(options.userTimeoutMs))))
+                }
+                return answer
+            }, one([("result", .int(Int64(ConnectionState.gone.rawValue))), ("state", .string(ConnectionState.gone.name))]))
         case "keepalive-enable":
             let id = try conid(r)
             guard let idle = r.idle, let count = r.count, let interval = r.interval else {
@@ -68,15 +122,17 @@ public final class ControlTarget {
                 throw Failure("keepalive values out of range (idle 1-32767 s, count 1-127, interval 1-32767 s)")
             }
             let k = KeepaliveSettings(idle: Int32(idle), count: Int32(count), interval: Int32(interval))
-            return keepalive(ctx.table[id], k)
+            return ({ ctx in ctx.table[id].map { self.keepalive($0, k) } }, one(flag(false)))
         case "keepalive-disable":
-            return keepalive(ctx.table[try conid(r)], nil)
+            let id = try conid(r)
+            return ({ ctx in ctx.table[id].map { self.keepalive($0, nil) } }, one(flag(false)))
         case "lifetime":
             let id = try conid(r)
             guard let s = r.seconds, s.isFinite, s >= 0, s <= 31_536_000 else { throw Failure("'seconds' must be from 0 to 31536000") }
-            return flag(ctx.table[id]?.setLifetime(seconds: s) ?? false)
+            return ({ ctx in ctx.table[id].map { self.flag($0.setLifetime(seconds: s)) } }, one(flag(false)))
         case "closed-event":
-            return flag(ctx.table[try conid(r)]?.enableEvents() ?? false)
+            let id = try conid(r)
+            return ({ ctx in ctx.table[id].map { self.flag($0.enableEvents()) } }, one(flag(false)))
         case "conid":
             guard let host = r.host else { throw Failure("missing 'host'") }
             if let p = r.port, !(1...65535).contains(p) { throw Failure("port \(p) is out of range") }
@@ -88,27 +144,42 @@ public final class ControlTarget {
             }
             // Without a port, any port matches (the newest connection from that host first).
             let port = wanted.port ?? r.port.map { UInt16($0) }
-            let found = ctx.table.values.filter { c in
-                guard let remote = c.remote else { return false }
-                return remote.family == wanted.family && remote.bytes == wanted.bytes && (port == nil || remote.port == port)
-            }.map(\.conid).sorted(by: >)
-            if r.all == true { return [("result", .array(found.map { .uint($0) }))] }
-            return [("result", found.first.map { .uint($0) } ?? .int(-1))]
+            return ({ ctx in
+                let found = ctx.table.values.filter { c in
+                    guard let remote = c.remote else { return false }
+                    return remote.family == wanted.family && remote.bytes == wanted.bytes && (port == nil || remote.port == port)
+                }.map(\.conid)
+                return [("found", .array(found.map { .uint($0) }))]
+            }, { parts in
+                var found: [UInt64] = []
+                for p in parts {
+                    guard case .array(let list)? = p?.first?.1 else { continue }
+                    for case .uint(let c) in list { found.append(c) }
+                }
+                found.sort(by: >)
+                if r.all == true { return [("result", .array(found.map { .uint($0) }))] }
+                return [("result", found.first.map { .uint($0) } ?? .int(-1))]
+            })
         case "send":
             let id = try conid(r)
             guard let b64 = r.data, let bytes = Base64.decode(b64) else { throw Failure("'data' must be base64") }
             guard !bytes.isEmpty else { throw Failure("nothing to send") }
-            return flag(ctx.table[id]?.send(bytes) ?? false)
+            return ({ ctx in ctx.table[id].map { self.flag($0.send(bytes)) } }, one(flag(false)))
         case "close":
-            return flag(ctx.table[try conid(r)]?.close(reset: r.reset == true) ?? false)
+            let id = try conid(r)
+            let reset = r.reset == true
+            return ({ ctx in ctx.table[id].map { self.flag($0.close(reset: reset)) } }, one(flag(false)))
         case "stats":
-            return [("result", stats())]
+            return ({ ctx in
+                let counts = ctx.events.counts
+                return [("connections_open", .uint(UInt64(ctx.table.count))), ("relays_open", .uint(UInt64(ctx.relays))),
+                        ("accepted", .uint(ctx.accepted)), ("rejected", .uint(ctx.rejected)), ("relayed_bytes", .uint(ctx.relayedBytes))]
+                    + EventKind.allCases.map { ("event:" + $0.rawValue, .uint(counts[$0] ?? 0)) }
+            }, { [self] parts in [("result", stats(parts.compactMap { $0 }))] })
         default:
             throw Failure("unknown command \"\(r.cmd)\" (known: \(ControlProtocol.commands.joined(separator: ", ")))")
         }
     }
-
-    private func listenerKnown(_ name: String) -> Bool { ctx.listenerNames.contains(name) }
 
     /// keepalive-enable / -disable: 1, or -1 with the errno when the socket refused it.
     private func keepalive(_ c: Connection?, _ k: KeepaliveSettings?) -> [(String, JSON)] {
@@ -120,7 +191,7 @@ public final class ControlTarget {
         }
     }
 
-    func describe(_ c: Connection, now: UInt64) -> JSON {
+    func describe(_ ctx: RelayContext, _ c: Connection, now: UInt64) -> JSON {
         var o: [(String, JSON)] = [
             ("conid", .uint(c.conid)), ("peer_conid", c.peerConid.map { .uint($0) } ?? .null),
             ("side", .string(c.side.rawValue)), ("listener", .string(c.listenerName)),
@@ -153,16 +224,21 @@ public final class ControlTarget {
         .object([("idle", .int(Int64(k.idle))), ("count", .int(Int64(k.count))), ("interval", .int(Int64(k.interval)))])
     }
 
-    func stats() -> JSON {
+    /// The workers' counters added up (in the order of the answer), hooks and subscribers beside.
+    func stats(_ parts: [[(String, JSON)]]) -> JSON {
+        var sums: [String: UInt64] = [:]
+        for p in parts {
+            for (k, v) in p { if case .uint(let n) = v { sums[k, default: 0] += n } }
+        }
         let h = hooks.snapshot
-        let counts = ctx.events.counts
         return .object([
-            ("connections_open", .int(Int64(ctx.table.count))), ("relays_open", .int(Int64(ctx.relays))),
-            ("accepted", .uint(ctx.accepted)), ("rejected", .uint(ctx.rejected)), ("relayed_bytes", .uint(ctx.relayedBytes)),
-            ("events", .object(EventKind.allCases.map { ($0.rawValue, .uint(counts[$0] ?? 0)) })),
+            ("connections_open", .int(Int64(sums["connections_open"] ?? 0))), ("relays_open", .int(Int64(sums["relays_open"] ?? 0))),
+            ("accepted", .uint(sums["accepted"] ?? 0)), ("rejected", .uint(sums["rejected"] ?? 0)), ("relayed_bytes", .uint(sums["relayed_bytes"] ?? 0)),
+            ("events", .object(EventKind.allCases.map { ($0.rawValue, .uint(sums["event:" + $0.rawValue] ?? 0)) })),
             ("hooks", .object([("run", .uint(h.started)), ("failed", .uint(h.failed)), ("killed", .uint(h.killed)), ("dropped", .uint(h.dropped)),
                                 ("queued", .int(Int64(hooks.queued)))])),
             ("subscribers", .int(Int64(subscriberCount()))),
+            ("workers", .int(Int64(parts.count))),
         ])
     }
 }

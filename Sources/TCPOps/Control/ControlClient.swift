@@ -33,6 +33,27 @@ final class ControlClient: EventHandler {
 
     var backlog: Int { output.count - outputSent }
 
+    // Answers go out in the order of the requests, however long each took (a request that every
+    // worker must answer takes longer than one refused at once).
+    private var nextTicket: UInt64 = 0
+    private var nextToSend: UInt64 = 0
+    private var ready: [UInt64: [String]] = [:]
+
+    /// The place in line of a request just read.
+    func ticket() -> UInt64 {
+        defer { nextTicket += 1 }
+        return nextTicket
+    }
+
+    /// The answer (lines) to request `t`: sent once every earlier request's answer is.
+    func answer(_ t: UInt64, _ lines: [String]) {
+        ready[t] = lines
+        while let next = ready.removeValue(forKey: nextToSend) {
+            for l in next { send(l) }
+            nextToSend += 1
+        }
+    }
+
     func handleEvents(_ events: UInt32) {
         if lingering {
             discardUntilHangup()

@@ -257,21 +257,22 @@ final class ControlWorker {
     }
 
     func request(_ c: ControlClient, _ line: [UInt8]) {
+        let ticket = c.ticket()
         let req: ControlRequest
         switch ControlRequest.decode(line) {
         case .success(let r): req = r
         case .failure(.message(let m, let id)):
-            c.send(ControlAnswer.error(id, m))
+            c.answer(ticket, [ControlAnswer.error(id, m)])
             c.requestSince = loop.now
             return
         }
         if req.cmd == "events" {
-            subscribe(c, req)
+            subscribe(c, req, ticket)
             return
         }
         if req.cmd == "stats", req.format == "openmetrics", let metrics {
             // Rendered here, off the relay's loop: the registry is safe from any thread.
-            c.send(ControlAnswer.ok(req.id, [("result", .string(String(decoding: metrics.render(), as: UTF8.self)))]))
+            c.answer(ticket, [ControlAnswer.ok(req.id, [("result", .string(String(decoding: metrics.render(), as: UTF8.self)))])])
             c.requestSince = loop.now
             return
         }
@@ -280,32 +281,41 @@ final class ControlWorker {
         let clientID = c.id
         let me = Handoff(self)
         relayInbox.post { _ in
-            let answer = target.value.execute(req)
-            selfInbox.post { _ in me.value.answered(clientID, answer) }
+            target.value.execute(req) { answer in
+                selfInbox.post { _ in me.value.answered(clientID, ticket, answer) }
+            }
         }
     }
 
-    func answered(_ id: UInt64, _ answer: String) {
+    func answered(_ id: UInt64, _ ticket: UInt64, _ answer: String) {
         guard let c = clients[id] else { return }
         c.pending -= 1
         c.requestSince = loop.now
-        c.send(answer)
+        c.answer(ticket, [answer])
     }
 
-    private func subscribe(_ c: ControlClient, _ req: ControlRequest) {
+    private func subscribe(_ c: ControlClient, _ req: ControlRequest, _ ticket: UInt64) {
         if req.follow == true {
-            c.send(ControlAnswer.ok(req.id, [("follow", .bool(true))]))
+            c.answer(ticket, [ControlAnswer.ok(req.id, [("follow", .bool(true))])])
             c.subscribed = true
             onSubscribersChanged?(clients.values.filter(\.subscribed).count)
             return
         }
         let events = Array(recent[recentHead...] + recent[..<recentHead])
-        c.send(ControlAnswer.ok(req.id, [("count", .int(Int64(events.count)))]))
-        for e in events { c.send(e.jsonLine()) }
+        c.answer(ticket, [ControlAnswer.ok(req.id, [("count", .int(Int64(events.count)))])] + events.map { $0.jsonLine() })
         c.requestSince = loop.now
     }
 
+    /// Event numbers for the stream: given here, in the order the events reach the control
+    /// thread (each worker's in the order it raised them, so a conid's events stay in order).
+    var nextSeq: UInt64 = 1
+
     func broadcast(_ events: [TCPEvent]) {
+        var events = events
+        for i in events.indices {
+            events[i].seq = nextSeq
+            nextSeq += 1
+        }
         for event in events {
             if recent.count < ControlWorker.recentEvents {
                 recent.append(event)

@@ -1,4 +1,4 @@
-// The one sink the relay hands its events to: it numbers and counts each, and at the end of the
+// The sink a worker's relays hand their events to: it stamps and counts each, and at the end of the
 // loop turn hands the turn's events, as one batch, to the journal writer, the hook runner and the
 // control socket's subscribers (one queue operation and at most one wake-up each per turn, not per
 // event; the text of an event is made on those threads, only for sinks that exist). Runs on the
@@ -7,7 +7,6 @@ public final class EventDispatcher: TurnEndHandler {
     let logger: Logger
     let hooks: HookRunner?
     private var byKind = [UInt64](repeating: 0, count: EventKind.allCases.count)
-    private var seq: UInt64 = 0
     private var pending: [TCPEvent] = []
     private unowned(unsafe) var loop: EventLoop?
     /// Also told of every event, a turn's events at a time (the control socket's subscribers).
@@ -28,8 +27,6 @@ public final class EventDispatcher: TurnEndHandler {
 
     public func emit(_ event: TCPEvent) {
         var event = event
-        seq += 1
-        event.seq = seq
         event.unixMicros = Clock.unixMicroseconds()
         byKind[event.kind.index] += 1
         if pending.isEmpty { loop?.atTurnEnd(self) }

@@ -20,6 +20,8 @@ public enum Events {
     public static let readHangup = EPOLLRDHUP.rawValue
     public static let hangup = EPOLLHUP.rawValue
     public static let error = EPOLLERR.rawValue
+    /// Wake only one of the loops waiting on a shared fd (registration only; never modified).
+    public static let exclusive = EPOLLEXCLUSIVE.rawValue
 }
 
 public final class EventLoop {

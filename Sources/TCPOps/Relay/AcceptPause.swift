@@ -10,6 +10,8 @@ final class AcceptPause {
     private let logger: Logger
     private let what: String
     private let fields: [Logger.Field]
+    /// The interest to restore after a pause.
+    private let mask: UInt32
     private(set) var paused = false
     private var closed = false
     private var lastLog: UInt64 = 0
@@ -18,7 +20,8 @@ final class AcceptPause {
     static let logEvery: UInt64 = 5_000_000_000
 
     /// `what` names the socket in the warning ("accept on 127.0.0.1:5060").
-    init(loop: EventLoop, fd: Int32, logger: Logger, what: String, fields: [Logger.Field] = []) {
+    init(loop: EventLoop, fd: Int32, logger: Logger, what: String, fields: [Logger.Field] = [], mask: UInt32 = Events.read) {
+        self.mask = mask
         self.loop = loop
         self.fd = fd
         self.logger = logger
@@ -33,7 +36,8 @@ final class AcceptPause {
     func pause(_ error: SystemError, resume: (() -> Void)? = nil) {
         guard !paused, !closed else { return }
         paused = true
-        loop.modify(fd, mask: 0)
+        // Out of epoll (not MOD to 0: an EPOLLEXCLUSIVE registration cannot be modified).
+        loop.park(fd)
         pausesSinceLog += 1
         let now = loop.now
         if lastLog == 0 || now - lastLog >= AcceptPause.logEvery {
@@ -44,7 +48,7 @@ final class AcceptPause {
         loop.timers.schedule(at: now + AcceptPause.interval) { [weak self] in
             guard let self, !self.closed else { return }
             self.paused = false
-            self.loop.modify(self.fd, mask: Events.read)
+            self.loop.modify(self.fd, mask: self.mask)
             resume?()
         }
     }

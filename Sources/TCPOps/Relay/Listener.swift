@@ -1,7 +1,9 @@
-// A listening socket of one [[listener]]: accepts in batches, hands each client to a new Relay,
-// and pauses (instead of spinning) when the process runs out of file descriptors. A reload that
-// keeps the address keeps the socket and gives it new settings (for new connections); one that
-// drops the address retires it: whatever waits in its accept queue is accepted and relayed first.
+// One worker's acceptor of a listening socket of one [[listener]]: accepts in batches, hands each
+// client to a new Relay, and pauses (instead of spinning) when the process runs out of file
+// descriptors. The socket itself belongs to its ListenerGroup (every worker accepts on it). A
+// reload that keeps the address keeps the socket and gives it new settings (for new connections);
+// one that drops the address retires it: whatever waits in its accept queue is accepted and
+// relayed first.
 import Glibc
 
 public final class Listener: EventHandler {
@@ -14,34 +16,27 @@ public final class Listener: EventHandler {
     /// This listener's metrics (by name: a rename on reload takes the new name's).
     private(set) var metrics: ListenerMetrics
 
-    /// Binds and listens, or takes `passed`, a listening socket systemd handed over.
-    public init(settings: ListenerSettings, ctx: RelayContext, passed: Int32? = nil) throws(SystemError) {
+    /// Accepts on `fd` (a listening socket it does not own) on ctx's loop; `exclusive` when other
+    /// workers accept on it too (EPOLLEXCLUSIVE: one of them is woken per connection).
+    init(settings: ListenerSettings, ctx: RelayContext, fd: Int32, exclusive: Bool) throws(SystemError) {
         self.settings = settings
         self.ctx = ctx
-        if let passed {
-            fd = passed
-        } else {
-            fd = try Socket.listen(settings.listen)
-        }
+        self.fd = fd
+        let mask = Events.read | (exclusive ? Events.exclusive : 0)
         metrics = ctx.metrics.listener(settings.name)
         backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
-                              fields: [("TCPOPS_LISTENER", settings.name)])
-        do {
-            try ctx.loop.register(fd, mask: Events.read, handler: self)
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+                              fields: [("TCPOPS_LISTENER", settings.name)], mask: mask)
+        try ctx.loop.register(fd, mask: mask, handler: self)
     }
 
     private var closed = false
 
-    public func close() {
+    /// Stops accepting (the socket stays open for its owner to close).
+    func detach() {
         guard !closed else { return }
         closed = true
         backoff.close()
         ctx.loop.unregister(fd)
-        closeFD(fd)
     }
 
     /// New settings for the same address (a reload): relays already running keep theirs.
@@ -53,12 +48,12 @@ public final class Listener: EventHandler {
 
     /// The address is no longer wanted: accept and relay what already waits in the queue (the
     /// clients completed their handshake and may have sent data: closing would reset them), then
-    /// close. Returns how many were taken over.
+    /// stop accepting. Returns how many were taken over.
     @discardableResult
-    public func retire() -> Int {
+    func retire() -> Int {
         var taken = 0
         while !closed, case let n = acceptBatch(), n > 0 { taken += n }
-        close()
+        detach()
         return taken
     }
 

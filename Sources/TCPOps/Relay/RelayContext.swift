@@ -1,21 +1,83 @@
 // What every relay on one loop shares: the loop, the pipe pool, the connection table, where
-// events go, and the counters. Lives on the loop's thread.
+// events go, and the counters. Lives on the loop's thread (one per worker); what the workers
+// share is in `RelayShared` (atomics only: conids, the connection count max_connections bounds).
+import Synchronization
+
+/// Shared by every worker: conids (unique and increasing across workers and restarts), the
+/// connections tracked by all of them (for max_connections), and the settings a reload changes.
+public final class RelayShared: Sendable {
+    let nextConid = Atomic<UInt64>(1)
+    let connections = Atomic<Int>(0)
+    let maxConnections: Atomic<Int>
+    let closedEventMode: Atomic<Int>
+
+    public init(maxConnections: Int, closedEventMode: Int) {
+        self.maxConnections = Atomic(maxConnections)
+        self.closedEventMode = Atomic(closedEventMode)
+    }
+
+    public func apply(maxConnections: Int, closedEventMode: Int) {
+        self.maxConnections.store(maxConnections, ordering: .relaxed)
+        self.closedEventMode.store(closedEventMode, ordering: .relaxed)
+    }
+
+    /// Conids up to `last` were handed out by a previous process: never again.
+    public func adopted(last: UInt64) {
+        var current = nextConid.load(ordering: .relaxed)
+        while current <= last {
+            let (done, now) = nextConid.compareExchange(expected: current, desired: last + 1, ordering: .relaxed)
+            if done { return }
+            current = now
+        }
+    }
+
+    public var peekNextConid: UInt64 { nextConid.load(ordering: .relaxed) }
+    public var connectionsNow: Int { connections.load(ordering: .relaxed) }
+}
+
+/// One worker's counters, written by its loop only and readable from any thread (status, stats).
+public final class WorkerCounters: Sendable {
+    let relays = Atomic<Int>(0)
+    let connections = Atomic<Int>(0)
+    let accepted = Atomic<UInt64>(0)
+    let rejected = Atomic<UInt64>(0)
+    let relayedBytes = Atomic<UInt64>(0)
+
+    public init() {}
+
+    public var relaysNow: Int { relays.load(ordering: .relaxed) }
+    public var connectionsNow: Int { connections.load(ordering: .relaxed) }
+    public var acceptedTotal: UInt64 { accepted.load(ordering: .relaxed) }
+    public var rejectedTotal: UInt64 { rejected.load(ordering: .relaxed) }
+    public var relayedBytesTotal: UInt64 { relayedBytes.load(ordering: .relaxed) }
+}
+
 public final class RelayContext {
     public let loop: EventLoop
     let pipes: PipePool
     public let logger: Logger
     public let events: EventDispatcher
+    public let shared: RelayShared
+    public let counters = WorkerCounters()
     /// [events] closed_event: 0, 1 or 2.
-    public var closedEventMode: Int
-    public var maxConnections: Int
+    public var closedEventMode: Int { shared.closedEventMode.load(ordering: .relaxed) }
+    public var maxConnections: Int { shared.maxConnections.load(ordering: .relaxed) }
     /// Every tracked connection by conid. Invariant: a Connection is here from accept (or
     /// connect) until its relay closes its fd; both sides of a relay leave together.
     public private(set) var table: [UInt64: Connection] = [:]
-    private var nextConid: UInt64 = 1
     public private(set) var relays = 0
-    public var accepted: UInt64 = 0
-    public var rejected: UInt64 = 0
-    public var relayedBytes: UInt64 = 0
+    public var accepted: UInt64 {
+        get { counters.accepted.load(ordering: .relaxed) }
+        set { counters.accepted.store(newValue, ordering: .relaxed) }
+    }
+    public var rejected: UInt64 {
+        get { counters.rejected.load(ordering: .relaxed) }
+        set { counters.rejected.store(newValue, ordering: .relaxed) }
+    }
+    /// Kept here and published to `counters` at the end of each loop turn that changed it.
+    public var relayedBytes: UInt64 = 0 {
+        didSet { counters.relayedBytes.store(relayedBytes, ordering: .relaxed) }
+    }
     /// Names of the listeners now configured (for `list --listener`).
     public var listenerNames: Set<String> = []
     /// accept_proxy connections closed for a missing or bad PROXY header, and when one was last logged.
@@ -33,60 +95,71 @@ public final class RelayContext {
     /// Where the relays count what they do.
     public let metrics: DaemonMetrics
 
-    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int,
-                metrics: DaemonMetrics = DaemonMetrics()) {
+    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, metrics: DaemonMetrics = DaemonMetrics()) {
         self.metrics = metrics
         self.loop = loop
         self.logger = logger
         self.events = events
-        self.closedEventMode = closedEventMode
-        self.maxConnections = maxConnections
+        self.shared = shared
         self.pipes = PipePool()
+    }
+
+    public convenience init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int,
+                            metrics: DaemonMetrics = DaemonMetrics()) {
+        self.init(loop: loop, logger: logger, events: events,
+                  shared: RelayShared(maxConnections: maxConnections, closedEventMode: closedEventMode), metrics: metrics)
     }
 
     deinit { scratch.deallocate() }
 
     /// Conids carried over from the previous process are never handed out again.
     func adopted(conids: [UInt64]) {
-        if let m = conids.max(), m >= nextConid { nextConid = m + 1 }
+        if let m = conids.max() { shared.adopted(last: m) }
     }
 
     /// Every live relay, once each.
     var liveRelays: [Relay] { table.values.filter { $0.side == .client }.compactMap { $0.relay } }
 
-    var peekNextConid: UInt64 { nextConid }
+    var peekNextConid: UInt64 { shared.peekNextConid }
 
-    func newConid() -> UInt64 {
-        defer { nextConid += 1 }
-        return nextConid
-    }
+    func newConid() -> UInt64 { shared.nextConid.wrappingAdd(1, ordering: .relaxed).oldValue }
 
     /// `c` must already belong to its relay (for the relay's metrics).
     func track(_ c: Connection) {
         table[c.conid] = c
+        shared.connections.add(1, ordering: .relaxed)
+        counters.connections.add(1, ordering: .relaxed)
         c.relay?.metrics.connectionsOpen.increment()
+    }
+
+    private func left(_ c: Connection) {
+        shared.connections.subtract(1, ordering: .relaxed)
+        counters.connections.subtract(1, ordering: .relaxed)
+        c.relay?.metrics.connectionsOpen.decrement()
     }
 
     /// A failed upstream attempt leaves the table before its relay does.
     func untrack(_ c: Connection) {
-        if table.removeValue(forKey: c.conid) != nil { c.relay?.metrics.connectionsOpen.decrement() }
+        if table.removeValue(forKey: c.conid) != nil { left(c) }
     }
 
     func added(_ r: Relay) {
         relays += 1
+        counters.relays.add(1, ordering: .relaxed)
         r.metrics.relaysOpen.increment()
     }
 
     func removed(_ r: Relay) {
-        for c in [r.client] + (r.upstream.map { [$0] } ?? []) where table.removeValue(forKey: c.conid) != nil {
-            r.metrics.connectionsOpen.decrement()
-        }
+        if table.removeValue(forKey: r.client.conid) != nil { left(r.client) }
+        if let up = r.upstream, table.removeValue(forKey: up.conid) != nil { left(up) }
         r.metrics.relaysOpen.decrement()
         relays -= 1
+        counters.relays.subtract(1, ordering: .relaxed)
         if relays == 0 { onIdle?() }
     }
 
-    public var hasRoomForRelay: Bool { table.count + 2 <= maxConnections }
+    /// max_connections bounds the connections of all workers together.
+    public var hasRoomForRelay: Bool { shared.connectionsNow + 2 <= maxConnections }
 
     /// Closes every relay (shutdown after the drain time): no events, reason local.
     public func closeAll() {
