@@ -119,18 +119,20 @@ class Direct(Relay):
 
 
 class TCPOpsd(Relay):
-    def __init__(self, name, work, binary, workers=None):
+    def __init__(self, name, work, binary, workers=None, events=True):
         super().__init__(name, work)
-        self.binary, self.workers = binary, workers
+        self.binary, self.workers, self.events = binary, workers, events
         self.ports = {IPERF_PORT: 15201, ECHO_PORT: 15300, "lifetime": 15400, "idle": 15500}
 
     def start(self):
         workers = f"workers = {json.dumps(self.workers)}\n" if self.workers else ""
+        events = "" if self.events else "[events]\nclosed_event = 0\n"
         conf = os.path.join(self.work, f"{self.name}.toml")
         with open(conf, "w") as f:
             f.write(f"""[daemon]
 control_socket = "{self.work}/{self.name}.sock"
 {workers}
+{events}
 [[listener]]
 name = "iperf"
 listen = "127.0.0.1:15201"
@@ -221,25 +223,13 @@ stream {{
         super().stop()
 
 
-class SocketProxyd(Relay):
-    """systemd-socket-proxyd, one per upstream, each fed its listening socket by
-    systemd-socket-activate. No idle timeout of its own: no lifetime row."""
-    lifetime = False
-    BIN = "/lib/systemd/systemd-socket-proxyd"
-
-    def start(self):
-        self.ports = {IPERF_PORT: 18201, ECHO_PORT: 18300, "idle": 18500}
-        self.procs = []
-        for listen, up in ((18201, IPERF_PORT), (18300, ECHO_PORT), (18500, ECHO_PORT)):
-            self.procs.append(subprocess.Popen(
-                ["systemd-socket-activate", "-l", f"127.0.0.1:{listen}", self.BIN, "--connections-max=20000", f"127.0.0.1:{up}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.proc = self.procs[1]
-        return wait_port(18300)
+class ProcessPerPort(Relay):
+    """A relay run as one process per listening port (`procs`, in the order of `ports`' values)."""
+    procs = []
 
     def use(self, port):
-        """The process serving a client port (each upstream has its own)."""
-        return self.procs[{18201: 0, 18300: 1, 18500: 2}[port]].pid
+        """The process serving a client port."""
+        return self.procs[list(self.ports.values()).index(port)].pid
 
     def stop(self):
         for p in self.procs:
@@ -249,7 +239,23 @@ class SocketProxyd(Relay):
         self.proc = None
 
 
-class Socat(Relay):
+class SocketProxyd(ProcessPerPort):
+    """systemd-socket-proxyd, one per upstream, each fed its listening socket by
+    systemd-socket-activate. No idle timeout of its own: no lifetime row."""
+    lifetime = False
+    BIN = "/lib/systemd/systemd-socket-proxyd"
+
+    def start(self):
+        self.ports = {IPERF_PORT: 18201, ECHO_PORT: 18300, "idle": 18500}
+        self.procs = [subprocess.Popen(
+            ["systemd-socket-activate", "-l", f"127.0.0.1:{listen}", self.BIN, "--connections-max=20000", f"127.0.0.1:{up}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for listen, up in ((18201, IPERF_PORT), (18300, ECHO_PORT), (18500, ECHO_PORT))]
+        self.proc = self.procs[1]
+        return wait_port(18300)
+
+
+class Socat(ProcessPerPort):
     """A process per connection: measured for streams, connections and latency only."""
     def start(self):
         self.ports = {IPERF_PORT: 19201, ECHO_PORT: 19300, "lifetime": 19400}
@@ -259,16 +265,6 @@ class Socat(Relay):
                                                (19400, ECHO_PORT, ["-T", str(LIFETIME_S)]))]
         self.proc = self.procs[1]
         return wait_port(19300)
-
-    def use(self, port):
-        return self.procs[{19201: 0, 19300: 1, 19400: 2}[port]].pid
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            p.wait(10)
-        self.proc = None
 
 
 def pid_for(relay, port):
@@ -471,6 +467,8 @@ def main():
     if subprocess.run([args.tcpopsd, "--config", probe, "--check-config"], capture_output=True).returncode == 0:
         relays[1] = TCPOpsd("tcpopsd-w1", work, args.tcpopsd, workers=1)
         relays.append(TCPOpsd("tcpopsd-auto", work, args.tcpopsd, workers="auto"))
+    # For comparison only (not its default): what the events cost.
+    relays.append(TCPOpsd("tcpopsd-auto-no-events", work, args.tcpopsd, workers="auto" if len(relays) > 2 else None, events=False))
     if shutil.which("haproxy"):
         relays.append(HAProxy("haproxy", work))
     if shutil.which("nginx") and os.path.exists(Nginx.MODULE):
@@ -508,7 +506,7 @@ def main():
             if "lifetime" in r.ports:
                 res["lifetime p99 late ms"] = lifetime_lateness(tool, r.ports["lifetime"], 2000)
                 settle()
-            if isinstance(r, TCPOpsd):
+            if isinstance(r, TCPOpsd) and r.events:
                 rst = rst_to_event(ctl, r.control, r.ports[ECHO_PORT], 1000)
                 if rst:
                     res["RST→event p50 µs"], res["RST→event p99 µs"], _ = rst

@@ -114,20 +114,25 @@ extension TCPEvent {
         field(&t, "TCPOPS_BYTES_OUT"); t.put(bytesOut); end(&t)
         field(&t, "TCPOPS_ORIGIN"); t.put(reason.origin.rawValue); end(&t)
         field(&t, "TCPOPS_ERRNO"); if errno != 0 { t.put(errnoName(errno)) }; end(&t)
-        func tcpField(_ key: StaticString, _ v: UInt32?) {
+        forEachTCPField { key, _, value in
             field(&t, key)
-            if let v { t.put(v) }
+            if let value { t.put(value) }
             end(&t)
         }
-        tcpField("TCPOPS_TCP_RTT_US", tcp?.rttMicros)
-        tcpField("TCPOPS_TCP_RTTVAR_US", tcp?.rttvarMicros)
-        tcpField("TCPOPS_TCP_RETRANSMITS", tcp?.retransmits)
-        tcpField("TCPOPS_TCP_UNACKED", tcp?.unacked)
-        tcpField("TCPOPS_TCP_LOST", tcp?.lost)
-        tcpField("TCPOPS_TCP_LAST_DATA_RECV_MS", tcp?.lastDataReceivedMs)
-        tcpField("TCPOPS_TCP_LAST_ACK_RECV_MS", tcp?.lastAckReceivedMs)
-        tcpField("TCPOPS_TCP_PMTU", tcp?.pmtu)
-        tcpField("TCPOPS_TCP_SND_CWND", tcp?.sendCwnd)
+    }
+
+    /// The TCP_INFO snapshot's fields in order: journal key, the JSON line's `,"key":`, value
+    /// (nil where unknown).
+    func forEachTCPField(_ body: (_ journalKey: StaticString, _ jsonKey: StaticString, _ value: UInt32?) -> Void) {
+        body("TCPOPS_TCP_RTT_US", ",\"tcp_rtt_us\":", tcp?.rttMicros)
+        body("TCPOPS_TCP_RTTVAR_US", ",\"tcp_rttvar_us\":", tcp?.rttvarMicros)
+        body("TCPOPS_TCP_RETRANSMITS", ",\"tcp_retransmits\":", tcp?.retransmits)
+        body("TCPOPS_TCP_UNACKED", ",\"tcp_unacked\":", tcp?.unacked)
+        body("TCPOPS_TCP_LOST", ",\"tcp_lost\":", tcp?.lost)
+        body("TCPOPS_TCP_LAST_DATA_RECV_MS", ",\"tcp_last_data_recv_ms\":", tcp?.lastDataReceivedMs)
+        body("TCPOPS_TCP_LAST_ACK_RECV_MS", ",\"tcp_last_ack_recv_ms\":", tcp?.lastAckReceivedMs)
+        body("TCPOPS_TCP_PMTU", ",\"tcp_pmtu\":", tcp?.pmtu)
+        body("TCPOPS_TCP_SND_CWND", ",\"tcp_snd_cwnd\":", tcp?.sendCwnd)
     }
 
     /// The event line of `tcpopsctl events` (same keys and order as `json(seq:unixMicros:)`).
@@ -149,19 +154,10 @@ extension TCPEvent {
         t.put(",\"origin\":\""); t.put(reason.origin.rawValue)
         t.put("\",\"errno\":\""); if errno != 0 { t.put(errnoName(errno)) }
         t.put("\"")
-        func tcpField(_ key: StaticString, _ v: UInt32?) {
+        forEachTCPField { _, key, value in
             t.put(key)
-            if let v { t.put(v) } else { t.put("null") }
+            if let value { t.put(value) } else { t.put("null") }
         }
-        tcpField(",\"tcp_rtt_us\":", tcp?.rttMicros)
-        tcpField(",\"tcp_rttvar_us\":", tcp?.rttvarMicros)
-        tcpField(",\"tcp_retransmits\":", tcp?.retransmits)
-        tcpField(",\"tcp_unacked\":", tcp?.unacked)
-        tcpField(",\"tcp_lost\":", tcp?.lost)
-        tcpField(",\"tcp_last_data_recv_ms\":", tcp?.lastDataReceivedMs)
-        tcpField(",\"tcp_last_ack_recv_ms\":", tcp?.lastAckReceivedMs)
-        tcpField(",\"tcp_pmtu\":", tcp?.pmtu)
-        tcpField(",\"tcp_snd_cwnd\":", tcp?.sendCwnd)
         t.put("}")
         return t.string
     }
