@@ -310,23 +310,23 @@ public final class Daemon {
     private func handOver() {
         let deadline = Clock.monotonicNanoseconds() + min(config.daemon.shutdownTimeout, 5).nanoseconds
         logger.log(.notice, "stopping: handing \(relaysNow) relay(s) to systemd's fd store", id: .stopping)
-        final class Total { var stored = 0 }
-        let total = Total()
-        let lock = Locked(())
-        let main = workers[0]
-        var left = workers.count
-        for w in workers {
-            let h = Handoff((total, lock, main))
-            w.post { w in
-                Daemon.handOver(w, deadline: deadline) { stored in
-                    h.value.1.withLock { _ in h.value.0.stored += stored }
-                    h.value.2.post { _ in
-                        left -= 1
-                        if left == 0 { self.handedOver(total.stored) }
-                    }
-                }
+        let stored = Locked(0)
+        everyWorker(workers, { w in
+            // Each worker stores its own relays, counting them in as it finishes.
+            let main = self.workers[0]
+            Daemon.handOver(w, deadline: deadline) { n in
+                stored.withLock { $0 += n }
+                main.post { _ in self.workerHandedOver(stored.withLock { $0 }) }
             }
-        }
+        }, then: {})
+    }
+
+    private var workersHandedOver = 0
+
+    /// A worker finished its handover (on the main thread); the last one ends it.
+    private func workerHandedOver(_ stored: Int) {
+        workersHandedOver += 1
+        if workersHandedOver == workers.count { handedOver(stored) }
     }
 
     /// Every worker is done: the conid counter travels too (on a placeholder fd), then stop.

@@ -31,25 +31,26 @@ public final class ControlTarget {
             reply(answer(r, error))
             return
         }
-        final class Parts { var parts: [Part] = []; var failure: Error? }
-        let parts = Parts()
-        let lock = Locked(())
+        struct Gathered {
+            var parts: [Part] = []
+            var failure: Error?
+        }
+        let gathered = Locked(Gathered())
         everyWorker(workers, { w in
-            let part: Part
             do {
-                part = try each(w.ctx)
+                let part = try each(w.ctx)
+                gathered.withLock { $0.parts.append(part) }
             } catch {
-                lock.withLock { _ in parts.failure = error }
-                return
+                gathered.withLock { $0.failure = error }
             }
-            lock.withLock { _ in parts.parts.append(part) }
         }, then: { [self] in
-            if let f = parts.failure {
+            let all = gathered.withLock { $0 }
+            if let f = all.failure {
                 reply(answer(r, f))
                 return
             }
             do {
-                reply(ControlAnswer.ok(r.id, try combine(parts.parts)))
+                reply(ControlAnswer.ok(r.id, try combine(all.parts)))
             } catch {
                 reply(answer(r, error))
             }

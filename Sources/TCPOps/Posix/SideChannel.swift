@@ -40,6 +40,9 @@ public final class SideChannel<Item: Sendable>: Sendable {
             closeFD(wake)
             throw error
         }
+        // Never joined: stop() lets it end, and a writer blocked on a stuck receiver must not hold
+        // up the exit (flush has its deadline).
+        thread.detach()
     }
 
     deinit { closeFD(wake) }

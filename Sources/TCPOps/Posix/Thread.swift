@@ -30,6 +30,14 @@ public final class PosixThread: @unchecked Sendable {
     /// Whether start() ran (and join() has not yet).
     public var isStarted: Bool { started }
 
+    /// Nobody will join it: its resources go when it ends (a writer thread that may still be
+    /// blocked when the process exits).
+    public func detach() {
+        guard started else { return }
+        pthread_detach(handle)
+        started = false
+    }
+
     public func join() {
         guard started else { return }
         pthread_join(handle, nil)
