@@ -78,8 +78,11 @@ def test_subscriber_that_stops_reading_is_cut_off(daemon, echo):
     assert echo_ok(port)  # the relay kept working all along
     # Once every relay has ended, the good subscriber has seen every event, in order.
     wait_for(lambda: stat(d, "relays_open") == 0, timeout=60, what="every relay ended")
-    total = sum(stat(d, "events").values())
-    assert total >= 2 * n
+    events = stat(d, "events")
+    total = sum(events.values())
+    # Two events a relay (each side's FIN), one where the upstream connect timed out (a slow,
+    # sanitized run overwhelms the Python echo server): the client side is then closed by tcpopsd.
+    assert total >= 2 * n - events["tcp:timeout"]
     wait_for(lambda: len(seen) == total, timeout=30, what="the good subscriber saw every event")
     seqs = [json.loads(l)["seq"] for l in seen]
     assert seqs == list(range(1, total + 1))

@@ -118,5 +118,8 @@ def test_control_socket_at_the_fd_limit(tmp_path, echo):
     for h in held:
         h.close()
     wait_for(lambda: ctl(d, "stats", "--timeout", "2").returncode == 0, timeout=10, what="control socket serving again")
+    # Every worker has closed its held relays (their fds are free again) before a new client comes.
+    wait_for(lambda: '"relays_open":0' in ctl(d, "stats", "--json", "--timeout", "2").stdout.replace(" ", ""),
+             timeout=10, what="the held relays closed")
     assert roundtrip(connect(port), b"after")
     assert d.stop() == 0
