@@ -47,30 +47,26 @@ def tree(pid):
     return out
 
 
-def cpu_ticks(pid):
-    """user + system time of pid's tree, with children already reaped (socat's forks)."""
+def tree_sum(pid, name, value):
+    """The sum over pid's tree of value(text of /proc/P/name); processes gone meanwhile count 0."""
     total = 0
     for p in tree(pid):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            with open(f"/proc/{p}/{name}") as f:
+                total += value(f.read())
         except OSError:
             pass
     return total
+
+
+def cpu_ticks(pid):
+    """user + system time of pid's tree, with children already reaped (socat's forks)."""
+    # utime stime cutime cstime, after the command name (which may hold spaces)
+    return tree_sum(pid, "stat", lambda t: sum(int(x) for x in t.rsplit(")", 1)[1].split()[11:15]))
 
 
 def rss_anon_kib(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return tree_sum(pid, "status", lambda t: sum(int(l.split()[1]) for l in t.splitlines() if l.startswith("RssAnon:")))
 
 
 def wait_port(port, timeout=10):
