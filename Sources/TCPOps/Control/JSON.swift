@@ -74,7 +74,8 @@ public enum JSON: Sendable, Equatable {
 }
 
 extension TCPEvent {
-    /// The event as one JSON line for `tcpopsctl events` (the hook and journal values).
+    /// The event as a JSON value: the reference `jsonLine()` (what subscribers get, written
+    /// straight into bytes) is tested against.
     public func json(seq: UInt64, unixMicros: UInt64) -> JSON {
         var o: [(String, JSON)] = [
             ("seq", .uint(seq)), ("time_us", .uint(unixMicros)),

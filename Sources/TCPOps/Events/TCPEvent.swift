@@ -79,7 +79,8 @@ public struct TCPEvent: Sendable {
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0
 
-    /// Journal fields, SPEC names.
+    /// Journal fields, SPEC names, as values: the reference the byte-level rendering
+    /// (EventText.swift, what the journal gets) is tested against.
     public var journalFields: [Logger.Field] {
         var f: [Logger.Field] = [
             ("TCPOPS_EVENT", kind.rawValue), ("TCPOPS_REASON", reason.rawValue), ("TCPOPS_CONID", String(conid)),
