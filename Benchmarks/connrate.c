@@ -137,6 +137,7 @@ static int lifetime(int conns, double idle) {
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
     int left = conns, n_late = 0;
+    double first_close = 0, last_close = 0;
     double end = now() + idle + 30;
     struct epoll_event evs[256];
     char buf[4096];
@@ -148,13 +149,16 @@ static int lifetime(int conns, double idle) {
             ssize_t r = read(fd, buf, sizeof buf);
             if (r > 0) continue;
             late[n_late++] = (t - opened[i] - idle) * 1e3;
+            if (first_close == 0) first_close = t;
+            last_close = t;
             close(fd);
             left--;
         }
     }
     if (left > 0) { printf("%d of %d never closed\n", left, conns); return 1; }
     qsort(late, n_late, sizeof(double), cmp);
-    printf("%d closed, late p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", n_late, late[n_late / 2], late[n_late * 99 / 100], late[n_late - 1]);
+    printf("%d closed, late p50 %.1f ms, p99 %.1f ms, max %.1f ms (opened over %.1f ms, closed over %.1f ms)\n", n_late,
+           late[n_late / 2], late[n_late * 99 / 100], late[n_late - 1], (opened[conns - 1] - opened[0]) * 1e3, (last_close - first_close) * 1e3);
     return 0;
 }
 

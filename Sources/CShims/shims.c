@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include "CShims.h"
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
@@ -73,4 +74,8 @@ int tcpops_allowed_cpus(void) {
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
     return CPU_COUNT(&set);
+}
+
+void tcpops_name_thread(const char *name) {
+    (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }

@@ -479,7 +479,7 @@ public final class Daemon {
         let previous = config
         let inbox = loop.inbox
         let me = Handoff(self)
-        let worker = PosixThread()
+        let worker = PosixThread(name: "tcpops-reload")
         reloadWorker = worker
         do {
             try worker.start {

@@ -1,6 +1,8 @@
 """systemd integration without a systemd: socket activation through systemd-socket-activate
 (the same LISTEN_FDS/LISTEN_FDNAMES protocol), and the watchdog pinged from the relay's loop."""
 import contextlib
+import ctypes
+import json
 import os
 import shutil
 import signal
@@ -93,4 +95,69 @@ def test_watchdog_pings_from_the_loop(tmp_path, echo):
     during = [t for t in d.notify.has("WATCHDOG=1") if t_stop + 0.1 < t < t_stop + 1.1]
     assert during == []
     assert "watchdog: WATCHDOG=1 every 200 ms" in d.logtext()
+    assert d.stop() == 0
+
+
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, WALL = 17, 0x4206, 0x4207, 0x40000000
+
+
+def thread_ids(pid, name):
+    """The tids of `pid`'s threads called `name` (tcpopsd names its threads: tcpops-workerN, ...)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                out.append(int(tid))
+    return out
+
+
+@contextlib.contextmanager
+def frozen_thread(tid):
+    """Stops one thread of another process, and only it (PTRACE_SEIZE + PTRACE_INTERRUPT: no
+    SIGSTOP, so no group stop of the other threads), as a worker stuck in a blocking call would be."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    assert libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0, os.strerror(ctypes.get_errno())
+        status = ctypes.c_int()
+        assert libc.waitpid(tid, ctypes.byref(status), WALL) == tid
+        yield
+    finally:
+        libc.ptrace(PTRACE_DETACH, tid, None, None)
+
+
+def test_watchdog_stops_while_one_worker_is_stuck(tmp_path, echo):
+    """With 4 workers, one stuck worker (its thread stopped, every other thread running) stops
+    WATCHDOG=1 and is named in an error; relays on the other workers go on; pings resume when it
+    turns again."""
+    up = echo()
+    port = free_port()
+    d = Daemon(tmp_path, listeners=[listener("wd", port, up.address)], daemon={"workers": 4},
+               extra_env={"WATCHDOG_USEC": "400000"})
+    d.start()
+    wait_for(lambda: len(d.notify.has("WATCHDOG=1")) >= 3, what="watchdog pings")
+    [tid] = thread_ids(d.proc.pid, "tcpops-worker2")
+    with frozen_thread(tid):
+        t_stop = time.monotonic()
+        # The stuck worker is noticed within the limit (400 ms) and a ping period (200 ms).
+        wait_for(lambda: "worker(s) 2 stopped turning" in d.logtext(), timeout=5, what="the stuck worker named")
+        time.sleep(1.0)
+        late = [t for t in d.notify.has("WATCHDOG=1") if t > t_stop + 0.7]
+        assert late == [], f"{len(late)} pings while worker 2 was stuck"
+        # A control request that needs every worker's part says which one did not answer (within
+        # 2 s), instead of hanging; the daemon relays on its other workers (the kernel wakes a
+        # worker that waits, and the stuck one is not waiting): every one of 20 clients is served.
+        t = time.monotonic()
+        r = d.ctl("stats")
+        assert r.returncode != 0 and "worker(s) 2 did not answer within 2 s" in r.stderr, (r.returncode, r.stdout, r.stderr)
+        assert 1.5 < time.monotonic() - t < 6
+        for _ in range(20):
+            s = connect(port)
+            s.sendall(b"ping")
+            assert s.recv(16) == b"ping"
+            s.close()
+        t_thaw = time.monotonic()
+    wait_for(lambda: [t for t in d.notify.has("WATCHDOG=1") if t > t_thaw], what="pings after the worker turns again")
+    assert json.loads(d.ctl("stats", "--json").stdout)["workers"] == 4
     assert d.stop() == 0

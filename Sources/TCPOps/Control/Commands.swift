@@ -33,17 +33,40 @@ public final class ControlTarget {
         }
         struct Gathered {
             var parts: [Part] = []
+            var answered: Set<Int> = []
             var failure: Error?
         }
         let gathered = Locked(Gathered())
+        // A worker that does not turn (stuck in a call that blocks) must not hold the answer, nor
+        // the control client's later requests, forever: after `workerDeadline` the answer is an
+        // error naming it, and its part is ignored when it comes.
+        let pending = Pending()
+        let main = workers[0].loop
+        let deadline = main.timers.schedule(at: main.now + ControlTarget.workerDeadline) { [workers] in
+            guard !pending.done else { return }
+            pending.done = true
+            let answered = gathered.withLock { $0.answered }
+            let stuck = workers.map(\.index).filter { !answered.contains($0) }
+            reply(ControlAnswer.error(r.id, "worker(s) \(stuck.map(String.init).joined(separator: ", ")) did not answer within "
+                                      + "\(ControlTarget.workerDeadline / 1_000_000_000) s (stuck?)"))
+        }
         everyWorker(workers, { w in
             do {
                 let part = try each(w.ctx)
-                gathered.withLock { $0.parts.append(part) }
+                gathered.withLock {
+                    $0.parts.append(part)
+                    $0.answered.insert(w.index)
+                }
             } catch {
-                gathered.withLock { $0.failure = error }
+                gathered.withLock {
+                    $0.failure = error
+                    $0.answered.insert(w.index)
+                }
             }
         }, then: { [self] in
+            guard !pending.done else { return }
+            pending.done = true
+            main.timers.cancel(deadline)
             let all = gathered.withLock { $0 }
             if let f = all.failure {
                 reply(answer(r, f))
@@ -55,6 +78,14 @@ public final class ControlTarget {
                 reply(answer(r, error))
             }
         })
+    }
+
+    /// How long a request waits for every worker's part.
+    static let workerDeadline: UInt64 = 2_000_000_000
+
+    /// Whether a request was answered (main thread only).
+    private final class Pending {
+        var done = false
     }
 
     private func answer(_ r: ControlRequest, _ error: Error) -> String {

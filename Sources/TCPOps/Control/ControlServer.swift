@@ -14,7 +14,7 @@ public final class ControlServer: Sendable {
         public var groupName: String?
     }
 
-    private let thread = PosixThread()
+    private let thread = PosixThread(name: "tcpops-control")
     private let inbox: Inbox
     private let worker: Handoff<ControlWorker>
     private let subscribers: Atomic<Int>

@@ -51,7 +51,7 @@ public final class HookRunner: Sendable {
     private let anyCommands: Atomic<Bool>
     private let counters = Locked(Counters())
     private let lastDropLog = Atomic<UInt64>(0)
-    private let thread = PosixThread()
+    private let thread = PosixThread(name: "tcpops-hooks")
     private let inbox: Inbox
     private let worker: Handoff<Worker>
 

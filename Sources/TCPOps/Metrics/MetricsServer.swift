@@ -4,7 +4,7 @@
 import Glibc
 
 public final class MetricsServer: Sendable {
-    private let thread = PosixThread()
+    private let thread = PosixThread(name: "tcpops-metrics")
     private let inbox: Inbox
     private let worker: Handoff<MetricsWorker>
 

@@ -20,13 +20,14 @@ public final class SideChannel<Item: Sendable>: Sendable {
     /// A blocking eventfd the writer sleeps on; written only when it is idle.
     private let wake: Int32
     private let limit: Int
-    private let thread = PosixThread()
+    private let thread: PosixThread
 
     /// `write` runs on the channel's own thread, one item at a time, in order. `dropped` is told
     /// (on that thread) how many items were dropped since it was last told, whenever some were.
-    public init(limit: Int, write: @escaping @Sendable (Item) -> Void,
+    public init(name: String, limit: Int, write: @escaping @Sendable (Item) -> Void,
                 dropped: @escaping @Sendable (UInt64) -> Void = { _ in }) throws(SystemError) {
         self.limit = limit
+        thread = PosixThread(name: name)
         wake = try sys("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
         // The writer holds the channel until stop() lets it end (the owner's deinit calls it).
         let me = Unmanaged.passRetained(self)

@@ -1,23 +1,33 @@
 // A plain pthread running one closure, and a box that hands a non-Sendable value to it exactly once.
+import CShims
 import Glibc
 
 public final class PosixThread: @unchecked Sendable {
     // @unchecked: `handle` is written once by start() before any other thread can see it, and read by join().
     private var handle = pthread_t()
     private var started = false
+    /// The thread's name as `top -H`, `ps -L` and /proc/PID/task/TID/comm show it ("tcpops-" and
+    /// the role: the kernel keeps 15 bytes).
+    private let name: String
 
     private final class Body {
+        let name: String
         let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
+        init(_ name: String, _ run: @escaping () -> Void) {
+            self.name = name
+            self.run = run
+        }
     }
 
-    public init() {}
+    public init(name: String) { self.name = name }
 
     public func start(_ body: @escaping @Sendable () -> Void) throws(SystemError) {
-        let box = Unmanaged.passRetained(Body(body)).toOpaque()
+        let box = Unmanaged.passRetained(Body(name, body)).toOpaque()
         let r = pthread_create(&handle, nil, { arg in
             guard let arg else { return nil }
-            Unmanaged<Body>.fromOpaque(arg).takeRetainedValue().run()
+            let body = Unmanaged<Body>.fromOpaque(arg).takeRetainedValue()
+            tcpops_name_thread(body.name)
+            body.run()
             return nil
         }, box)
         if r != 0 {

@@ -14,7 +14,7 @@ public final class RelayWorker {
     public let dispatcher: EventDispatcher
     /// This worker's acceptor of each listening socket, by the socket's fd (own thread only).
     private var listeners: [Int32: Listener] = [:]
-    private let thread = PosixThread()
+    private let thread: PosixThread
     /// The loop's clock at its last turn, for the watchdog (written by the worker's own timer).
     let heartbeat = Atomic<UInt64>(0)
     /// More than one worker: listening sockets are shared and registered exclusively.
@@ -22,6 +22,7 @@ public final class RelayWorker {
 
     init(index: Int, count: Int, loop: EventLoop, logger: Logger, hooks: HookRunner?, shared: RelayShared, metrics: DaemonMetrics) {
         self.index = index
+        thread = PosixThread(name: "tcpops-worker\(index)")
         self.loop = loop
         exclusive = count > 1
         dispatcher = EventDispatcher(logger: logger, hooks: hooks)

@@ -42,7 +42,7 @@ public final class Logger: Sendable {
         }
         useJournal = journal
         threshold = Atomic(level.rawValue)
-        writer = try? SideChannel<Entry>(limit: Logger.queueLimit, write: { Logger.write($0, journal: journal) }, dropped: { n in
+        writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueLimit, write: { Logger.write($0, journal: journal) }, dropped: { n in
             Logger.write(Entry(level: .warning, message: "\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
                                id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))]), journal: journal)
         })

@@ -8,7 +8,7 @@ import Glibc
 public enum Notify {
     private static let channel: SideChannel<String>? = {
         guard getenv("NOTIFY_SOCKET") != nil else { return nil }
-        return try? SideChannel<String>(limit: 64, write: { _ = sd_notify(0, $0) })
+        return try? SideChannel<String>(name: "tcpops-notify", limit: 64, write: { _ = sd_notify(0, $0) })
     }()
 
     /// Queues `state` (one or more `KEY=value` lines) for systemd without waiting.
