@@ -100,36 +100,139 @@ public struct Upstream: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// One [[listener]]'s settings. Its fields live in one shared, copy-on-write object: a relay keeps
+/// the settings it was accepted under (a reload changes only new connections) for the price of a
+/// reference, not a copy of every field.
 public struct ListenerSettings: Sendable, Equatable {
-    public var name: String
-    public var listen: SocketAddress
+    private final class Storage: @unchecked Sendable {
+        // @unchecked: written only while uniquely referenced (ListenerSettings.unique), so never
+        // while another thread can see it.
+        var name: String
+        var listen: SocketAddress
+        var upstreams: [Upstream]
+        var connectTimeout: Double = 5.0
+        var lifetime: Double = 0.0
+        var keepalive: KeepaliveSettings? = nil
+        var userTimeout: Double = 0.0
+        var upstreamUserTimeout: Double = 0.0
+        var closedEvent: Bool = false
+        var eventSides: Set<Side> = [.client, .upstream]
+        var upstreamKeepalive: KeepaliveSettings? = nil
+        var proxyProtocol: ProxyProtocol.Version? = nil
+        var acceptProxy: Bool = false
+
+        init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
+            self.name = name
+            self.listen = listen
+            self.upstreams = upstreams
+        }
+
+        func copy() -> Storage {
+            let c = Storage(name: name, listen: listen, upstreams: upstreams)
+            c.connectTimeout = connectTimeout
+            c.lifetime = lifetime
+            c.keepalive = keepalive
+            c.userTimeout = userTimeout
+            c.upstreamUserTimeout = upstreamUserTimeout
+            c.closedEvent = closedEvent
+            c.eventSides = eventSides
+            c.upstreamKeepalive = upstreamKeepalive
+            c.proxyProtocol = proxyProtocol
+            c.acceptProxy = acceptProxy
+            return c
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func unique() -> Storage {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
+
+    public var name: String {
+        get { storage.name }
+        set { unique().name = newValue }
+    }
+    public var listen: SocketAddress {
+        get { storage.listen }
+        set { unique().listen = newValue }
+    }
     /// Tried in order when a connect fails (refused, unreachable, timed out), each address of a
     /// name in turn.
-    public var upstreams: [Upstream]
-    public var connectTimeout = 5.0
+    public var upstreams: [Upstream] {
+        get { storage.upstreams }
+        set { unique().upstreams = newValue }
+    }
+    public var connectTimeout: Double {
+        get { storage.connectTimeout }
+        set { unique().connectTimeout = newValue }
+    }
     /// Idle lifetime in seconds; 0 = none.
-    public var lifetime = 0.0
-    public var keepalive: KeepaliveSettings? = nil
+    public var lifetime: Double {
+        get { storage.lifetime }
+        set { unique().lifetime = newValue }
+    }
+    public var keepalive: KeepaliveSettings? {
+        get { storage.keepalive }
+        set { unique().keepalive = newValue }
+    }
     /// TCP_USER_TIMEOUT of the client side in seconds; 0 = kernel default.
-    public var userTimeout = 0.0
+    public var userTimeout: Double {
+        get { storage.userTimeout }
+        set { unique().userTimeout = newValue }
+    }
     /// TCP_USER_TIMEOUT of the upstream side in seconds; 0 = kernel default.
-    public var upstreamUserTimeout = 0.0
-    public var closedEvent = false
-    public var eventSides: Set<Side> = [.client, .upstream]
-    public var upstreamKeepalive: KeepaliveSettings? = nil
+    public var upstreamUserTimeout: Double {
+        get { storage.upstreamUserTimeout }
+        set { unique().upstreamUserTimeout = newValue }
+    }
+    public var closedEvent: Bool {
+        get { storage.closedEvent }
+        set { unique().closedEvent = newValue }
+    }
+    public var eventSides: Set<Side> {
+        get { storage.eventSides }
+        set { unique().eventSides = newValue }
+    }
+    public var upstreamKeepalive: KeepaliveSettings? {
+        get { storage.upstreamKeepalive }
+        set { unique().upstreamKeepalive = newValue }
+    }
     /// proxy_protocol: a PROXY header (v1 or v2) before the bytes relayed to the upstream.
-    public var proxyProtocol: ProxyProtocol.Version? = nil
+    public var proxyProtocol: ProxyProtocol.Version? {
+        get { storage.proxyProtocol }
+        set { unique().proxyProtocol = newValue }
+    }
     /// accept_proxy: each client must begin with a PROXY header, whose addresses are the client's.
-    public var acceptProxy = false
+    public var acceptProxy: Bool {
+        get { storage.acceptProxy }
+        set { unique().acceptProxy = newValue }
+    }
 
     public init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
-        self.name = name
-        self.listen = listen
-        self.upstreams = upstreams
+        storage = Storage(name: name, listen: listen, upstreams: upstreams)
     }
 
     public init(name: String, listen: SocketAddress, upstream: SocketAddress) {
         self.init(name: name, listen: listen, upstreams: [Upstream(address: upstream)])
+    }
+
+    public static func == (a: ListenerSettings, b: ListenerSettings) -> Bool {
+        if a.storage === b.storage { return true }
+        return a.name == b.name
+            && a.listen == b.listen
+            && a.upstreams == b.upstreams
+            && a.connectTimeout == b.connectTimeout
+            && a.lifetime == b.lifetime
+            && a.keepalive == b.keepalive
+            && a.userTimeout == b.userTimeout
+            && a.upstreamUserTimeout == b.upstreamUserTimeout
+            && a.closedEvent == b.closedEvent
+            && a.eventSides == b.eventSides
+            && a.upstreamKeepalive == b.upstreamKeepalive
+            && a.proxyProtocol == b.proxyProtocol
+            && a.acceptProxy == b.acceptProxy
     }
 
     /// The `index`th address to try (the upstreams in order, each address of a name in turn), with
