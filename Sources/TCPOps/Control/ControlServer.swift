@@ -61,7 +61,13 @@ public final class ControlServer: Sendable {
     public func publish(_ events: [TCPEvent]) {
         let worker = self.worker
         let batch = Handoff(events)
-        inbox.post { _ in worker.value.broadcast(batch.value) }
+        // Nobody follows the stream: the batch only joins the recent events, and need not wake
+        // the control thread (it is taken at its next turn, before any request is read).
+        if subscriberCount > 0 {
+            inbox.post { _ in worker.value.broadcast(batch.value) }
+        } else {
+            inbox.postQuietly { _ in worker.value.broadcast(batch.value) }
+        }
     }
 
     public func shutdown() {

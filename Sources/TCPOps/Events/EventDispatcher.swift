@@ -29,7 +29,10 @@ public final class EventDispatcher: TurnEndHandler {
         var event = event
         event.unixMicros = Clock.unixMicroseconds()
         byKind[event.kind.index] += 1
-        if pending.isEmpty { loop?.atTurnEnd(self) }
+        if pending.isEmpty {
+            loop?.atTurnEnd(self)
+            pending.reserveCapacity(16)  // one allocation a turn, not one per doubling
+        }
         pending.append(event)
         if loop == nil { turnEnded() }
     }

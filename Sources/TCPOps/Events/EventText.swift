@@ -46,9 +46,11 @@ public struct ByteText {
     /// "ip:port" ("[v6]:port"), as SocketAddress.description.
     public mutating func put(_ a: SocketAddress) {
         if a.family == .v4 {
-            for (i, b) in a.bytes.enumerated() {
-                if i > 0 { bytes.append(UInt8(ascii: ".")) }
-                put(UInt64(b))
+            a.withAddressBytes { raw in
+                for (i, b) in raw.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ".")) }
+                    put(UInt64(b))
+                }
             }
         } else {
             put("[")

@@ -143,6 +143,7 @@ public final class EventLoop {
     /// Runs until `stop()`. Only loop-integrity failures (epoll_wait itself failing) throw.
     public func run() throws(SystemError) {
         stopped = false
+        endTurn()  // what was asked before the loop ran (adopted relays' interest, say)
         while !stopped {
             now = Clock.monotonicNanoseconds()
             let timeout = timers.millisecondsUntilNext(now: now)
@@ -150,6 +151,7 @@ public final class EventLoop {
                 try sys("epoll_wait") { epoll_wait(epfd, buf.baseAddress, Int32(buf.count), timeout) }
             }
             now = Clock.monotonicNanoseconds()
+            inbox.drainQuiet(self)
             for i in 0..<Int(n) {
                 let data = events[i].data.u64
                 let fd = Int(UInt32(truncatingIfNeeded: data))

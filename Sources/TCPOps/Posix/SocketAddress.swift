@@ -4,15 +4,35 @@ import Glibc
 public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConvertible {
     public enum Family: Sendable { case v4, v6 }
     public let family: Family
-    /// Address bytes in network order (4 or 16).
-    public let bytes: [UInt8]
     public let port: UInt16
+    /// The address bytes in network order (4 or 16; an IPv4 address in the first 4, the rest 0),
+    /// held inline: a connection's addresses cost no allocation.
+    private let head: UInt64
+    private let tail: UInt64
 
     public init(family: Family, bytes: [UInt8], port: UInt16) {
-        self.family = family
-        self.bytes = bytes
-        self.port = port
+        self = bytes.withUnsafeBytes { SocketAddress(family: family, raw: $0, port: port) }
     }
+
+    /// `raw`: 4 (v4) or 16 (v6) address bytes in network order.
+    init(family: Family, raw: UnsafeRawBufferPointer, port: UInt16) {
+        var h: UInt64 = 0, t: UInt64 = 0
+        let n = min(raw.count, family == .v4 ? 4 : 16)
+        withUnsafeMutableBytes(of: &h) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw.prefix(min(n, 8)))) }
+        if n > 8 { withUnsafeMutableBytes(of: &t) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[8..<n])) } }
+        self.family = family
+        self.port = port
+        head = h
+        tail = t
+    }
+
+    /// The address bytes in network order (4 or 16), without an allocation.
+    public func withAddressBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withUnsafeBytes(of: (head, tail)) { try body(UnsafeRawBufferPointer(rebasing: $0.prefix(family == .v4 ? 4 : 16))) }
+    }
+
+    /// The address bytes in network order (4 or 16).
+    public var bytes: [UInt8] { withAddressBytes { Array($0) } }
 
     public enum ParseError: Error, Equatable, CustomStringConvertible {
         case missingPort, badPort(String), badHost(String)
@@ -88,7 +108,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     public var ip: String {
         var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         let af = family == .v4 ? AF_INET : AF_INET6
-        bytes.withUnsafeBytes { src in
+        withAddressBytes { src in
             _ = inet_ntop(af, src.baseAddress, &buf, socklen_t(buf.count))
         }
         let end = buf.firstIndex(of: 0) ?? buf.count
@@ -99,7 +119,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     public var description: String { family == .v4 ? "\(ip):\(port)" : "[\(ip)]:\(port)" }
 
     /// 0.0.0.0 or ::
-    public var isWildcard: Bool { bytes.allSatisfy { $0 == 0 } }
+    public var isWildcard: Bool { head == 0 && tail == 0 }
 
     /// 127.0.0.0/8 or ::1
     public var isLoopback: Bool { family == .v4 ? bytes.first == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1] }
@@ -113,7 +133,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
             var sa = sockaddr_in()
             sa.sin_family = sa_family_t(AF_INET)
             sa.sin_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: bytes) }
+            withUnsafeMutableBytes(of: &sa.sin_addr) { dst in withAddressBytes { dst.copyMemory(from: $0) } }
             return withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
@@ -121,7 +141,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: bytes) }
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { dst in withAddressBytes { dst.copyMemory(from: $0) } }
             return withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
             }
@@ -133,10 +153,10 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
         switch Int32(storage.pointee.ss_family) {
         case AF_INET:
             let sa = UnsafeRawPointer(storage).load(as: sockaddr_in.self)
-            self.init(family: .v4, bytes: withUnsafeBytes(of: sa.sin_addr) { Array($0) }, port: UInt16(bigEndian: sa.sin_port))
+            self = withUnsafeBytes(of: sa.sin_addr) { SocketAddress(family: .v4, raw: $0, port: UInt16(bigEndian: sa.sin_port)) }
         case AF_INET6:
             let sa = UnsafeRawPointer(storage).load(as: sockaddr_in6.self)
-            self.init(family: .v6, bytes: withUnsafeBytes(of: sa.sin6_addr) { Array($0) }, port: UInt16(bigEndian: sa.sin6_port))
+            self = withUnsafeBytes(of: sa.sin6_addr) { SocketAddress(family: .v6, raw: $0, port: UInt16(bigEndian: sa.sin6_port)) }
         default:
             return nil
         }

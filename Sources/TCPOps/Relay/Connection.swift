@@ -20,7 +20,24 @@ public final class Connection: EventHandler {
     public let side: Side
     let fd: Int32
     public internal(set) var state: ConnectionState
-    public internal(set) var local: SocketAddress?
+    /// The local address: set at accept (or adoption); for an upstream, asked of the kernel
+    /// (getsockname) the first time something wants it, not on every connect.
+    public internal(set) var local: SocketAddress? {
+        get {
+            if localUnasked && fdOpen {
+                localUnasked = false
+                knownLocal = Socket.localAddress(fd)
+            }
+            return knownLocal
+        }
+        set {
+            knownLocal = newValue
+            localUnasked = false
+        }
+    }
+    private var knownLocal: SocketAddress?
+    /// The socket is connected and its local address not yet asked for.
+    var localUnasked = false
     public internal(set) var remote: SocketAddress?
     public let openedAt: UInt64
     var lastActivity: UInt64

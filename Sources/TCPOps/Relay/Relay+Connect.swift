@@ -28,11 +28,12 @@ extension Relay {
             if listener.userTimeout > 0 {
                 try Socket.setUserTimeout(clientFD, milliseconds: UInt32(listener.userTimeout * 1000))
             }
-            Socket.setNoDelay(clientFD)
+            // TCP_NODELAY comes from the listening socket (ListenerGroup sets it there).
         } catch {
             ctx.logger.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
         }
-        guard relay.register(client, mask: 0) else { return true }
+        // Read at once: bytes that come while the upstream connects are held (one read's worth).
+        guard relay.register(client, mask: Events.read) else { return true }
         relay.armLifetime(client)
         if listener.acceptProxy {
             relay.awaitProxyHeader()
@@ -136,7 +137,7 @@ extension Relay {
     func connected() {
         upstream.state = .ok
         if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
-        upstream.local = Socket.localAddress(upstream.fd)
+        upstream.localUnasked = true  // getsockname when the address is wanted (an event, list)
         if let t = connectTimer {
             ctx.loop.timers.cancel(t)
             connectTimer = nil

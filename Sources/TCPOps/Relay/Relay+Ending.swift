@@ -89,19 +89,24 @@ extension Relay {
             if reason != .fin && reason != .lifetime { failed.state = .error }
         }
         // (No upstream yet while a PROXY header is awaited.)
-        for c in [client] + (upstream.map { [$0] } ?? []) {
+        // (Each side in turn, without an array of them: this runs once per relay.)
+        func close(_ c: Connection) {
             if c.closeReason == nil { c.closeReason = .local }
             closeSocket(c)
         }
+        close(client)
+        if let upstream { close(upstream) }
         if let t = connectTimer { ctx.loop.timers.cancel(t) }
         if let t = proxyTimer { ctx.loop.timers.cancel(t) }
         if let t = drainTimer { ctx.loop.timers.cancel(t) }
-        for d in [toUpstream, toClient] {
+        func givePipe(_ d: Direction) {
             if let p = d.pipe {
                 if d.fill == 0 { ctx.pipes.give(p) } else { ctx.pipes.close(p) }
                 d.pipe = nil
             }
         }
+        givePipe(toUpstream)
+        givePipe(toClient)
         // At info when a side closed without an event of its own (tcpopsd closed it, or events are
         // off for it): the journal must say how each connection ended. When both sides raised
         // events, those already say it (reason, bytes), and the summary is debug.

@@ -31,7 +31,7 @@ final class Direction {
     var drained: Bool { fill == 0 && held.isEmpty }
 }
 
-public final class Relay {
+public final class Relay: TurnEndHandler {
     let ctx: RelayContext
     let listener: ListenerSettings
     let client: Connection
@@ -48,6 +48,9 @@ public final class Relay {
     var drainTimer: TimerQueue.ID?
     var drainWhy = ""
     static let drainLimit: UInt64 = 5_000_000_000
+
+    /// updateInterest was asked this turn: the masks are set at its end.
+    var interestPending = false
 
     /// Handing over: nothing more is read, held bytes are still written.
     var quieting = false
@@ -88,7 +91,9 @@ public final class Relay {
         }
         if conn === upstream && upstream.state == .connecting {
             guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
-            let err = Socket.pendingError(upstream.fd)
+            // A failed connect is reported with EPOLLERR (and EPOLLHUP); writable alone means
+            // it succeeded, and SO_ERROR need not be asked.
+            let err = events & (Events.error | Events.hangup) != 0 ? Socket.pendingError(upstream.fd) : 0
             if err != 0 {
                 upstream.closeErrno = err
                 attemptFailed(CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
@@ -276,7 +281,18 @@ public final class Relay {
         return m
     }
 
+    /// The interest masks follow the relay's state at the end of the loop turn: several changes
+    /// in one turn (a read that fills a direction, the write that empties it) cost at most one
+    /// epoll_ctl per side, and none when they cancel out.
     func updateInterest() {
+        guard !interestPending else { return }
+        interestPending = true
+        ctx.loop.atTurnEnd(self)
+    }
+
+    public func turnEnded() {
+        interestPending = false
+        guard !ended else { return }
         setInterest(client, interest(client, reading: toUpstream, writing: toClient))
         setInterest(upstream, interest(upstream, reading: toClient, writing: toUpstream))
     }

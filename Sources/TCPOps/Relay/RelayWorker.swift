@@ -130,6 +130,9 @@ final class ListenerGroup {
         } else {
             fd = try Socket.listen(settings.listen)
         }
+        // Accepted sockets inherit TCP_NODELAY from the listening one (a passed socket too): one
+        // setsockopt per listener instead of one per connection.
+        Socket.setNoDelay(fd)
         do {
             try workers[0].attach(fd, settings)
         } catch {

@@ -42,9 +42,10 @@ public final class Logger: Sendable {
         }
         useJournal = journal
         threshold = Atomic(level.rawValue)
-        writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueLimit, write: { Logger.write($0, journal: journal) }, dropped: { n in
+        let scratch = Scratch()  // the writer thread's alone
+        writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueLimit, write: { Logger.write($0, journal: journal, scratch) }, dropped: { n in
             Logger.write(Entry(level: .warning, message: "\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
-                               id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))]), journal: journal)
+                               id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))]), journal: journal, scratch)
         })
     }
 
@@ -71,7 +72,7 @@ public final class Logger: Sendable {
         if let writer {
             writer.submit(entry)
         } else {
-            Logger.write(entry, journal: useJournal)
+            Logger.write(entry, journal: useJournal, Scratch())
         }
     }
 
@@ -83,7 +84,7 @@ public final class Logger: Sendable {
         if let writer {
             writer.submit(entry)
         } else {
-            Logger.write(entry, journal: useJournal)
+            Logger.write(entry, journal: useJournal, Scratch())
         }
     }
 
@@ -94,7 +95,7 @@ public final class Logger: Sendable {
         if let writer {
             writer.submit(contentsOf: entries)
         } else {
-            for e in entries { Logger.write(e, journal: useJournal) }
+            for e in entries { Logger.write(e, journal: useJournal, Scratch()) }
         }
     }
 
@@ -103,35 +104,67 @@ public final class Logger: Sendable {
         writer?.flush(deadline: deadline)
     }
 
-    private static func write(_ e: Entry, journal: Bool) {
+    /// The writer thread's buffers, kept from one entry to the next (an entry's text, its fields'
+    /// spans and their iovecs): writing an entry allocates nothing once they have grown.
+    final class Scratch: @unchecked Sendable {
+        // @unchecked: only ever used by the one thread that writes the log.
+        var text = ByteText(capacity: 2048)
+        var spans: [(start: Int, count: Int)] = []
+        var iov: [iovec] = []
+
+        init() {
+            spans.reserveCapacity(64)
+            iov.reserveCapacity(64)
+        }
+
+        func reset() {
+            text.bytes.removeAll(keepingCapacity: true)
+            spans.removeAll(keepingCapacity: true)
+            iov.removeAll(keepingCapacity: true)
+        }
+
+        /// Sends the spans of `text` as one journal entry.
+        func send() -> Bool {
+            text.bytes.withUnsafeBufferPointer { base -> Bool in
+                for span in spans {
+                    iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: base.baseAddress! + span.start), iov_len: span.count))
+                }
+                return iov.withUnsafeMutableBufferPointer { sd_journal_sendv($0.baseAddress, Int32($0.count)) >= 0 }
+            }
+        }
+    }
+
+    private static func write(_ e: Entry, journal: Bool, _ scratch: Scratch) {
         if let event = e.event {
-            if journal && sendToJournal(event) { return }
-            writeLine(event)
+            if journal && sendToJournal(event, scratch) { return }
+            writeLine(event, scratch)
             return
         }
         if let make = e.deferred {
             let (message, fields) = make()
             let made = Entry(level: e.level, message: message, id: e.id, fields: fields)
-            if journal && sendToJournal(made) { return }
+            if journal && sendToJournal(made, scratch) { return }
             writeLine(made)
             return
         }
-        if journal && sendToJournal(e) { return }
+        if journal && sendToJournal(e, scratch) { return }
         writeLine(e)
     }
 
     /// An event's journal entry: every field written into one buffer, the iovecs pointing into it.
-    private static func sendToJournal(_ e: TCPEvent) -> Bool {
-        var t = ByteText(capacity: 1024)
-        var spans: [(start: Int, count: Int)] = []
-        spans.reserveCapacity(32)
+    private static func sendToJournal(_ e: TCPEvent, _ scratch: Scratch) -> Bool {
+        scratch.reset()
         var start = 0
         func open(_ t: inout ByteText, _ key: StaticString) {
             start = t.bytes.count
             t.put(key)
             t.put(byte: UInt8(ascii: "="))
         }
-        func close(_ t: inout ByteText) { spans.append((start, t.bytes.count - start)) }
+        func close(_ t: inout ByteText) { scratch.spans.append((start, t.bytes.count - start)) }
+        // The text is taken out of the scratch while it is written (`open` and `close` use the
+        // scratch's spans), and put back to be sent.
+        var t = ByteText(capacity: 0)
+        swap(&t, &scratch.text)
         open(&t, "MESSAGE")
         e.putMessage(&t)
         close(&t)
@@ -145,16 +178,17 @@ public final class Logger: Sendable {
         t.put(e.kind.messageID.rawValue)
         close(&t)
         e.forEachField(&t, open, close)
-        return t.bytes.withUnsafeBufferPointer { base -> Bool in
-            var iov = spans.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: base.baseAddress! + $0.start), iov_len: $0.count) }
-            return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
-        }
+        swap(&t, &scratch.text)
+        return scratch.send()
     }
 
     /// An event's stderr line: `NOTICE message event=... reason=... ...` (keys without TCPOPS_,
     /// lowercase; event values have no spaces or quotes, so none is quoted).
-    private static func writeLine(_ e: TCPEvent) {
-        var t = ByteText(capacity: 768)
+    private static func writeLine(_ e: TCPEvent, _ scratch: Scratch) {
+        scratch.reset()
+        var t = ByteText(capacity: 0)
+        swap(&t, &scratch.text)
+        defer { swap(&t, &scratch.text) }
         t.put("NOTICE ")
         e.putMessage(&t)
         e.forEachField(&t, { t, key in
@@ -170,26 +204,21 @@ public final class Logger: Sendable {
         _ = t.bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
-    private static func sendToJournal(_ e: Entry) -> Bool {
-        var t = ByteText(capacity: 512)
-        var spans: [(start: Int, count: Int)] = []
-        spans.reserveCapacity(e.fields.count + 4)
+    private static func sendToJournal(_ e: Entry, _ scratch: Scratch) -> Bool {
+        scratch.reset()
         func field(_ key: String, _ value: String) {
-            let start = t.bytes.count
-            t.put(key)
-            t.put(byte: UInt8(ascii: "="))
-            t.put(value)
-            spans.append((start, t.bytes.count - start))
+            let start = scratch.text.bytes.count
+            scratch.text.put(key)
+            scratch.text.put(byte: UInt8(ascii: "="))
+            scratch.text.put(value)
+            scratch.spans.append((start, scratch.text.bytes.count - start))
         }
         field("MESSAGE", e.message)
         field("PRIORITY", String(e.level.rawValue))
         field("SYSLOG_IDENTIFIER", "tcpopsd")
         if let id = e.id { field("MESSAGE_ID", id.rawValue) }
         for (k, v) in e.fields { field(k, v) }
-        return t.bytes.withUnsafeBufferPointer { base -> Bool in
-            var iov = spans.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: base.baseAddress! + $0.start), iov_len: $0.count) }
-            return sd_journal_sendv(&iov, Int32(iov.count)) >= 0
-        }
+        return scratch.send()
     }
 
     private static func writeLine(_ e: Entry) {
