@@ -79,7 +79,7 @@ soak: release
 
 # tcpopsd (default configuration: events on) beside HAProxy, nginx stream, systemd-socket-proxyd
 # and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~5 minutes.
-BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd
+BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd linux-perf
 bench: release
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

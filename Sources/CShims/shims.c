@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <malloc.h>
 #include "CShims.h"
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
@@ -79,3 +80,5 @@ int tcpops_allowed_cpus(void) {
 void tcpops_name_thread(const char *name) {
     (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }
+
+size_t tcpops_malloc_usable_size(void *p) { return malloc_usable_size(p); }

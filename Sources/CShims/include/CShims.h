@@ -33,6 +33,9 @@ int tcpops_tcp_info(int fd, struct tcpops_tcp_info *out);
 /* The CPUs this process may run on (sched_getaffinity), or the online CPUs when that fails. */
 int tcpops_allowed_cpus(void);
 
+/* The size of the block malloc gave for `p` (tests: what an object really costs). */
+size_t tcpops_malloc_usable_size(void *p);
+
 /* Names the calling thread (prctl PR_SET_NAME: the kernel keeps 15 bytes). */
 void tcpops_name_thread(const char *name);
 

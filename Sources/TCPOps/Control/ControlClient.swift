@@ -54,7 +54,7 @@ final class ControlClient: EventHandler {
         }
     }
 
-    func handleEvents(_ events: UInt32) {
+    override func handleEvents(_ events: UInt32) {
         if lingering {
             discardUntilHangup()
             return

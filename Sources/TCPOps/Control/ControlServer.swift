@@ -129,7 +129,7 @@ final class ControlWorker {
     final class ListenHandler: EventHandler {
         unowned let worker: ControlWorker
         init(_ w: ControlWorker) { worker = w }
-        func handleEvents(_ events: UInt32) { worker.acceptAll() }
+        override func handleEvents(_ events: UInt32) { worker.acceptAll() }
     }
 
     func listen() throws(SystemError) {

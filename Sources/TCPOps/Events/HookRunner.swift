@@ -315,7 +315,7 @@ private final class RunningHook {
     final class Handler: EventHandler {
         let body: (UInt32) -> Void
         init(_ body: @escaping (UInt32) -> Void) { self.body = body }
-        func handleEvents(_ events: UInt32) { body(events) }
+        override func handleEvents(_ events: UInt32) { body(events) }
     }
 
     init(job: HookRunner.Job, child: Spawn.Child, worker: Worker) {

@@ -3,9 +3,14 @@
 import CShims
 import Glibc
 
-public protocol EventHandler: AnyObject {
+/// What a registered fd's events go to. A class rather than a protocol so that a registration holds
+/// it as one pointer (a protocol value is two): the fd-indexed table is 16 bytes a slot, in every
+/// worker.
+open class EventHandler {
+    public init() {}
+
     /// Called on the loop's thread with the epoll event mask for this handler's fd.
-    func handleEvents(_ events: UInt32)
+    open func handleEvents(_ events: UInt32) {}
 }
 
 /// Told once at the end of the loop turn in which it asked (`EventLoop.atTurnEnd`): work that is
@@ -25,12 +30,30 @@ public enum Events {
 }
 
 public final class EventLoop {
+    /// 16 bytes: the handler, its generation, and the interest mask with the parked flag in its
+    /// top bit (EPOLLET, which tcpopsd never asks for).
     private struct Registration {
         let handler: EventHandler
         let generation: UInt32
-        var mask: UInt32
+        private var bits: UInt32
+        private static let parkedBit: UInt32 = 1 << 31
+
+        init(handler: EventHandler, generation: UInt32, mask: UInt32) {
+            self.handler = handler
+            self.generation = generation
+            bits = mask & ~Registration.parkedBit
+        }
+
+        var mask: UInt32 {
+            get { bits & ~Registration.parkedBit }
+            set { bits = newValue & ~Registration.parkedBit | bits & Registration.parkedBit }
+        }
+
         /// Taken out of epoll while nothing is wanted from a hung-up fd (see park).
-        var parked = false
+        var parked: Bool {
+            get { bits & Registration.parkedBit != 0 }
+            set { bits = newValue ? bits | Registration.parkedBit : bits & ~Registration.parkedBit }
+        }
     }
 
     private let epfd: Int32
@@ -44,10 +67,15 @@ public final class EventLoop {
     private var turnEnd: [TurnEndHandler] = []
     private var turnEndRunning: [TurnEndHandler] = []
 
-    public init(maxEventsPerWait: Int = 256) throws(SystemError) {
+    /// The loop's clock (monotonic ns): injectable, so that timer behaviour can be tested by
+    /// turning the loop at chosen times (`turn(at:)`) instead of waiting.
+    private let clock: () -> UInt64
+
+    public init(maxEventsPerWait: Int = 256, clock: @escaping () -> UInt64 = Clock.monotonicNanoseconds) throws(SystemError) {
         epfd = try sys("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         events = [epoll_event](repeating: epoll_event(), count: maxEventsPerWait)
-        now = Clock.monotonicNanoseconds()
+        self.clock = clock
+        now = clock()
         inbox = try Inbox()
         try register(inbox.fd, mask: Events.read, handler: InboxHandler(self))
     }
@@ -140,17 +168,25 @@ public final class EventLoop {
         inbox.discard()
     }
 
+    /// One turn without epoll, at `now` (for tests with an injected clock): the timers due then
+    /// fire, and the turn ends.
+    public func turn(at now: UInt64) {
+        self.now = now
+        timers.fire(now: now)
+        endTurn()
+    }
+
     /// Runs until `stop()`. Only loop-integrity failures (epoll_wait itself failing) throw.
     public func run() throws(SystemError) {
         stopped = false
         endTurn()  // what was asked before the loop ran (adopted relays' interest, say)
         while !stopped {
-            now = Clock.monotonicNanoseconds()
+            now = clock()
             let timeout = timers.millisecondsUntilNext(now: now)
             let n = try events.withUnsafeMutableBufferPointer { buf throws(SystemError) in
                 try sys("epoll_wait") { epoll_wait(epfd, buf.baseAddress, Int32(buf.count), timeout) }
             }
-            now = Clock.monotonicNanoseconds()
+            now = clock()
             inbox.drainQuiet(self)
             for i in 0..<Int(n) {
                 let data = events[i].data.u64
@@ -169,7 +205,7 @@ public final class EventLoop {
 private final class InboxHandler: EventHandler {
     unowned let loop: EventLoop
     init(_ loop: EventLoop) { self.loop = loop }
-    func handleEvents(_ events: UInt32) { loop.inbox.drain(loop) }
+    override func handleEvents(_ events: UInt32) { loop.inbox.drain(loop) }
 }
 
 public enum Clock {

@@ -70,7 +70,7 @@ final class MetricsWorker {
     final class ListenHandler: EventHandler {
         unowned let worker: MetricsWorker
         init(_ w: MetricsWorker) { worker = w }
-        func handleEvents(_ events: UInt32) { worker.acceptAll() }
+        override func handleEvents(_ events: UInt32) { worker.acceptAll() }
     }
 
     /// Serves on `fd` instead of the socket it had (which is closed).
@@ -189,7 +189,7 @@ final class MetricsClient: EventHandler {
         since = worker.loop.now
     }
 
-    func handleEvents(_ events: UInt32) {
+    override func handleEvents(_ events: UInt32) {
         if answered {
             if events & Events.write != 0 { flush() }
             if events & (Events.read | Events.hangup | Events.error) != 0 { discard() }

@@ -18,6 +18,7 @@ public final class SignalReader: EventHandler {
         signal(SIGPIPE, SIG_IGN)
         fd = try sys("signalfd") { signalfd(-1, &set, Int32(SFD_NONBLOCK | SFD_CLOEXEC)) }
         self.onSignal = onSignal
+        super.init()
         try loop.register(fd, mask: Events.read, handler: self)
     }
 
@@ -31,7 +32,7 @@ public final class SignalReader: EventHandler {
         signal(SIGPIPE, SIG_IGN)
     }
 
-    public func handleEvents(_ events: UInt32) {
+    public override func handleEvents(_ events: UInt32) {
         var info = signalfd_siginfo()
         while read(fd, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
             onSignal(Int32(info.ssi_signo))

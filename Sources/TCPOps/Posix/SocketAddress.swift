@@ -3,12 +3,12 @@ import Glibc
 
 public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConvertible {
     public enum Family: Sendable { case v4, v6 }
-    public let family: Family
-    public let port: UInt16
     /// The address bytes in network order (4 or 16; an IPv4 address in the first 4, the rest 0),
-    /// held inline: a connection's addresses cost no allocation.
+    /// held inline: a connection's addresses cost no allocation. (Widest first: 19 bytes.)
     private let head: UInt64
     private let tail: UInt64
+    public let port: UInt16
+    public let family: Family
 
     public init(family: Family, bytes: [UInt8], port: UInt16) {
         self = bytes.withUnsafeBytes { SocketAddress(family: family, raw: $0, port: port) }

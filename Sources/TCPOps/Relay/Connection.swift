@@ -16,10 +16,20 @@ public enum ConnectionState: Int, Sendable {
 }
 
 public final class Connection: EventHandler {
+    // Stored properties by alignment, widest first (Swift lays them out in this order): one
+    // connection object is 160 bytes, two per relay.
     public let conid: UInt64
-    public let side: Side
-    let fd: Int32
-    public internal(set) var state: ConnectionState
+    public let openedAt: UInt64
+    var lastActivity: UInt64
+    public internal(set) var bytesIn: UInt64 = 0
+    public internal(set) var bytesOut: UInt64 = 0
+    /// Idle lifetime in ns; 0 = none.
+    var lifetime: UInt64 = 0
+    /// When the lifetime runs out unless data moved since, and this connection's place in its
+    /// worker's LifetimeTimers (-1: not armed).
+    var lifetimeDeadline: UInt64 = 0
+    /// The relay owns both of its connections and they own it back; Relay.end() breaks the cycle.
+    var relay: Relay!
     /// The local address: set at accept (or adoption); for an upstream, asked of the kernel
     /// (getsockname) the first time something wants it, not on every connect.
     public internal(set) var local: SocketAddress? {
@@ -36,32 +46,27 @@ public final class Connection: EventHandler {
         }
     }
     private var knownLocal: SocketAddress?
-    /// The socket is connected and its local address not yet asked for.
-    var localUnasked = false
     public internal(set) var remote: SocketAddress?
-    public let openedAt: UInt64
-    var lastActivity: UInt64
-    public internal(set) var bytesIn: UInt64 = 0
-    public internal(set) var bytesOut: UInt64 = 0
+    let fd: Int32
+    /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
+    var closeErrno: Int32 = 0
+    var lifetimeSlot: Int32 = -1
+    /// Keepalive as set now (listener option or tcpopsctl); nil = off.
+    public internal(set) var keepalive: KeepaliveSettings?
+    public let side: Side
+    public internal(set) var state: ConnectionState
     /// closed_event = 2: raise events for this connection (listener closed_event, or by hand).
     public var eventsEnabled: Bool
     /// Set once an event was raised or the close was classified: at most one event a connection.
     var closeReason: CloseReason?
-    /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
-    var closeErrno: Int32 = 0
     /// Its close raised a tcp:* event.
     var raisedEvent = false
     /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
     var fdOpen: Bool
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
     var hungUp = false
-    /// Keepalive as set now (listener option or tcpopsctl); nil = off.
-    public internal(set) var keepalive: KeepaliveSettings?
-    /// Idle lifetime in ns; 0 = none.
-    var lifetime: UInt64 = 0
-    var lifetimeTimer: TimerQueue.ID?
-    /// The relay owns both of its connections and they own it back; Relay.end() breaks the cycle.
-    var relay: Relay!
+    /// The socket is connected and its local address not yet asked for.
+    var localUnasked = false
 
     init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
         self.conid = conid
@@ -74,7 +79,7 @@ public final class Connection: EventHandler {
         self.eventsEnabled = eventsEnabled
     }
 
-    public func handleEvents(_ events: UInt32) {
+    public override func handleEvents(_ events: UInt32) {
         relay.handle(self, events)
     }
 

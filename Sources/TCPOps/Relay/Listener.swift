@@ -26,6 +26,7 @@ public final class Listener: EventHandler {
         metrics = ctx.metrics.listener(settings.name)
         backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
                               fields: [("TCPOPS_LISTENER", settings.name)], mask: mask)
+        super.init()
         try ctx.loop.register(fd, mask: mask, handler: self)
     }
 
@@ -57,7 +58,7 @@ public final class Listener: EventHandler {
         return taken
     }
 
-    public func handleEvents(_ events: UInt32) {
+    public override func handleEvents(_ events: UInt32) {
         _ = acceptBatch()
     }
 

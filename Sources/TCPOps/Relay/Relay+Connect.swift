@@ -99,8 +99,8 @@ extension Relay {
         if connectedAtOnce {
             connected()
         } else {
-            connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [weak self] in
-                guard let self, !self.ended, self.upstream.state == .connecting else { return }
+            connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+                guard !self.ended, self.upstream.state == .connecting else { return }
                 self.connectTimer = nil
                 self.attemptFailed(.connectTimeout, why: "no answer within \(self.listener.connectTimeout) s")
             }

@@ -24,8 +24,8 @@ extension Relay {
         draining = true
         toOther.eof = true  // nothing more will come from the broken side
         let held = toOther.fill + toOther.held.count - toOther.heldSent
-        drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [weak self] in
-            guard let self, !self.ended else { return }
+        drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+            guard !self.ended else { return }
             self.drainTimer = nil
             self.end(failed: nil, reason: reason, why: "\(why); bytes for conid \(other.conid) still undelivered after 5 s")
         }
@@ -46,10 +46,7 @@ extension Relay {
     func closeSocket(_ c: Connection) {
         guard c.fdOpen else { return }
         c.fdOpen = false
-        if let t = c.lifetimeTimer {
-            ctx.loop.timers.cancel(t)
-            c.lifetimeTimer = nil
-        }
+        ctx.lifetimes.disarm(c)
         ctx.loop.forget(c.fd)
         closeFD(c.fd)
     }

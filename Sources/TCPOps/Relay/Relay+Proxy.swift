@@ -10,8 +10,8 @@ extension Relay {
     func awaitProxyHeader() {
         proxyInput = []
         ctx.loop.modify(client.fd, mask: Events.read)
-        proxyTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.proxyDeadline) { [weak self] in
-            guard let self, !self.ended, self.awaitingProxy else { return }
+        proxyTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.proxyDeadline) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+            guard !self.ended, self.awaitingProxy else { return }
             self.proxyTimer = nil
             self.rejectProxy("no complete header within \(Relay.proxyDeadline / 1_000_000_000) s (\(self.proxyInput?.count ?? 0) bytes came)")
         }

@@ -23,6 +23,10 @@ final class Direction {
     var held: [UInt8] = []
     var heldSent = 0
 
+    /// The source's last read came back short (or would block) and no EPOLLIN came since: there
+    /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
+    var sourceDry = false
+
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer (cheaper than splice for small messages).
     var bulk = false
@@ -126,6 +130,7 @@ public final class Relay: TurnEndHandler {
             return
         }
         if events & (Events.read | Events.hangup | Events.error) != 0 {
+            readDir.sourceDry = false
             shovel(readDir, from: conn, to: other)
             if ended { return }
         }
@@ -141,7 +146,7 @@ public final class Relay: TurnEndHandler {
         let capacity = ctx.pipes.capacity
         let now = ctx.loop.now
         let canWrite = to.state == .ok || to.state == .eof
-        var readDrained = false
+        var readDrained = d.sourceDry
         while true {
             var progress = false
             if !d.eof && !readDrained && !d.blocked && !quieting && d.held.isEmpty && d.fill < capacity {
@@ -154,7 +159,10 @@ public final class Relay: TurnEndHandler {
                     from.bytesIn &+= UInt64(n)
                     from.lastActivity = now
                     progress = true
-                    if n < want { readDrained = true }
+                    if n < want {
+                        readDrained = true
+                        d.sourceDry = true
+                    }
                     d.bulk = n >= Relay.copyLimit
                     switch mode {
                     case .copy:
@@ -170,6 +178,7 @@ public final class Relay: TurnEndHandler {
                     raise(from, .fin)
                 case .wouldBlock:
                     readDrained = true
+                    d.sourceDry = true
                 case .failed(let e):
                     fail(from, errno: e)
                     return
@@ -309,20 +318,21 @@ public final class Relay: TurnEndHandler {
     // MARK: timers
 
     func armLifetime(_ c: Connection) {
-        if let t = c.lifetimeTimer {
-            ctx.loop.timers.cancel(t)
-            c.lifetimeTimer = nil
+        guard c.lifetime > 0, !ended, c.fdOpen else {
+            ctx.lifetimes.disarm(c)
+            return
         }
-        guard c.lifetime > 0, !ended else { return }
-        c.lifetimeTimer = ctx.loop.timers.schedule(at: c.lastActivity + c.lifetime) { [weak self, weak c] in
-            guard let self, let c, !self.ended else { return }
-            c.lifetimeTimer = nil
-            // Idle time is checked here rather than by moving the timer on every packet.
-            if self.ctx.loop.now >= c.lastActivity + c.lifetime {
-                self.end(failed: c, reason: .lifetime, why: "idle for \(Double(c.lifetime) / 1e9) s")
-            } else {
-                self.armLifetime(c)
-            }
+        ctx.lifetimes.arm(c, at: c.lastActivity + c.lifetime)
+    }
+
+    /// `c`'s lifetime deadline came (RelayContext.lifetimes): idle time is checked here rather than
+    /// by moving the deadline on every packet.
+    func lifetimeCame(_ c: Connection) {
+        guard !ended, c.fdOpen, c.lifetime > 0 else { return }
+        if ctx.loop.now >= c.lastActivity + c.lifetime {
+            end(failed: c, reason: .lifetime, why: "idle for \(Double(c.lifetime) / 1e9) s")
+        } else {
+            armLifetime(c)
         }
     }
 }
