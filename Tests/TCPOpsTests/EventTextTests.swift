@@ -63,3 +63,32 @@ import Testing
         #expect(seen.allSatisfy { $0 >= 0 && $0 < CloseReason.allCases.count * Side.allCases.count })
     }
 }
+
+@Suite struct RelayEndedTextTests {
+    @Test func journalFieldsMatchTheValueRendering() throws {
+        let samples = [
+            RelayEnded(level: .info, clientConid: 41, upstreamConid: 42, listener: "sip-1", local: try SocketAddress.parse("127.0.0.1:5060"),
+                       remote: try SocketAddress.parse("[2001:db8::42]:40000"), durationMs: 2001, bytesIn: 7, bytesOut: UInt64.max,
+                       reason: .lifetime, clientReason: .lifetime, upstreamReason: .local, toUpstream: 7, toClient: 0,
+                       why: "idle for 2.0 s"),
+            RelayEnded(level: .debug, clientConid: 1, upstreamConid: nil, listener: "a", local: nil, remote: nil, durationMs: 0,
+                       bytesIn: 0, bytesOut: 0, reason: .local, clientReason: .local, upstreamReason: .local, toUpstream: 0, toClient: 0,
+                       why: "no valid PROXY header: bad signature"),
+        ]
+        for r in samples {
+            var t = ByteText()
+            var made: [(String, String)] = []
+            var start = 0
+            var key = ""
+            r.forEachField(&t, { t, k in
+                key = k.description
+                start = t.bytes.count
+            }, { t in made.append((key, String(decoding: t.bytes[start...], as: UTF8.self))) })
+            #expect(made.map(\.0) == r.fields.map(\.0))
+            #expect(made.map(\.1) == r.fields.map(\.1))
+            var m = ByteText()
+            r.putMessage(&m)
+            #expect(m.string == r.message)
+        }
+    }
+}

@@ -76,3 +76,36 @@ def test_reset_event_in_journal_with_fields(journal, daemon, echo):
     # The relay's end and the daemon's stop are there too, and nothing went to stderr instead.
     assert journal_entries(f"_PID={pid}", "MESSAGE_ID=fcd51e0ab813459e80e9ce6c6334e826")
     assert "tcp:reset" not in d.logtext()
+
+
+def test_relay_ended_in_journal_with_fields(journal, daemon, echo):
+    """A relay tcpopsd closes (no events) is logged at info with both sides' reasons and bytes."""
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("summed", port, up.address)], log_target="journal")
+    s = connect(port)
+    cport = s.getsockname()[1]
+    s.sendall(b"0123456789")
+    assert s.recv(100) == b"0123456789"
+    rows = json.loads(d.ctl("list", "--json").stdout)
+    conid = [r for r in rows if r["side"] == "client"][0]["conid"]
+    assert d.ctl("close", str(conid)).returncode == 0
+    pid = str(d.proc.pid)
+
+    def found():
+        return [e for e in journal_entries("MESSAGE_ID=387290ab5ecf440084a71591be7f39f2", f"_PID={pid}")
+                if e.get("TCPOPS_REMOTE") == f"127.0.0.1:{cport}"]
+
+    [e] = wait_for(found, timeout=10, what="the relay's end in the journal")
+    assert e["PRIORITY"] == "6" and e["SYSLOG_IDENTIFIER"] == "tcpopsd"
+    assert e["MESSAGE"].startswith(f"relay ended: conid {conid} <-> {int(conid) + 1} (closed by tcpopsctl")
+    assert e["TCPOPS_CONID"] == str(conid) and e["TCPOPS_PEER_CONID"] == str(int(conid) + 1)
+    assert e["TCPOPS_SIDE"] == "client" and e["TCPOPS_LISTENER"] == "summed"
+    assert e["TCPOPS_LOCAL"] == f"127.0.0.1:{port}"
+    assert e["TCPOPS_REASON"] == "local" and e["TCPOPS_ORIGIN"] == "local"
+    assert e["TCPOPS_CLIENT_REASON"] == "local" and e["TCPOPS_UPSTREAM_REASON"] == "local"
+    assert e["TCPOPS_BYTES_IN"] == "10" and e["TCPOPS_BYTES_OUT"] == "10"
+    assert e["TCPOPS_BYTES_TO_UPSTREAM"] == "10" and e["TCPOPS_BYTES_TO_CLIENT"] == "10"
+    assert int(e["TCPOPS_DURATION_MS"]) >= 0
+    s.close()
+    assert d.stop() == 0

@@ -109,26 +109,13 @@ extension Relay {
         // events, those already say it (reason, bytes), and the summary is debug.
         let level: LogLevel = client.raisedEvent && upstream?.raisedEvent == true ? .debug : .info
         if ctx.logger.enabled(level) {
-            // Only values are captured here; the message and fields are made on the log's thread.
-            let base = deferredFields(client)
-            let upstreamConid = upstream?.conid
-            let ended = failed?.closeReason ?? reason
-            let clientReason = client.closeReason?.rawValue ?? "local"
-            let upstreamReason = upstream?.closeReason?.rawValue ?? "local"
-            let toUpstream = upstream?.bytesOut ?? 0
-            let toClient = client.bytesOut
-            let clientConid = client.conid
-            ctx.logger.log(level, id: .connectionClosed) {
-                var f = base()
-                if let upstreamConid { f.append(("TCPOPS_PEER_CONID", String(upstreamConid))) }
-                f.append(("TCPOPS_REASON", ended.rawValue))
-                f.append(("TCPOPS_ORIGIN", ended.origin.rawValue))
-                f.append(("TCPOPS_CLIENT_REASON", clientReason))
-                f.append(("TCPOPS_UPSTREAM_REASON", upstreamReason))
-                f.append(("TCPOPS_BYTES_TO_UPSTREAM", String(toUpstream)))
-                f.append(("TCPOPS_BYTES_TO_CLIENT", String(toClient)))
-                return ("relay ended: conid \(clientConid) <-> \(upstreamConid.map { String($0) } ?? "-") (\(why))", f)
-            }
+            // Only values are taken here; the text is made on the log's thread.
+            ctx.logger.log(RelayEnded(level: level, clientConid: client.conid, upstreamConid: upstream?.conid, listener: listener.name,
+                                      local: client.local, remote: client.remote,
+                                      durationMs: (ctx.loop.now &- client.openedAt) / 1_000_000, bytesIn: client.bytesIn,
+                                      bytesOut: client.bytesOut, reason: failed?.closeReason ?? reason,
+                                      clientReason: client.closeReason ?? .local, upstreamReason: upstream?.closeReason ?? .local,
+                                      toUpstream: upstream?.bytesOut ?? 0, toClient: client.bytesOut, why: why))
         }
         metrics.duration.record(.nanoseconds(Int64(ctx.loop.now &- client.openedAt)))
         client.state = .gone

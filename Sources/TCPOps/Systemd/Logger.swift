@@ -24,6 +24,8 @@ public final class Logger: Sendable {
         var event: TCPEvent? = nil
         /// Made on the writer thread (message, fields): for entries logged per connection.
         var deferred: (@Sendable () -> (String, [Field]))? = nil
+        /// A relay's end: made on the writer thread, its journal entry in bytes.
+        var ended: RelayEnded? = nil
     }
 
     /// Entries waiting for the writer beyond this are dropped (and counted, and reported).
@@ -88,6 +90,17 @@ public final class Logger: Sendable {
         }
     }
 
+    /// Queues a relay's end (at its level); its text is made on the writer thread.
+    func log(_ r: RelayEnded) {
+        guard enabled(r.level) else { return }
+        let entry = Entry(level: r.level, message: "", id: .connectionClosed, fields: [], ended: r)
+        if let writer {
+            writer.submit(entry)
+        } else {
+            Logger.write(entry, journal: useJournal, Scratch())
+        }
+    }
+
     /// Queues a turn's events (notice level) in one go; their text is made on the writer thread.
     public func logEvents(_ events: [TCPEvent]) {
         guard enabled(.notice), !events.isEmpty else { return }
@@ -140,6 +153,11 @@ public final class Logger: Sendable {
             writeLine(event, scratch)
             return
         }
+        if let r = e.ended {
+            if journal && sendToJournal(r, scratch) { return }
+            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields))
+            return
+        }
         if let make = e.deferred {
             let (message, fields) = make()
             let made = Entry(level: e.level, message: message, id: e.id, fields: fields)
@@ -178,6 +196,35 @@ public final class Logger: Sendable {
         t.put(e.kind.messageID.rawValue)
         close(&t)
         e.forEachField(&t, open, close)
+        swap(&t, &scratch.text)
+        return scratch.send()
+    }
+
+    /// A relay's end as a journal entry, written as an event's is.
+    private static func sendToJournal(_ r: RelayEnded, _ scratch: Scratch) -> Bool {
+        scratch.reset()
+        var start = 0
+        func open(_ t: inout ByteText, _ key: StaticString) {
+            start = t.bytes.count
+            t.put(key)
+            t.put(byte: UInt8(ascii: "="))
+        }
+        func close(_ t: inout ByteText) { scratch.spans.append((start, t.bytes.count - start)) }
+        var t = ByteText(capacity: 0)
+        swap(&t, &scratch.text)
+        open(&t, "MESSAGE")
+        r.putMessage(&t)
+        close(&t)
+        open(&t, "PRIORITY")
+        t.put(UInt64(r.level.rawValue))
+        close(&t)
+        open(&t, "SYSLOG_IDENTIFIER")
+        t.put("tcpopsd")
+        close(&t)
+        open(&t, "MESSAGE_ID")
+        t.put(MessageID.connectionClosed.rawValue)
+        close(&t)
+        r.forEachField(&t, open, close)
         swap(&t, &scratch.text)
         return scratch.send()
     }
