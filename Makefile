@@ -78,7 +78,7 @@ soak: release
 	$(PYTHON) scripts/soak.py $(MINUTES)
 
 # tcpopsd (default configuration: events on) beside HAProxy, nginx stream, systemd-socket-proxyd
-# and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~5 minutes.
+# and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~8 minutes.
 BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd linux-perf
 bench: release
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -540,7 +540,7 @@ def main():
             res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
             res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
             if r.pid:
-                res["syscalls/conn"], res["mallocs/conn"] = per_connection(tool, p_echo, min(T, 3), pid_for(r, p_echo), with_malloc)
+                res["syscalls/conn"], res["mallocs/conn"] = per_connection(tool, p_echo, min(T, 2), pid_for(r, p_echo), with_malloc)
                 settle()
             res["p50 µs (1 conn)"], res["p99 µs (1 conn)"] = pingpong(tool, p_echo, min(T, 3), 1)
             res["p50 µs (100 conns)"], res["p99 µs (100 conns)"] = pingpong(tool, p_echo, min(T, 3), 100)

@@ -4,7 +4,10 @@ import TCPOps
 
 struct ControlClient {
     let fd: Int32
+    /// What was read and not yet returned starts at `start` (lines are taken from the front
+    /// without moving the rest: a follower reading a long backlog stays linear).
     var buffer: [UInt8] = []
+    var start = 0
 
     enum Read {
         case line(String)
@@ -36,25 +39,37 @@ struct ControlClient {
         return true
     }
 
-    /// The next line, without its newline.
+    /// The next line, without its newline. (memchr and memcpy: a debug build keeps up with a busy
+    /// event stream too.)
     mutating func readLine() -> Read {
         while true {
-            if let nl = buffer.firstIndex(of: 10) {
-                let line = String(decoding: buffer[..<nl], as: UTF8.self)
-                buffer.removeFirst(nl + 1)
+            let (from, count) = (start, buffer.count)
+            let nl: Int? = buffer.withUnsafeBytes { b in
+                guard count > from, let p = memchr(b.baseAddress! + from, 10, count - from) else { return nil }
+                return UnsafeRawPointer(p) - b.baseAddress!
+            }
+            if let nl {
+                let line = String(decoding: buffer[start..<nl], as: UTF8.self)
+                start = nl + 1
                 return .line(line)
             }
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .timeout }
+            // No whole line left: drop what was returned, then read more after the rest.
+            buffer.removeFirst(start)
+            start = 0
+            let (n, e) = withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 1) { chunk -> (Int, Int32) in
+                let n = read(fd, chunk.baseAddress, chunk.count)
+                let e = errno
+                if n > 0 { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n])) }
+                return (n, e)
+            }
+            if n < 0 && e == EINTR { continue }
+            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) { return .timeout }
             if n <= 0 {
                 if buffer.isEmpty { return .end }
                 let line = String(decoding: buffer, as: UTF8.self)
                 buffer = []
                 return .line(line)
             }
-            buffer.append(contentsOf: chunk[0..<n])
         }
     }
 }
