@@ -6,7 +6,6 @@ import shutil
 import tempfile
 import socket
 import subprocess
-import threading
 import time
 
 import pytest

@@ -146,12 +146,12 @@ def test_watchdog_stops_while_one_worker_is_stuck(tmp_path, echo):
         late = [t for t in d.notify.has("WATCHDOG=1") if t > t_stop + 0.7]
         assert late == [], f"{len(late)} pings while worker 2 was stuck"
         # A control request that needs every worker's part says which one did not answer (within
-        # 2 s), instead of hanging; the daemon relays on its other workers (the kernel wakes a
+        # 5 s), instead of hanging; the daemon relays on its other workers (the kernel wakes a
         # worker that waits, and the stuck one is not waiting): every one of 20 clients is served.
         t = time.monotonic()
         r = d.ctl("stats")
-        assert r.returncode != 0 and "worker(s) 2 did not answer within 2 s" in r.stderr, (r.returncode, r.stdout, r.stderr)
-        assert 1.5 < time.monotonic() - t < 6
+        assert r.returncode != 0 and "worker(s) 2 did not answer within 5 s" in r.stderr, (r.returncode, r.stdout, r.stderr)
+        assert 4.5 < time.monotonic() - t < 9.5
         for _ in range(20):
             s = connect(port)
             s.sendall(b"ping")

@@ -81,7 +81,7 @@ public final class ControlTarget {
     }
 
     /// How long a request waits for every worker's part.
-    static let workerDeadline: UInt64 = 2_000_000_000
+    static let workerDeadline: UInt64 = 5_000_000_000
 
     /// Whether a request was answered (main thread only).
     private final class Pending {
