@@ -8,25 +8,24 @@
 import Glibc
 
 final class Direction {
-    var pipe: PipePool.Pipe?
+    // Stored properties widest first (Swift lays them out in this order): 64 bytes an object.
     /// Bytes in the pipe.
     var fill = 0
+    /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
+    /// destination was still connecting, or left over from a copy when no pipe could be had. The
+    /// source is not read while any wait.
+    var held: [UInt8] = []
+    var heldSent = 0
+    var pipe: PipePool.Pipe?
     /// The source sent FIN.
     var eof = false
     /// The FIN was passed on to the destination.
     var shut = false
     /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
     var blocked = false
-    /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
-    /// destination was still connecting, or left over from a copy when no pipe could be had. The
-    /// source is not read while any wait.
-    var held: [UInt8] = []
-    var heldSent = 0
-
     /// The source's last read came back short (or would block) and no EPOLLIN came since: there
     /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
     var sourceDry = false
-
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer (cheaper than splice for small messages).
     var bulk = false
@@ -36,36 +35,33 @@ final class Direction {
 }
 
 public final class Relay: TurnEndHandler {
+    // Stored properties widest first, the flags last (Swift lays them out in this order).
     let ctx: RelayContext
     let listener: ListenerSettings
     let client: Connection
     var upstream: Connection!
     let toUpstream = Direction()
     let toClient = Direction()
-    var connectTimer: TimerQueue.ID?
-    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
-    var attempt = 0
-    var ended = false
-    /// One side broke while bytes it had sent still wait for the other: the relay lives on only
-    /// to deliver them (for at most `drainLimit`), then ends.
-    var draining = false
-    var drainTimer: TimerQueue.ID?
-    var drainWhy = ""
-    static let drainLimit: UInt64 = 5_000_000_000
-
-    /// updateInterest was asked this turn: the masks are set at its end.
-    var interestPending = false
-
-    /// Handing over: nothing more is read, held bytes are still written.
-    var quieting = false
-
-    /// accept_proxy: what came of the client's PROXY header so far (nil once it was read, or
-    /// when the listener does not ask for one), and the deadline for it.
-    var proxyInput: [UInt8]?
-    var proxyTimer: TimerQueue.ID?
-
     /// Its listener's metrics (counted from the relay's loop, without a lookup).
     let metrics: ListenerMetrics
+    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
+    var attempt = 0
+    var drainWhy = ""
+    static let drainLimit: UInt64 = 5_000_000_000
+    /// accept_proxy: what came of the client's PROXY header so far (nil once it was read, or
+    /// when the listener does not ask for one), and the deadline for it (proxyTimer).
+    var proxyInput: [UInt8]?
+    var connectTimer: TimerQueue.ID?
+    var drainTimer: TimerQueue.ID?
+    var proxyTimer: TimerQueue.ID?
+    var ended = false
+    /// One side broke while bytes it had sent still wait for the other: the relay lives on only
+    /// to deliver them (for at most `drainLimit`, drainTimer), then ends.
+    var draining = false
+    /// updateInterest was asked this turn: the masks are set at its end.
+    var interestPending = false
+    /// Handing over: nothing more is read, held bytes are still written.
+    var quieting = false
 
     init(ctx: RelayContext, listener: ListenerSettings, client: Connection, metrics: ListenerMetrics) {
         self.ctx = ctx

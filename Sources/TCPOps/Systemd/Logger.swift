@@ -169,8 +169,9 @@ public final class Logger: Sendable {
         writeLine(e)
     }
 
-    /// An event's journal entry: every field written into one buffer, the iovecs pointing into it.
-    private static func sendToJournal(_ e: TCPEvent, _ scratch: Scratch) -> Bool {
+    /// An entry written straight into bytes (an event, a relay's end): every field into one
+    /// buffer, the iovecs pointing into it.
+    private static func sendToJournal(_ e: some ByteRendered, _ scratch: Scratch) -> Bool {
         scratch.reset()
         var start = 0
         func open(_ t: inout ByteText, _ key: StaticString) {
@@ -187,44 +188,15 @@ public final class Logger: Sendable {
         e.putMessage(&t)
         close(&t)
         open(&t, "PRIORITY")
-        t.put(UInt64(LogLevel.notice.rawValue))
+        t.put(UInt64(e.logLevel.rawValue))
         close(&t)
         open(&t, "SYSLOG_IDENTIFIER")
         t.put("tcpopsd")
         close(&t)
         open(&t, "MESSAGE_ID")
-        t.put(e.kind.messageID.rawValue)
+        t.put(e.messageID.rawValue)
         close(&t)
         e.forEachField(&t, open, close)
-        swap(&t, &scratch.text)
-        return scratch.send()
-    }
-
-    /// A relay's end as a journal entry, written as an event's is.
-    private static func sendToJournal(_ r: RelayEnded, _ scratch: Scratch) -> Bool {
-        scratch.reset()
-        var start = 0
-        func open(_ t: inout ByteText, _ key: StaticString) {
-            start = t.bytes.count
-            t.put(key)
-            t.put(byte: UInt8(ascii: "="))
-        }
-        func close(_ t: inout ByteText) { scratch.spans.append((start, t.bytes.count - start)) }
-        var t = ByteText(capacity: 0)
-        swap(&t, &scratch.text)
-        open(&t, "MESSAGE")
-        r.putMessage(&t)
-        close(&t)
-        open(&t, "PRIORITY")
-        t.put(UInt64(r.level.rawValue))
-        close(&t)
-        open(&t, "SYSLOG_IDENTIFIER")
-        t.put("tcpopsd")
-        close(&t)
-        open(&t, "MESSAGE_ID")
-        t.put(MessageID.connectionClosed.rawValue)
-        close(&t)
-        r.forEachField(&t, open, close)
         swap(&t, &scratch.text)
         return scratch.send()
     }
@@ -294,6 +266,25 @@ public final class Logger: Sendable {
         }
         return out + "\""
     }
+}
+
+/// An entry whose journal fields are written straight into bytes on the log's thread.
+protocol ByteRendered {
+    var logLevel: LogLevel { get }
+    var messageID: MessageID { get }
+    func putMessage(_ t: inout ByteText)
+    /// Each field as KEY, value: `field` is called with the key and the value is written after it.
+    func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void)
+}
+
+extension TCPEvent: ByteRendered {
+    var logLevel: LogLevel { .notice }
+    var messageID: MessageID { kind.messageID }
+}
+
+extension RelayEnded: ByteRendered {
+    var logLevel: LogLevel { level }
+    var messageID: MessageID { .connectionClosed }
 }
 
 /// Stable MESSAGE_IDs, one per kind of entry (listed in docs/journal.md).
