@@ -37,14 +37,7 @@ import Testing
 
     @Test func journalFieldsMatchInOrder() throws {
         for e in [try Self.sample(tcp: Self.info, errno: ETIMEDOUT), try Self.sample(tcp: nil, peer: nil, v6: true)] {
-            var t = ByteText()
-            var made: [(String, String)] = []
-            var start = 0
-            var key = ""
-            e.forEachField(&t, { t, k in
-                key = k.description
-                start = t.bytes.count
-            }, { t in made.append((key, String(decoding: t.bytes[start...], as: UTF8.self))) })
+            let made = byteFields(e)
             let expected = e.journalFields
             #expect(made.map(\.0) == expected.map(\.0))
             #expect(made.map(\.1) == expected.map(\.1))
@@ -76,14 +69,7 @@ import Testing
                        why: "no valid PROXY header: bad signature"),
         ]
         for r in samples {
-            var t = ByteText()
-            var made: [(String, String)] = []
-            var start = 0
-            var key = ""
-            r.forEachField(&t, { t, k in
-                key = k.description
-                start = t.bytes.count
-            }, { t in made.append((key, String(decoding: t.bytes[start...], as: UTF8.self))) })
+            let made = byteFields(r)
             #expect(made.map(\.0) == r.fields.map(\.0))
             #expect(made.map(\.1) == r.fields.map(\.1))
             var m = ByteText()
@@ -91,4 +77,17 @@ import Testing
             #expect(m.string == r.message)
         }
     }
+}
+
+/// The (key, value) pairs an entry's byte rendering writes, in order.
+func byteFields(_ e: some ByteRendered) -> [(String, String)] {
+    var t = ByteText()
+    var made: [(String, String)] = []
+    var start = 0
+    var key = ""
+    e.forEachField(&t, { t, k in
+        key = k.description
+        start = t.bytes.count
+    }, { t in made.append((key, String(decoding: t.bytes[start...], as: UTF8.self))) })
+    return made
 }

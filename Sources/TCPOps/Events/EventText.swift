@@ -108,12 +108,8 @@ extension TCPEvent {
         field(&t, "TCPOPS_CONID"); t.put(conid); end(&t)
         if let peerConid { field(&t, "TCPOPS_PEER_CONID"); t.put(peerConid); end(&t) }
         field(&t, "TCPOPS_SIDE"); t.put(side.rawValue); end(&t)
-        field(&t, "TCPOPS_LISTENER"); t.put(listener); end(&t)
-        if let local { field(&t, "TCPOPS_LOCAL"); t.put(local); end(&t) }
-        if let remote { field(&t, "TCPOPS_REMOTE"); t.put(remote); end(&t) }
-        field(&t, "TCPOPS_DURATION_MS"); t.put(durationMs); end(&t)
-        field(&t, "TCPOPS_BYTES_IN"); t.put(bytesIn); end(&t)
-        field(&t, "TCPOPS_BYTES_OUT"); t.put(bytesOut); end(&t)
+        putConnectionFields(&t, listener: listener, local: local, remote: remote, durationMs: durationMs, bytesIn: bytesIn,
+                            bytesOut: bytesOut, field, end)
         field(&t, "TCPOPS_ORIGIN"); t.put(reason.origin.rawValue); end(&t)
         field(&t, "TCPOPS_ERRNO"); if errno != 0 { t.put(errnoName(errno)) }; end(&t)
         forEachTCPField { key, _, value in
@@ -163,4 +159,17 @@ extension TCPEvent {
         t.put("}")
         return t.string
     }
+}
+
+/// The fields every per-connection entry carries, TCPOPS_LISTENER to TCPOPS_BYTES_OUT, in that
+/// order (an event's and a relay's end; see TCPEvent.forEachField for `field` and `end`).
+func putConnectionFields(_ t: inout ByteText, listener: String, local: SocketAddress?, remote: SocketAddress?, durationMs: UInt64,
+                         bytesIn: UInt64, bytesOut: UInt64, _ field: (inout ByteText, StaticString) -> Void,
+                         _ end: (inout ByteText) -> Void) {
+        field(&t, "TCPOPS_LISTENER"); t.put(listener); end(&t)
+        if let local { field(&t, "TCPOPS_LOCAL"); t.put(local); end(&t) }
+        if let remote { field(&t, "TCPOPS_REMOTE"); t.put(remote); end(&t) }
+        field(&t, "TCPOPS_DURATION_MS"); t.put(durationMs); end(&t)
+        field(&t, "TCPOPS_BYTES_IN"); t.put(bytesIn); end(&t)
+        field(&t, "TCPOPS_BYTES_OUT"); t.put(bytesOut); end(&t)
 }

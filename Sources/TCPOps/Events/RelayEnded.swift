@@ -53,12 +53,8 @@ struct RelayEnded: Sendable {
     func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
         field(&t, "TCPOPS_CONID"); t.put(clientConid); end(&t)
         field(&t, "TCPOPS_SIDE"); t.put(Side.client.rawValue); end(&t)
-        field(&t, "TCPOPS_LISTENER"); t.put(listener); end(&t)
-        if let local { field(&t, "TCPOPS_LOCAL"); t.put(local); end(&t) }
-        if let remote { field(&t, "TCPOPS_REMOTE"); t.put(remote); end(&t) }
-        field(&t, "TCPOPS_DURATION_MS"); t.put(durationMs); end(&t)
-        field(&t, "TCPOPS_BYTES_IN"); t.put(bytesIn); end(&t)
-        field(&t, "TCPOPS_BYTES_OUT"); t.put(bytesOut); end(&t)
+        putConnectionFields(&t, listener: listener, local: local, remote: remote, durationMs: durationMs, bytesIn: bytesIn,
+                            bytesOut: bytesOut, field, end)
         if let upstreamConid { field(&t, "TCPOPS_PEER_CONID"); t.put(upstreamConid); end(&t) }
         field(&t, "TCPOPS_REASON"); t.put(reason.rawValue); end(&t)
         field(&t, "TCPOPS_ORIGIN"); t.put(reason.origin.rawValue); end(&t)

@@ -125,20 +125,14 @@ extension Relay {
         upstream?.relay = nil
     }
 
-    func fields(_ c: Connection) -> [Logger.Field] { deferredFields(c)() }
-
-    /// `c`'s log fields, made later (on the log's thread) from values taken now.
-    func deferredFields(_ c: Connection) -> @Sendable () -> [Logger.Field] {
-        let (conid, side, name, local, remote) = (c.conid, c.side, listener.name, c.local, c.remote)
-        let (duration, bytesIn, bytesOut) = ((ctx.loop.now &- c.openedAt) / 1_000_000, c.bytesIn, c.bytesOut)
-        return {
-            var f: [Logger.Field] = [("TCPOPS_CONID", String(conid)), ("TCPOPS_SIDE", side.rawValue), ("TCPOPS_LISTENER", name)]
-            if let l = local { f.append(("TCPOPS_LOCAL", l.description)) }
-            if let r = remote { f.append(("TCPOPS_REMOTE", r.description)) }
-            f.append(("TCPOPS_DURATION_MS", String(duration)))
-            f.append(("TCPOPS_BYTES_IN", String(bytesIn)))
-            f.append(("TCPOPS_BYTES_OUT", String(bytesOut)))
-            return f
-        }
+    /// `c`'s log fields (warnings and debug entries about one connection).
+    func fields(_ c: Connection) -> [Logger.Field] {
+        var f: [Logger.Field] = [("TCPOPS_CONID", String(c.conid)), ("TCPOPS_SIDE", c.side.rawValue), ("TCPOPS_LISTENER", listener.name)]
+        if let l = c.local { f.append(("TCPOPS_LOCAL", l.description)) }
+        if let r = c.remote { f.append(("TCPOPS_REMOTE", r.description)) }
+        f.append(("TCPOPS_DURATION_MS", String((ctx.loop.now &- c.openedAt) / 1_000_000)))
+        f.append(("TCPOPS_BYTES_IN", String(c.bytesIn)))
+        f.append(("TCPOPS_BYTES_OUT", String(c.bytesOut)))
+        return f
     }
 }

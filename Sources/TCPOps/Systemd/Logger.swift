@@ -22,8 +22,6 @@ public final class Logger: Sendable {
         let fields: [Field]
         /// An event (at notice): its message and fields are made from it on the writer thread.
         var event: TCPEvent? = nil
-        /// Made on the writer thread (message, fields): for entries logged per connection.
-        var deferred: (@Sendable () -> (String, [Field]))? = nil
         /// A relay's end: made on the writer thread, its journal entry in bytes.
         var ended: RelayEnded? = nil
     }
@@ -71,18 +69,6 @@ public final class Logger: Sendable {
     public func log(_ level: LogLevel, _ message: String, id: MessageID? = nil, _ fields: [Field] = []) {
         guard enabled(level) else { return }
         let entry = Entry(level: level, message: message, id: id, fields: fields)
-        if let writer {
-            writer.submit(entry)
-        } else {
-            Logger.write(entry, journal: useJournal, Scratch())
-        }
-    }
-
-    /// Queues an entry whose message and fields are made on the writer thread by `make` (for
-    /// entries logged per connection: the loop only captures the values).
-    public func log(_ level: LogLevel, id: MessageID? = nil, _ make: @escaping @Sendable () -> (String, [Field])) {
-        guard enabled(level) else { return }
-        let entry = Entry(level: level, message: "", id: id, fields: [], deferred: make)
         if let writer {
             writer.submit(entry)
         } else {
@@ -156,13 +142,6 @@ public final class Logger: Sendable {
         if let r = e.ended {
             if journal && sendToJournal(r, scratch) { return }
             writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields))
-            return
-        }
-        if let make = e.deferred {
-            let (message, fields) = make()
-            let made = Entry(level: e.level, message: message, id: e.id, fields: fields)
-            if journal && sendToJournal(made, scratch) { return }
-            writeLine(made)
             return
         }
         if journal && sendToJournal(e, scratch) { return }
