@@ -78,10 +78,8 @@ extension Relay {
             closeSocket(c)
             c.state = .gone
         }
-        for d in [toUpstream, toClient] {
-            if let p = d.pipe { ctx.pipes.give(p) }
-            d.pipe = nil
-        }
+        toUpstream.releasePipe(to: ctx.pipes)  // quiet and drained: empty, back to the pool
+        toClient.releasePipe(to: ctx.pipes)
         ctx.removed(self)
         client.relay = nil
         upstream.relay = nil

@@ -53,11 +53,11 @@ extension Connection {
     /// Queues `bytes` for this connection's peer, after the relayed bytes already queued for it.
     public func send(_ bytes: [UInt8]) -> Bool {
         guard let r = fullRelay, !bytes.isEmpty else { return false }
-        let d = side == .client ? r.toClient : r.toUpstream
-        guard !d.shut, state != .error, d.held.count - d.heldSent + bytes.count <= Relay.injectLimit else { return false }
-        d.held.append(contentsOf: bytes)
-        let from = side == .client ? r.upstream! : r.client
-        r.shovel(d, from: from, to: self)
+        guard state != .error else { return false }
+        let way: Relay.Way = side == .client ? .toClient : .toUpstream
+        let queued = way == .toClient ? r.toClient.inject(bytes, limit: Relay.injectLimit) : r.toUpstream.inject(bytes, limit: Relay.injectLimit)
+        guard queued else { return false }
+        r.shovel(way)
         if !r.ended { r.updateInterest() }
         return true
     }

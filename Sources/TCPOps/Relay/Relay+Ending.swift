@@ -13,8 +13,8 @@ extension Relay {
     /// tcpopsd already holds are still delivered to the other side, then the relay ends.
     func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
         let other = conn.peer
-        let toOther = other === client ? toClient : toUpstream
-        guard !draining, !toOther.drained, other.fdOpen, other.state == .ok || other.state == .eof else {
+        let way: Way = other === client ? .toClient : .toUpstream
+        guard !draining, !(way == .toClient ? toClient : toUpstream).drained, other.fdOpen, other.state == .ok || other.state == .eof else {
             end(failed: conn, reason: reason, why: why)
             return
         }
@@ -22,8 +22,9 @@ extension Relay {
         conn.state = .error
         closeSocket(conn)
         draining = true
-        toOther.eof = true  // nothing more will come from the broken side
-        let held = toOther.fill + toOther.held.count - toOther.heldSent
+        // Nothing more will come from the broken side.
+        if way == .toClient { toClient.eof = true } else { toUpstream.eof = true }
+        let held = (way == .toClient ? toClient : toUpstream).pending
         drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
             guard !self.ended else { return }
             self.drainTimer = nil
@@ -31,7 +32,7 @@ extension Relay {
         }
         ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
         drainWhy = why
-        shovel(toOther, from: conn, to: other)
+        shovel(way)
         if ended { return }
         finishDrainIfDone()
         if !ended { updateInterest() }
@@ -39,8 +40,7 @@ extension Relay {
 
     /// Ends a draining relay once the surviving side has everything.
     func finishDrainIfDone() {
-        let toSurvivor = client.fdOpen ? toClient : toUpstream
-        if toSurvivor.drained { end(failed: nil, reason: .local, why: drainWhy) }
+        if (client.fdOpen ? toClient : toUpstream).drained { end(failed: nil, reason: .local, why: drainWhy) }
     }
 
     func closeSocket(_ c: Connection) {
@@ -96,14 +96,8 @@ extension Relay {
         if let t = connectTimer { ctx.loop.timers.cancel(t) }
         if let t = proxyTimer { ctx.loop.timers.cancel(t) }
         if let t = drainTimer { ctx.loop.timers.cancel(t) }
-        func givePipe(_ d: Direction) {
-            if let p = d.pipe {
-                if d.fill == 0 { ctx.pipes.give(p) } else { ctx.pipes.close(p) }
-                d.pipe = nil
-            }
-        }
-        givePipe(toUpstream)
-        givePipe(toClient)
+        toUpstream.releasePipe(to: ctx.pipes)
+        toClient.releasePipe(to: ctx.pipes)
         // At info when a side closed without an event of its own (tcpopsd closed it, or events are
         // off for it): the journal must say how each connection ended. When both sides raised
         // events, those already say it (reason, bytes), and the summary is debug.

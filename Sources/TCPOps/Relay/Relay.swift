@@ -1,38 +1,11 @@
-// A relay: an accepted client, its upstream, and the bytes between them. Bulk bytes move with
-// splice() through one pipe per direction, taken from the pool only while bytes are in flight;
-// a small read into an empty direction is copied through one shared buffer instead. Epoll
-// interest is recomputed from each direction's state after every pass, so backpressure falls out
-// of state: a side is read only while its direction's pipe has room and its destination is not
-// blocked. A FIN is passed on with shutdown(SHUT_WR); the relay ends when both directions are
-// done, or when either side fails, times out or is closed.
+// A relay: an accepted client, its upstream, and the two directions between them (Direction:
+// the bytes one way, moved by splice or copy). The relay keeps the connect phase, the timers and
+// one end; it pumps a direction when epoll says a side is ready and applies what the direction
+// reports (counters, the FIN event, a failed side). Epoll interest is recomputed from each
+// direction's state at the end of the loop turn, so backpressure falls out of state: a side is
+// read only while its direction's pipe has room and its destination is not blocked. The relay
+// ends when both directions passed their FIN on, or when either side fails, times out or is closed.
 import Glibc
-
-final class Direction {
-    // Stored properties widest first (Swift lays them out in this order): 64 bytes an object.
-    /// Bytes in the pipe.
-    var fill = 0
-    /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
-    /// destination was still connecting, or left over from a copy when no pipe could be had. The
-    /// source is not read while any wait.
-    var held: [UInt8] = []
-    var heldSent = 0
-    var pipe: PipePool.Pipe?
-    /// The source sent FIN.
-    var eof = false
-    /// The FIN was passed on to the destination.
-    var shut = false
-    /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
-    var blocked = false
-    /// The source's last read came back short (or would block) and no EPOLLIN came since: there
-    /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
-    var sourceDry = false
-    /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
-    /// empty direction copies through a small buffer (cheaper than splice for small messages).
-    var bulk = false
-
-    /// Nothing waits to be written to the destination.
-    var drained: Bool { fill == 0 && held.isEmpty }
-}
 
 public final class Relay: TurnEndHandler {
     // Stored properties widest first, the flags last (Swift lays them out in this order).
@@ -40,8 +13,8 @@ public final class Relay: TurnEndHandler {
     let listener: ListenerSettings
     let client: Connection
     var upstream: Connection!
-    let toUpstream = Direction()
-    let toClient = Direction()
+    var toUpstream = Direction()
+    var toClient = Direction()
     /// Its listener's metrics (counted from the relay's loop, without a lookup).
     let metrics: ListenerMetrics
     /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
@@ -100,12 +73,12 @@ public final class Relay: TurnEndHandler {
                 return
             }
             connected()
-            shovel(toUpstream, from: client, to: upstream)
+            shovel(.toUpstream)
             if ended { return }
             updateInterest()
             return
         }
-        let (readDir, writeDir, other) = conn === client ? (toUpstream, toClient, upstream!) : (toClient, toUpstream, client)
+        let (readWay, writeWay): (Way, Way) = conn === client ? (.toUpstream, .toClient) : (.toClient, .toUpstream)
         if events & Events.hangup != 0 { conn.hungUp = true }
         if events & Events.error != 0 && events & Events.read == 0 {
             // No bytes to read first: the pending error is the whole story (reading it clears it,
@@ -117,8 +90,8 @@ public final class Relay: TurnEndHandler {
             }
         }
         if events & Events.write != 0 {
-            writeDir.blocked = false
-            shovel(writeDir, from: other, to: conn)
+            if writeWay == .toClient { toClient.blocked = false } else { toUpstream.blocked = false }
+            shovel(writeWay)
             if ended { return }
         }
         if draining {
@@ -126,8 +99,8 @@ public final class Relay: TurnEndHandler {
             return
         }
         if events & (Events.read | Events.hangup | Events.error) != 0 {
-            readDir.sourceDry = false
-            shovel(readDir, from: conn, to: other)
+            if readWay == .toClient { toClient.sourceDry = false } else { toUpstream.sourceDry = false }
+            shovel(readWay)
             if ended { return }
         }
         if toUpstream.shut && toClient.shut {
@@ -137,152 +110,50 @@ public final class Relay: TurnEndHandler {
         updateInterest()
     }
 
-    /// Moves bytes from `from` through the direction's pipe to `to` while either step progresses.
-    func shovel(_ d: Direction, from: Connection, to: Connection) {
-        let capacity = ctx.pipes.capacity
-        let now = ctx.loop.now
+    enum Way { case toUpstream, toClient }
+
+    /// Pumps one direction and applies its report: the sides' counters and activity, the metrics,
+    /// the source's FIN event, a side that failed.
+    func shovel(_ way: Way) {
+        let (from, to): (Connection, Connection) = way == .toUpstream ? (client, upstream) : (upstream, client)
         let canWrite = to.state == .ok || to.state == .eof
-        var readDrained = d.sourceDry
-        while true {
-            var progress = false
-            if !d.eof && !readDrained && !d.blocked && !quieting && d.held.isEmpty && d.fill < capacity {
-                let mode = readMode(d, canWrite: canWrite)
-                let want = mode == .splice ? capacity - d.fill : ctx.scratch.count
-                let result = mode == .splice ? Splice.move(from: from.fd, to: d.pipe!.write, length: want)
-                                             : Socket.receive(from.fd, into: ctx.scratch)
-                switch result {
-                case .moved(let n):
-                    from.bytesIn &+= UInt64(n)
-                    from.lastActivity = now
-                    progress = true
-                    if n < want {
-                        readDrained = true
-                        d.sourceDry = true
-                    }
-                    d.bulk = n >= Relay.copyLimit
-                    switch mode {
-                    case .copy:
-                        guard forward(d, n, to: to, now: now) else { return }
-                    case .hold:
-                        d.held.append(contentsOf: UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n]))
-                    case .splice:
-                        d.fill += n
-                    }
-                case .endOfFile:
-                    d.eof = true
-                    from.state = .eof
-                    raise(from, .fin)
-                case .wouldBlock:
-                    readDrained = true
-                    d.sourceDry = true
-                case .failed(let e):
-                    fail(from, errno: e)
-                    return
-                }
-            }
-            if d.fill > 0 && canWrite && !d.blocked, let pipe = d.pipe {
-                guard let n = wrote(Splice.move(from: pipe.read, to: to.fd, length: d.fill), d, to: to, now: now) else { return }
-                d.fill -= n
-                ctx.relayedBytes &+= UInt64(n)
-                progress = progress || n > 0
-            } else if d.fill == 0 && !d.held.isEmpty && canWrite && !d.blocked {
-                guard let n = wrote(Socket.send(to.fd, d.held[d.heldSent...]), d, to: to, now: now) else { return }
-                ctx.relayedBytes &+= UInt64(n)
-                d.heldSent += n
-                if d.heldSent == d.held.count {
-                    d.held = []
-                    d.heldSent = 0
-                }
-                progress = progress || n > 0
-            }
-            if !progress { break }
+        let report = switch way {
+        case .toUpstream:
+            toUpstream.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: !quieting,
+                            closeSendsFIN: toClient.shut)
+        case .toClient:
+            toClient.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: !quieting,
+                          closeSendsFIN: toUpstream.shut)
         }
-        if d.fill == 0, let p = d.pipe {
-            ctx.pipes.give(p)
-            d.pipe = nil
+        let now = ctx.loop.now
+        if report.read > 0 {
+            from.bytesIn &+= UInt64(report.read)
+            from.lastActivity = now
         }
-        if d.eof && d.drained && !d.shut && canWrite {
-            // The last FIN to pass on ends the relay: close() sends it, no shutdown() needed.
-            let otherDone = (d === toUpstream ? toClient : toUpstream).shut
-            if !otherDone { Socket.shutdownWrite(to.fd) }
-            d.shut = true
-        }
-    }
-
-    /// Reads of at most this many bytes into an empty direction are copied, not spliced.
-    static let copyLimit = 16384
-
-    private enum ReadMode { case copy, splice, hold }
-
-    /// How the next read of an empty-enough direction moves its bytes: small reads are copied
-    /// straight to a writable destination; bulk reads are spliced through a pipe; bytes that
-    /// arrive while the destination is still connecting are held in memory (one read's worth).
-    /// Without a pipe (out of fds), bulk is copied too: slower, never a reset.
-    private func readMode(_ d: Direction, canWrite: Bool) -> ReadMode {
-        if d.fill == 0 {
-            if !canWrite { return .hold }
-            if !d.bulk { return .copy }
-        }
-        if takePipe(d) { return .splice }
-        return canWrite ? .copy : .hold  // no pipe means an empty direction: fill is 0
-    }
-
-    private func takePipe(_ d: Direction) -> Bool {
-        guard d.pipe == nil else { return true }
-        do {
-            d.pipe = try ctx.pipes.take()
-            return true
-        } catch {
-            ctx.noPipe(error)
-            return false
-        }
-    }
-
-    /// The book-keeping of one write to `to`: the bytes it took (0: it must wait for EPOLLOUT),
-    /// or nil when `to` broke (the relay is failing it).
-    private func wrote(_ result: IOResult, _ d: Direction, to: Connection, now: UInt64) -> Int? {
-        switch result {
-        case .moved(let n):
-            to.bytesOut &+= UInt64(n)
+        if report.written > 0 {
+            to.bytesOut &+= UInt64(report.written)
             to.lastActivity = now
-            (to.side == .upstream ? metrics.bytesToUpstream : metrics.bytesToClient).increment(by: Int64(n))
-            return n
-        case .wouldBlock:
-            d.blocked = true
-            return 0
-        case .endOfFile:
-            return 0
-        case .failed(let e):
-            fail(to, errno: e)
-            return nil
+            ctx.relayedBytes &+= UInt64(report.written)
+            (way == .toUpstream ? metrics.bytesToUpstream : metrics.bytesToClient).increment(by: Int64(report.written))
         }
-    }
-
-    /// Sends `n` bytes just read into the scratch buffer; what the destination cannot take now
-    /// goes into the direction's pipe, ahead of anything read later.
-    private func forward(_ d: Direction, _ n: Int, to: Connection, now: UInt64) -> Bool {
-        guard let sent = wrote(Socket.send(to.fd, UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n])), d, to: to, now: now) else {
-            return false
+        if let e = report.pipeShortage { ctx.noPipe(e) }
+        if report.finArrived {
+            from.state = .eof
+            raise(from, .fin)
         }
-        ctx.relayedBytes &+= UInt64(sent)
-        if sent < n {
-            d.blocked = true  // a short send: the socket buffer is full
-            let rest = UnsafeRawBufferPointer(rebasing: ctx.scratch[sent..<n])
-            if takePipe(d), ctx.pipes.load(d.pipe!, rest) {
-                d.fill += n - sent
-            } else {
-                d.held.append(contentsOf: rest)
-            }
+        switch report.status {
+        case .moving: break
+        case .sourceFailed(let e): fail(from, errno: e)
+        case .destinationFailed(let e): fail(to, errno: e)
         }
-        return true
     }
 
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
         if c.state == .connecting { return Events.write }
-        if draining || quieting { return !writing.drained && writing.blocked ? Events.write : 0 }
+        if draining || quieting { return writing.wantsDestination ? Events.write : 0 }
         var m: UInt32 = 0
-        if !reading.eof && !reading.blocked && reading.held.isEmpty && reading.fill < ctx.pipes.capacity { m |= Events.read }
-        if !writing.drained && writing.blocked { m |= Events.write }
+        if reading.wantsSource(capacity: ctx.pipes.capacity) { m |= Events.read }
+        if writing.wantsDestination { m |= Events.write }
         return m
     }
 

@@ -90,7 +90,7 @@ public final class RelayContext {
     public var onIdle: (() -> Void)?
 
     /// One buffer for the copy path of small reads (the loop is single-threaded).
-    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Relay.copyLimit, alignment: 16)
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Direction.copyLimit, alignment: 16)
 
     /// Where the relays count what they do.
     public let metrics: DaemonMetrics

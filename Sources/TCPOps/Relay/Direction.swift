@@ -1,0 +1,223 @@
+// One way of a relay: the bytes from a source socket to a destination socket. A direction holds
+// its pipe (taken from the pool only while bytes are in flight), what is in it, bytes held in
+// memory, and its FIN state; `pump` moves what it can without blocking and says in one report what
+// happened. It knows nothing of connections, events or the loop: the relay applies the report
+// (counters, events, failures, epoll interest), and a direction is tested alone over a socketpair.
+//
+// Bulk bytes move with splice() through the pipe; a small read into an empty direction is copied
+// through the worker's scratch buffer straight to the destination (cheaper than two splices for a
+// small message). Backpressure is state: the source is read only while the pipe has room, nothing
+// is held in memory and the destination is not blocked.
+import Glibc
+
+struct Direction {
+    // Stored properties widest first (Swift lays them out in this order); held inline in the relay.
+    /// Bytes in the pipe.
+    var fill = 0
+    /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
+    /// destination was still connecting, or left over from a copy when no pipe could be had. The
+    /// source is not read while any wait.
+    var held: [UInt8] = []
+    var heldSent = 0
+    var pipe: PipePool.Pipe?
+    /// The source sent FIN (or is gone: nothing more will come from it).
+    var eof = false
+    /// The FIN was passed on to the destination.
+    var shut = false
+    /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
+    var blocked = false
+    /// The source's last read came back short (or would block) and no EPOLLIN came since: there
+    /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
+    var sourceDry = false
+    /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
+    /// empty direction copies through a small buffer.
+    var bulk = false
+
+    /// Reads of at most this many bytes into an empty direction are copied, not spliced (the size
+    /// of a worker's scratch buffer).
+    static let copyLimit = 16384
+
+    /// What one pump did: its status, whether the source's FIN arrived, and what moved before the
+    /// pump stopped (applied by the relay even when a side failed).
+    struct Report {
+        enum Status: Equatable {
+            /// Moved what could be moved; waiting for the source, the destination or a write slot.
+            case moving
+            /// Reading the source failed with this errno.
+            case sourceFailed(Int32)
+            /// Writing the destination failed with this errno.
+            case destinationFailed(Int32)
+        }
+        var status = Status.moving
+        /// The source's FIN arrived in this pump (it is passed on once everything before it is).
+        var finArrived = false
+        /// Bytes taken from the source.
+        var read = 0
+        /// Bytes given to the destination.
+        var written = 0
+        /// A pipe was wanted and none could be made (out of fds): bulk was copied instead.
+        var pipeShortage: SystemError?
+    }
+
+    /// Nothing waits to be written to the destination.
+    var drained: Bool { fill == 0 && held.isEmpty }
+
+    /// Bytes waiting for the destination.
+    var pending: Int { fill + held.count - heldSent }
+
+    /// The source may be read: not ended, room in the pipe, nothing held, the destination not blocked.
+    func wantsSource(capacity: Int) -> Bool { !eof && !blocked && held.isEmpty && fill < capacity }
+
+    /// Bytes wait and the destination said EAGAIN: it must be watched for EPOLLOUT.
+    var wantsDestination: Bool { !drained && blocked }
+
+    /// Moves bytes from `source` to `destination` while either step progresses, then passes a FIN
+    /// on once the source ended and everything before it is written.
+    /// - canWrite: the destination is connected (bytes read while it connects are held).
+    /// - mayRead: the source may be read (false while the relay quiets for a handover).
+    /// - closeSendsFIN: the relay ends as soon as this FIN is passed on, and its close() sends it;
+    ///   no shutdown() is needed.
+    mutating func pump(from source: Int32, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
+                       canWrite: Bool, mayRead: Bool = true, closeSendsFIN: Bool = false) -> Report {
+        var report = Report()
+        let capacity = pipes.capacity
+        var readDrained = sourceDry
+        while true {
+            var progress = false
+            if mayRead && !eof && !readDrained && !blocked && held.isEmpty && fill < capacity {
+                let mode = readMode(canWrite: canWrite, pipes: pipes, report: &report)
+                let want = mode == .splice ? capacity - fill : scratch.count
+                let result = mode == .splice ? Splice.move(from: source, to: pipe!.write, length: want)
+                                             : Socket.receive(source, into: scratch)
+                switch result {
+                case .moved(let n):
+                    report.read += n
+                    progress = true
+                    if n < want {
+                        readDrained = true
+                        sourceDry = true
+                    }
+                    bulk = n >= Direction.copyLimit
+                    switch mode {
+                    case .copy:
+                        guard forward(n, to: destination, pipes: pipes, scratch: scratch, report: &report) else { return report }
+                    case .hold:
+                        held.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                    case .splice:
+                        fill += n
+                    }
+                case .endOfFile:
+                    eof = true
+                    report.finArrived = true
+                case .wouldBlock:
+                    readDrained = true
+                    sourceDry = true
+                case .failed(let e):
+                    report.status = .sourceFailed(e)
+                    return report
+                }
+            }
+            if fill > 0 && canWrite && !blocked, let p = pipe {
+                guard let n = wrote(Splice.move(from: p.read, to: destination, length: fill), &report) else { return report }
+                fill -= n
+                progress = progress || n > 0
+            } else if fill == 0 && !held.isEmpty && canWrite && !blocked {
+                guard let n = wrote(Socket.send(destination, held[heldSent...]), &report) else { return report }
+                heldSent += n
+                if heldSent == held.count {
+                    held = []
+                    heldSent = 0
+                }
+                progress = progress || n > 0
+            }
+            if !progress { break }
+        }
+        if fill == 0, let p = pipe {
+            pipes.give(p)
+            pipe = nil
+        }
+        if eof && drained && !shut && canWrite {
+            if !closeSendsFIN { Socket.shutdownWrite(destination) }
+            shut = true
+        }
+        return report
+    }
+
+    /// Queues bytes given by hand (`tcpopsctl send`) after those already queued; false when the
+    /// FIN was already passed on or more than `limit` bytes would wait in memory.
+    mutating func inject(_ bytes: [UInt8], limit: Int) -> Bool {
+        guard !shut, held.count - heldSent + bytes.count <= limit else { return false }
+        held.append(contentsOf: bytes)
+        return true
+    }
+
+    /// Gives the pipe back at the relay's end (closed instead when bytes are still in it).
+    mutating func releasePipe(to pipes: PipePool) {
+        guard let p = pipe else { return }
+        if fill == 0 { pipes.give(p) } else { pipes.close(p) }
+        pipe = nil
+    }
+
+    private enum ReadMode { case copy, splice, hold }
+
+    /// How the next read moves its bytes: small reads into an empty direction are copied straight
+    /// to a writable destination; bulk reads are spliced through a pipe; bytes that arrive while
+    /// the destination is still connecting are held in memory (one read's worth). Without a pipe
+    /// (out of fds), bulk is copied too: slower, never a reset.
+    private mutating func readMode(canWrite: Bool, pipes: PipePool, report: inout Report) -> ReadMode {
+        if fill == 0 {
+            if !canWrite { return .hold }
+            if !bulk { return .copy }
+        }
+        if takePipe(pipes, &report) { return .splice }
+        return canWrite ? .copy : .hold  // no pipe means an empty direction: fill is 0
+    }
+
+    private mutating func takePipe(_ pipes: PipePool, _ report: inout Report) -> Bool {
+        guard pipe == nil else { return true }
+        do {
+            pipe = try pipes.take()
+            return true
+        } catch {
+            report.pipeShortage = error
+            return false
+        }
+    }
+
+    /// The book-keeping of one write: the bytes it took (0: it must wait for EPOLLOUT), or nil when
+    /// the destination broke (the report says so).
+    private mutating func wrote(_ result: IOResult, _ report: inout Report) -> Int? {
+        switch result {
+        case .moved(let n):
+            report.written += n
+            return n
+        case .wouldBlock:
+            blocked = true
+            return 0
+        case .endOfFile:
+            return 0
+        case .failed(let e):
+            report.status = .destinationFailed(e)
+            return nil
+        }
+    }
+
+    /// Sends `n` bytes just read into the scratch buffer; what the destination cannot take now
+    /// goes into the pipe, ahead of anything read later.
+    private mutating func forward(_ n: Int, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
+                                  report: inout Report) -> Bool {
+        guard let sent = wrote(Socket.send(destination, UnsafeRawBufferPointer(rebasing: scratch[0..<n])), &report) else {
+            return false
+        }
+        if sent < n {
+            blocked = true  // a short send: the socket buffer is full
+            let rest = UnsafeRawBufferPointer(rebasing: scratch[sent..<n])
+            if takePipe(pipes, &report), pipes.load(pipe!, rest) {
+                fill += n - sent
+            } else {
+                held.append(contentsOf: rest)
+            }
+        }
+        return true
+    }
+}

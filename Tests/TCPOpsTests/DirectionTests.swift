@@ -1,0 +1,240 @@
+// One direction of a relay, alone over real sockets: a socketpair feeds it, another takes what it
+// writes. No loop, no relay: each test pumps by hand, as the relay does when epoll says a side is ready.
+import Glibc
+import Testing
+@testable import TCPOps
+
+/// A connected pair of non-blocking sockets: a socketpair, or TCP over loopback where the test
+/// needs what only TCP has (an RST; a send buffer that fills: on this kernel a unix socket takes
+/// spliced bytes without counting them against its send buffer).
+private func connectedPair(tcp: Bool) throws -> (Int32, Int32) {
+    if !tcp {
+        var p: [Int32] = [0, 0]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &p) == 0)
+        return (p[0], p[1])
+    }
+    let loopback = SocketAddress(family: .v4, bytes: [127, 0, 0, 1], port: 0)
+    let listener = try Socket.listen(loopback)
+    defer { close(listener) }
+    let port = try #require(Socket.localAddress(listener)?.port)
+    let (far, _) = try Socket.connect(SocketAddress(family: .v4, bytes: [127, 0, 0, 1], port: port))
+    for _ in 0..<1000 {
+        if let a = try Socket.accept(listener) { return (far, a.fd) }
+        usleep(1000)
+    }
+    Issue.record("no connection accepted")
+    return (far, -1)
+}
+
+/// Two pairs around a direction: the test writes into `sourcePeer` and reads `destinationPeer`;
+/// the direction pumps from `source` to `destination` (non-blocking, as a relay's sockets are).
+private final class Rig {
+    let source: Int32, destination: Int32, destinationPeer: Int32
+    var sourcePeer: Int32
+    let pipes = PipePool(keepIdle: 4)
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Direction.copyLimit, alignment: 16)
+    var d = Direction()
+
+    init(tcp: Bool = false) throws {
+        signal(SIGPIPE, SIG_IGN)
+        (sourcePeer, source) = try connectedPair(tcp: tcp)
+        (destination, destinationPeer) = try connectedPair(tcp: tcp)
+        for fd in [sourcePeer, destinationPeer] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+    }
+
+    deinit {
+        for fd in [source, sourcePeer, destination, destinationPeer] where fd >= 0 { close(fd) }
+        d.releasePipe(to: pipes)
+        pipes.drain()
+        scratch.deallocate()
+    }
+
+    func pump(canWrite: Bool = true, mayRead: Bool = true, closeSendsFIN: Bool = false) -> Direction.Report {
+        d.pump(from: source, to: destination, pipes: pipes, scratch: scratch, canWrite: canWrite, mayRead: mayRead, closeSendsFIN: closeSendsFIN)
+    }
+
+    /// What epoll would say before the relay pumps again: the source is readable, the destination writable.
+    func pumpAsRelay(canWrite: Bool = true) -> Direction.Report {
+        d.sourceDry = false
+        d.blocked = false
+        return pump(canWrite: canWrite)
+    }
+
+    /// Writes what the source peer's buffer takes now; the count written.
+    func feed(_ bytes: ArraySlice<UInt8>) -> Int {
+        let n = bytes.withUnsafeBytes { send(sourcePeer, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        return max(n, 0)
+    }
+
+    /// Everything the destination peer can read now.
+    func take() -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(destinationPeer, &buf, buf.count, Int32(MSG_DONTWAIT))
+            if n <= 0 { return out }
+            out += buf[0..<n]
+        }
+    }
+
+    /// recv on the destination peer: 0 at a FIN, -1 with EAGAIN when nothing came.
+    func peek() -> (Int, Int32) {
+        var b: UInt8 = 0
+        let n = recv(destinationPeer, &b, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        return (n, errno)
+    }
+}
+
+private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
+    var x = seed | 1
+    return (0..<count).map { _ in
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17
+        return UInt8(truncatingIfNeeded: x)
+    }
+}
+
+@Suite struct DirectionTests {
+    @Test func aSmallMessageIsCopiedStraightThrough() throws {
+        let rig = try Rig()
+        let message = pattern(100, seed: 1)
+        #expect(rig.feed(message[...]) == 100)
+        let r = rig.pump()
+        #expect(r.status == .moving)
+        #expect(r.read == 100 && r.written == 100 && !r.finArrived)
+        #expect(rig.d.pipe == nil && !rig.d.bulk)  // copied: no pipe taken
+        #expect(rig.d.drained && rig.d.sourceDry)
+        #expect(rig.take() == message)
+        #expect(rig.d.wantsSource(capacity: rig.pipes.capacity) && !rig.d.wantsDestination)
+    }
+
+    @Test func bulkIsSplicedInOrderAndThePipeGoesBack() throws {
+        let rig = try Rig()
+        let data = pattern(3 << 20, seed: 2)
+        var fed = 0, got: [UInt8] = [], spliced = false, read = 0, written = 0, rounds = 0
+        while got.count < data.count && rounds < 100_000 {  // bounded: a direction that stops moving fails, not hangs
+            rounds += 1
+            if fed < data.count { fed += rig.feed(data[fed..<min(fed + 200_000, data.count)]) }
+            let r = rig.pumpAsRelay()
+            #expect(r.status == .moving)
+            read += r.read
+            written += r.written
+            spliced = spliced || rig.d.bulk
+            got += rig.take()
+        }
+        #expect(got == data)
+        #expect(read == data.count && written == data.count)
+        #expect(spliced)
+        #expect(rig.d.drained && rig.d.pipe == nil)  // empty: the pipe went back to the pool
+    }
+
+    @Test func aFullDestinationStopsTheSourceUntilItTakesMore() throws {
+        let rig = try Rig(tcp: true)
+        // Small fixed buffers (no autotuning): the destination fills after some 100 KB.
+        var small: Int32 = 32768
+        setsockopt(rig.destination, SOL_SOCKET, SO_SNDBUF, &small, 4)
+        setsockopt(rig.destinationPeer, SOL_SOCKET, SO_RCVBUF, &small, 4)
+        setsockopt(rig.sourcePeer, SOL_SOCKET, SO_SNDBUF, &small, 4)
+        setsockopt(rig.source, SOL_SOCKET, SO_RCVBUF, &small, 4)
+        let data = pattern(4 << 20, seed: 3)
+        var fed = 0
+        // Nobody reads the destination: the direction fills its pipe and stops reading.
+        for _ in 0..<200 {
+            if fed < data.count { fed += rig.feed(data[fed..<min(fed + 100_000, data.count)]) }
+            rig.d.sourceDry = false  // epoll: readable (the destination is not writable: blocked stays)
+            _ = rig.pump()
+            if rig.d.blocked && !rig.d.wantsSource(capacity: rig.pipes.capacity) { break }
+        }
+        #expect(rig.d.blocked && rig.d.wantsDestination)
+        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))
+        #expect(!rig.d.drained)
+        // While blocked a pump reads nothing more: the source's bytes wait in the kernel.
+        rig.d.sourceDry = false
+        let before = rig.pump()
+        #expect(before.read == 0 && before.written == 0)
+        #expect(fed < data.count)  // the source peer's own buffer filled: backpressure reached the sender
+        // The destination reads: everything arrives, in order, once.
+        var got: [UInt8] = [], rounds = 0
+        while got.count < data.count && rounds < 100_000 {
+            rounds += 1
+            got += rig.take()
+            if fed < data.count { fed += rig.feed(data[fed..<min(fed + 100_000, data.count)]) }
+            _ = rig.pumpAsRelay()
+        }
+        #expect(got == data)
+    }
+
+    @Test func theSourcesFINIsPassedOnAfterItsBytes() throws {
+        let rig = try Rig()
+        let message = pattern(5000, seed: 4)
+        #expect(rig.feed(message[...]) == message.count)
+        shutdown(rig.sourcePeer, Int32(SHUT_WR))
+        let first = rig.pump()
+        #expect(first.read == message.count && !first.finArrived)  // a short read: the source is not asked again
+        #expect(!rig.d.shut)
+        let r = rig.pumpAsRelay()  // epoll says readable (the FIN)
+        #expect(r.finArrived && r.status == .moving)
+        #expect(rig.d.eof && rig.d.shut)
+        #expect(rig.take() == message)
+        #expect(rig.peek().0 == 0)  // the FIN came through
+        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))
+        // A later pump reports no second FIN.
+        #expect(!rig.pump().finArrived)
+    }
+
+    @Test func theLastFINIsLeftToTheRelaysClose() throws {
+        let rig = try Rig()
+        shutdown(rig.sourcePeer, Int32(SHUT_WR))
+        let r = rig.pump(closeSendsFIN: true)
+        #expect(r.finArrived && rig.d.shut)
+        let (n, e) = rig.peek()
+        #expect(n == -1 && e == EAGAIN)  // no shutdown(): the destination is still open
+    }
+
+    @Test func bytesReadWhileTheDestinationConnectsAreHeldThenWritten() throws {
+        let rig = try Rig()
+        let message = pattern(3000, seed: 5)
+        #expect(rig.feed(message[...]) == message.count)
+        let held = rig.pump(canWrite: false)
+        #expect(held.read == message.count && held.written == 0)
+        #expect(rig.d.held == message && rig.d.pending == message.count)
+        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))  // one read's worth, no more
+        #expect(rig.take().isEmpty)
+        let sent = rig.pump(canWrite: true)
+        #expect(sent.written == message.count && rig.d.drained)
+        #expect(rig.take() == message)
+    }
+
+    @Test func injectedBytesFollowTheQueuedOnesAndRespectTheLimit() throws {
+        let rig = try Rig()
+        let first = rig.d.inject(Array("hello ".utf8), limit: 16)
+        let tooMany = rig.d.inject(Array("far too many bytes".utf8), limit: 16)
+        let second = rig.d.inject(Array("world".utf8), limit: 16)
+        #expect(first && !tooMany && second)
+        _ = rig.pump(mayRead: false)
+        #expect(rig.take() == Array("hello world".utf8))
+        shutdown(rig.sourcePeer, Int32(SHUT_WR))
+        _ = rig.pump()
+        #expect(rig.d.shut)
+        let afterFIN = rig.d.inject([1], limit: 16)
+        #expect(!afterFIN)  // after the FIN nothing more may follow
+    }
+
+    @Test func aBrokenDestinationIsReportedWithItsErrno() throws {
+        let rig = try Rig()
+        close(rig.destinationPeer)
+        #expect(rig.feed(pattern(10, seed: 6)[...]) == 10)
+        let r = rig.pump()
+        #expect(r.status == .destinationFailed(EPIPE))
+        #expect(r.read == 10 && r.written == 0)
+    }
+
+    @Test func aResetSourceIsReportedWithItsErrno() throws {
+        let rig = try Rig(tcp: true)
+        Socket.closeWithReset(rig.sourcePeer)
+        rig.sourcePeer = -1
+        usleep(20_000)
+        let r = rig.pump()
+        #expect(r.status == .sourceFailed(ECONNRESET))
+        #expect(r.read == 0 && r.written == 0)
+    }
+}
