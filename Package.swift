@@ -5,12 +5,13 @@ import PackageDescription
 // instruction drops from ~10 ms to ~2 ms (a signal in that window would still kill it), and
 // nothing under /opt/swift is needed where they are installed. Set here rather than with
 // `--static-swift-stdlib` so that `swift build` and `swift test` link them alike; the modules were
-// compiled against the shared Foundation, so its static parts are named. lld, because gold warns
+// compiled against the shared Foundation, so its static parts (and the Synchronization library
+// they use, which tcpopsctl links nothing else of) are named. lld, because gold warns
 // about the static Foundation's use of mktemp on every link.
 // Sanitizer builds (make test-sanitize) link it dynamically: the statically linked executable does
 // not export the sanitizer's malloc to libsystemd, whose allocations then come back to the wrong free.
 let staticRuntime: [LinkerSetting] = Context.environment["TCPOPS_SANITIZE"] != nil ? [.unsafeFlags(["-use-ld=lld"])]
-    : [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims"])]
+    : [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization"])]
 
 // `make` passes the checkout's git revision (for --version); a plain `swift build` leaves it out.
 let revision: [CSetting] = Context.environment["TCPOPS_GIT_REVISION"].flatMap { rev in
@@ -35,27 +36,35 @@ let package = Package(
         .target(name: "CShims", path: "Sources/CShims", cSettings: revision),
         // tcpopsd's first code (.preinit_array): signals blocked before any library or Swift code runs.
         .target(name: "CEarly", path: "Sources/CEarly"),
+        // The layers, each depending only on those below it (the compiler keeps them apart):
+        // system calls and their values (TCPOpsPosix), the epoll loop and its timers and inbox
+        // (TCPOpsLoop), then the daemon: configuration, relays, events, control, metrics (TCPOps).
+        .target(name: "TCPOpsPosix", dependencies: ["CShims"], path: "Sources/TCPOpsPosix"),
+        .target(name: "TCPOpsLoop", dependencies: ["TCPOpsPosix", "CShims"], path: "Sources/TCPOpsLoop"),
+        // Beside the loop: the control protocol (requests, answers, JSON) and the version line, all
+        // that tcpopsctl shares with the daemon (tcpopsctl links nothing else of it).
+        .target(name: "TCPOpsProtocol", dependencies: ["TCPOpsPosix", "CShims"], path: "Sources/TCPOpsProtocol"),
         .target(
             name: "TCPOps",
             dependencies: [
-                "CSystemd", "CShims",
+                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "CSystemd", "CShims",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/TCPOps"
         ),
         .executableTarget(
             name: "tcpopsd",
-            dependencies: ["TCPOps", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsd",
             linkerSettings: staticRuntime
         ),
         .executableTarget(
             name: "tcpopsctl",
-            dependencies: ["TCPOps", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TCPOpsProtocol", "TCPOpsPosix", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsctl",
             linkerSettings: staticRuntime
         ),
-        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps"], path: "Tests/TCPOpsTests"),
+        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol"], path: "Tests/TCPOpsTests"),
     ],
     swiftLanguageModes: [.v6]
 )
@@ -65,7 +74,7 @@ let package = Package(
 if Context.environment["TCPOPS_FUZZ"] != nil {
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
     for name in ["FuzzConfig", "FuzzControl", "FuzzProxy"] {
-        package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "FuzzSupport"], path: "Fuzz/\(name)",
+        package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "TCPOpsPosix", "TCPOpsProtocol", "FuzzSupport"], path: "Fuzz/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])],
                                                  linkerSettings: [.unsafeFlags(["-use-ld=lld"])]))
     }

@@ -2,6 +2,8 @@
 // naming at least one problem; never a crash, a hang or a sanitizer report. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 @_cdecl("FuzzConfig_main")
 public func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {

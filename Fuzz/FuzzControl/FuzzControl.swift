@@ -2,6 +2,8 @@
 // to an error message, and its answer must render; never a crash. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 @_cdecl("FuzzControl_main")
 public func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {

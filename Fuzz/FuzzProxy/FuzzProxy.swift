@@ -3,6 +3,8 @@
 // refused; a header's addresses must build a header that parses back the same. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 @_cdecl("FuzzProxy_main")
 public func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {

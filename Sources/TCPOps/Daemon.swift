@@ -1,6 +1,9 @@
 // Wires the parts together and owns the lifecycle: start (bind, hooks, READY=1), reload on SIGHUP,
 // drain on SIGTERM/SIGINT bounded by shutdown_timeout, stop.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public enum DaemonError: Error, CustomStringConvertible {
     case bind(listener: String, address: SocketAddress, SystemError)

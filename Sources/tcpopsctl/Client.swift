@@ -1,6 +1,7 @@
 // One connection to the control socket: send a request line, read answer lines.
 import Glibc
-import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 struct ControlClient {
     let fd: Int32

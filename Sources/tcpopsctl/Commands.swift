@@ -1,7 +1,8 @@
 // One type per tcpopsctl subcommand.
 import ArgumentParser
 import Glibc
-import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List tracked connections (RPC core.tcp_list).")

@@ -1,7 +1,8 @@
 // tcpopsctl: the tcpops functions from outside, one request on tcpopsd's control socket.
 import ArgumentParser
 import Glibc
-import TCPOps
+import TCPOpsPosix
+import TCPOpsProtocol
 
 /// The options every command takes, before or after the command's name.
 struct Common: ParsableArguments {

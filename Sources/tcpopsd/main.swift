@@ -3,6 +3,9 @@ import ArgumentParser
 import CEarly
 import Glibc
 import TCPOps
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 enum ExitStatus {
     static let config: Int32 = 78  // EX_CONFIG

@@ -1,6 +1,9 @@
 // Config parsing and validation: values, defaults and line-numbered errors.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite struct ConfigTests {
     let minimal = """

@@ -2,6 +2,9 @@
 import Glibc
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite struct AddressTests {
     @Test func parsesAndFormats() throws {

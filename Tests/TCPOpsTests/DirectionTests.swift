@@ -3,6 +3,9 @@
 import Glibc
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 /// A connected pair of non-blocking sockets: a socketpair, or TCP over loopback where the test
 /// needs what only TCP has (an RST; a send buffer that fills: on this kernel a unix socket takes

@@ -3,6 +3,9 @@
 import Glibc
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite struct EventTextTests {
     static func sample(tcp: TCPInfo?, peer: UInt64? = 8, v6: Bool = false, errno: Int32 = 0, listener: String = "sip-1") throws -> TCPEvent {

@@ -4,6 +4,9 @@
 import Glibc
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite(.serialized) struct ListenerTests {
     @Test func retiringRelaysWhatWaitsInTheQueue() throws {
@@ -31,7 +34,7 @@ import Testing
         let taken = listener.retire()
         closeFD(listenFD)  // as its ListenerGroup does once every worker let go of it
         #expect(taken == 10)
-        #expect(ctx.accepted == 10 && ctx.relays == 10 && ctx.table.count == 20)
+        #expect(ctx.accepted == 10 && ctx.relays == 10 && ctx.trackedCount == 20 && ctx.trackedConnections.count == 20)
         // The listening socket is gone: a new client is refused, the old ones are not reset.
         let late = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { closeFD(late) }

@@ -2,6 +2,9 @@
 // versions parse; truncated, oversized and malformed ones are told apart.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite struct ProxyProtocolTests {
     let client4 = SocketAddress(family: .v4, bytes: [192, 0, 2, 7], port: 40112)

@@ -1,6 +1,9 @@
 // The TOML reader: values of every type with their lines, the table rules, and errors with lines.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsLoop
+@testable import TCPOpsPosix
+@testable import TCPOpsProtocol
 
 @Suite struct TOMLTests {
     func parse(_ text: String) throws -> TOMLTable { try TOML.parse(text) }

@@ -2,6 +2,9 @@
 // what touches connections runs on every worker's loop, each over its own connection table, and
 // the parts are put together back on worker 0's loop into the answer line. Connection state is
 // only touched by its own worker.
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class ControlTarget {
     let workers: [RelayWorker]
@@ -118,7 +121,7 @@ public final class ControlTarget {
             let names = listenerNames()
             return ({ [self] ctx in
                 let now = ctx.loop.now
-                let rows = ctx.table.values.filter { r.listener == nil || $0.listenerName == r.listener }.map { (c: $0.conid, row: describe(ctx, $0, now: now)) }
+                let rows = ctx.trackedConnections.filter { r.listener == nil || $0.listenerName == r.listener }.map { (c: $0.conid, row: describe(ctx, $0, now: now)) }
                 return [("rows", .array(rows.map { .array([.uint($0.c), $0.row]) }))]
             }, { parts in
                 var rows: [(UInt64, JSON)] = []
@@ -133,11 +136,11 @@ public final class ControlTarget {
             })
         case "alive":
             let id = try conid(r)
-            return ({ ctx in ctx.table[id].map { [("result", .int($0.state.rawValue > 0 ? 1 : -1))] } }, one([("result", .int(-1))]))
+            return ({ ctx in ctx.connection(id).map { [("result", .int($0.state.rawValue > 0 ? 1 : -1))] } }, one([("result", .int(-1))]))
         case "state":
             let id = try conid(r)
             return ({ ctx in
-                guard let c = ctx.table[id] else { return nil }
+                guard let c = ctx.connection(id) else { return nil }
                 var answer: [(String, JSON)] = [("result", .int(Int64(c.state.rawValue))), ("state", .string(c.state.name))]
                 if let options = c.socketOptions() {
                     answer.append(("keepalive", options.keepalive.map(self.keepaliveJSON) ?? .null))
@@ -154,17 +157,17 @@ public final class ControlTarget {
                 throw Failure("keepalive values out of range (idle 1-32767 s, count 1-127, interval 1-32767 s)")
             }
             let k = KeepaliveSettings(idle: Int32(idle), count: Int32(count), interval: Int32(interval))
-            return ({ ctx in ctx.table[id].map { self.keepalive($0, k) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.keepalive($0, k) } }, one(flag(false)))
         case "keepalive-disable":
             let id = try conid(r)
-            return ({ ctx in ctx.table[id].map { self.keepalive($0, nil) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.keepalive($0, nil) } }, one(flag(false)))
         case "lifetime":
             let id = try conid(r)
             guard let s = r.seconds, s.isFinite, s >= 0, s <= 31_536_000 else { throw Failure("'seconds' must be from 0 to 31536000") }
-            return ({ ctx in ctx.table[id].map { self.flag($0.setLifetime(seconds: s)) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.flag($0.setLifetime(seconds: s)) } }, one(flag(false)))
         case "closed-event":
             let id = try conid(r)
-            return ({ ctx in ctx.table[id].map { self.flag($0.enableEvents()) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.flag($0.enableEvents()) } }, one(flag(false)))
         case "conid":
             guard let host = r.host else { throw Failure("missing 'host'") }
             if let p = r.port, !(1...65535).contains(p) { throw Failure("port \(p) is out of range") }
@@ -177,7 +180,7 @@ public final class ControlTarget {
             // Without a port, any port matches (the newest connection from that host first).
             let port = wanted.port ?? r.port.map { UInt16($0) }
             return ({ ctx in
-                let found = ctx.table.values.filter { c in
+                let found = ctx.trackedConnections.filter { c in
                     guard let remote = c.remote else { return false }
                     return remote.family == wanted.family && remote.bytes == wanted.bytes && (port == nil || remote.port == port)
                 }.map(\.conid)
@@ -196,15 +199,15 @@ public final class ControlTarget {
             let id = try conid(r)
             guard let b64 = r.data, let bytes = Base64.decode(b64) else { throw Failure("'data' must be base64") }
             guard !bytes.isEmpty else { throw Failure("nothing to send") }
-            return ({ ctx in ctx.table[id].map { self.flag($0.send(bytes)) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.flag($0.send(bytes)) } }, one(flag(false)))
         case "close":
             let id = try conid(r)
             let reset = r.reset == true
-            return ({ ctx in ctx.table[id].map { self.flag($0.close(reset: reset)) } }, one(flag(false)))
+            return ({ ctx in ctx.connection(id).map { self.flag($0.close(reset: reset)) } }, one(flag(false)))
         case "stats":
             return ({ ctx in
                 let counts = ctx.events.counts
-                return [("connections_open", .uint(UInt64(ctx.table.count))), ("relays_open", .uint(UInt64(ctx.relays))),
+                return [("connections_open", .uint(UInt64(ctx.trackedCount))), ("relays_open", .uint(UInt64(ctx.relays))),
                         ("accepted", .uint(ctx.accepted)), ("rejected", .uint(ctx.rejected)), ("relayed_bytes", .uint(ctx.relayedBytes))]
                     + EventKind.allCases.map { ("event:" + $0.rawValue, .uint(counts[$0] ?? 0)) }
             }, { [self] parts in [("result", stats(parts.compactMap { $0 }))] })

@@ -2,6 +2,9 @@
 // or the event stream of a subscriber), and how it is closed. A client closed by tcpopsd gets its
 // last line, then a FIN, and is kept until it hangs up (at most a second): closing with unread
 // input would reset the connection and could discard that line before the client reads it.
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 final class ControlClient: EventHandler {
     let id: UInt64
     let fd: Int32

@@ -6,6 +6,9 @@
 // one; at the fd limit a reserved fd still lets one operator in.
 import Glibc
 import Synchronization
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class ControlServer: Sendable {
     public struct Access: Sendable {

@@ -3,6 +3,9 @@
 // control socket's subscribers (one queue operation and at most one wake-up each per turn, not per
 // event; the text of an event is made on those threads, only for sinks that exist). Runs on the
 // relay's loop.
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 public final class EventDispatcher: TurnEndHandler {
     let logger: Logger
     let hooks: HookRunner?

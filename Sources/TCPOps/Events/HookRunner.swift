@@ -3,6 +3,9 @@
 // they end and every drop past `queue_limit` is logged. The relay's loop never waits on it.
 import Glibc
 import Synchronization
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class HookRunner: Sendable {
     public struct Settings: Sendable {

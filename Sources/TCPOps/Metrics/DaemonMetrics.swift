@@ -3,6 +3,9 @@
 // control thread update them without a lock, and the metrics server renders them from its own
 // thread. Labels stay bounded: listener names and enumerated reasons, never addresses or conids.
 import Prometheus
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 /// A metric's descriptor from its full name ("tcpopsd_accepted_total": the part after the last
 /// underscore is the unit) and its help text.

@@ -2,6 +2,9 @@
 // relay's: rendering the exposition text never delays a relay. Bounded: 16 clients at once, a
 // request of at most 8 KiB, 5 s to send it, one request a connection (Connection: close).
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class MetricsServer: Sendable {
     private let thread = PosixThread(name: "tcpops-metrics")

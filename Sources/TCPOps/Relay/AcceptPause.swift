@@ -3,6 +3,9 @@
 // Its interest is dropped for 100 ms at a time, and one warning per 5 s counts the pauses. Used
 // by the relay listeners and the control socket alike.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 final class AcceptPause {
     private unowned let loop: EventLoop

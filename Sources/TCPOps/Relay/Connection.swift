@@ -1,4 +1,7 @@
 // One tracked TCP connection: a side of a relay, under its conid.
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 public enum ConnectionState: Int, Sendable {
     case ok = 1, accepting = 2, connecting = 3, gone = -1, eof = -2, error = -3, bad = -4
 
@@ -67,6 +70,8 @@ public final class Connection: EventHandler {
     var hungUp = false
     /// The socket is connected and its local address not yet asked for.
     var localUnasked = false
+    /// Counted among its worker's connections (RelayContext.track) and found by conid.
+    var tracked = false
 
     init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
         self.conid = conid

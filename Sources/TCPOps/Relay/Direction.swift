@@ -9,6 +9,9 @@
 // small message). Backpressure is state: the source is read only while the pipe has room, nothing
 // is held in memory and the destination is not blocked.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 struct Direction {
     // Stored properties widest first (Swift lays them out in this order); held inline in the relay.

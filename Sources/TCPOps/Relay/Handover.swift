@@ -2,6 +2,9 @@
 // tcpopsd holds is written out) and their two sockets are handed to systemd's fd store, named
 // with what is needed to rebuild them; on start, stored sockets are adopted under the same conids.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 /// What a stored socket's FDNAME carries: `tc.` (client) or `tu.` (upstream), then
 /// `CLIENTCONID.UPSTREAMCONID.LIFETIMEMS.IDLEMS.EVENTS.LISTENER` (FDNAME may not contain ':').
@@ -109,7 +112,7 @@ extension Relay {
         relay.upstream = up
         // Which of the listener's upstreams it is (for `list`), if the address is still one of them.
         if let remote = up.remote, let i = (0..<listener.candidateCount).first(where: { listener.candidate($0)?.address == remote }) {
-            relay.attempt = i
+            relay.attempt = Int32(i)
         }
         ctx.track(client)
         ctx.track(up)

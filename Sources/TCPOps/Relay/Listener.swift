@@ -5,6 +5,9 @@
 // one that drops the address retires it: whatever waits in its accept queue is accepted and
 // relayed first.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class Listener: EventHandler {
     /// The settings new connections get; a reload may change them.

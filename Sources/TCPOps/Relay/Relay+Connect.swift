@@ -2,6 +2,9 @@
 // connected, candidate after candidate (the listener's upstreams in order, each address of a name
 // in turn) until one answers. A failed attempt raises its own event under its own conid.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 extension Relay {
     /// Takes an accepted socket: applies the listener's options, starts the upstream connect.
@@ -48,7 +51,7 @@ extension Relay {
     }
 
     /// The upstream entry and address of the current attempt.
-    var candidate: (upstream: Upstream, address: SocketAddress)? { listener.candidate(attempt) }
+    var candidate: (upstream: Upstream, address: SocketAddress)? { listener.candidate(Int(attempt)) }
 
     /// Starts the connect of the current attempt. False when the process is out of fds or memory
     /// (the relay is ended: that is ours, not the upstream's, and raises no event).
@@ -99,9 +102,9 @@ extension Relay {
         if connectedAtOnce {
             connected()
         } else {
-            connectTimer = ctx.loop.timers.schedule(at: now + listener.connectTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+            setPhaseTimer(at: now + listener.connectTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
                 guard !self.ended, self.upstream.state == .connecting else { return }
-                self.connectTimer = nil
+                self.phaseTimer = 0
                 self.attemptFailed(.connectTimeout, why: "no answer within \(self.listener.connectTimeout) s")
             }
         }
@@ -115,14 +118,11 @@ extension Relay {
         guard !ended else { return }
         let failed = upstream!
         metrics.connectFailures[reason.rawValue]?.increment()
-        guard let next = listener.candidate(attempt + 1) else {
+        guard let next = listener.candidate(Int(attempt) + 1) else {
             end(failed: failed, reason: reason, why: why)
             return
         }
-        if let t = connectTimer {
-            ctx.loop.timers.cancel(t)
-            connectTimer = nil
-        }
+        cancelPhaseTimer()
         raise(failed, reason)
         failed.state = .error
         closeSocket(failed)
@@ -138,10 +138,7 @@ extension Relay {
         upstream.state = .ok
         if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
         upstream.localUnasked = true  // getsockname when the address is wanted (an event, list)
-        if let t = connectTimer {
-            ctx.loop.timers.cancel(t)
-            connectTimer = nil
-        }
+        cancelPhaseTimer()
         sendProxyHeader()
     }
 }

@@ -1,6 +1,9 @@
 // How a relay ends: a side that breaks raises its event and leaves what it sent to be delivered;
 // the end closes both sockets, gives the pipes back and logs the relay's totals.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 extension Relay {
     /// A side's socket failed with `e`: classified, remembered for its event, and failed.
@@ -25,9 +28,9 @@ extension Relay {
         // Nothing more will come from the broken side.
         if way == .toClient { toClient.eof = true } else { toUpstream.eof = true }
         let held = (way == .toClient ? toClient : toUpstream).pending
-        drainTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.drainLimit) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+        setPhaseTimer(at: ctx.loop.now + Relay.drainLimit) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
             guard !self.ended else { return }
-            self.drainTimer = nil
+            self.phaseTimer = 0
             self.end(failed: nil, reason: reason, why: "\(why); bytes for conid \(other.conid) still undelivered after 5 s")
         }
         ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
@@ -93,9 +96,7 @@ extension Relay {
         }
         close(client)
         if let upstream { close(upstream) }
-        if let t = connectTimer { ctx.loop.timers.cancel(t) }
-        if let t = proxyTimer { ctx.loop.timers.cancel(t) }
-        if let t = drainTimer { ctx.loop.timers.cancel(t) }
+        cancelPhaseTimer()
         toUpstream.releasePipe(to: ctx.pipes)
         toClient.releasePipe(to: ctx.pipes)
         // At info when a side closed without an event of its own (tcpopsd closed it, or events are

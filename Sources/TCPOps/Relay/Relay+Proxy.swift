@@ -2,6 +2,9 @@
 // front sends it); its addresses become the connection's remote and local address everywhere.
 // The header is read within bounds (536 bytes, 3 s) before the upstream is connected; anything
 // else closes the connection, logged with the reason, and no relay is made.
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 extension Relay {
     static let proxyDeadline: UInt64 = 3_000_000_000
 
@@ -10,9 +13,9 @@ extension Relay {
     func awaitProxyHeader() {
         proxyInput = []
         ctx.loop.modify(client.fd, mask: Events.read)
-        proxyTimer = ctx.loop.timers.schedule(at: ctx.loop.now + Relay.proxyDeadline) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+        setPhaseTimer(at: ctx.loop.now + Relay.proxyDeadline) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
             guard !self.ended, self.awaitingProxy else { return }
-            self.proxyTimer = nil
+            self.phaseTimer = 0
             self.rejectProxy("no complete header within \(Relay.proxyDeadline / 1_000_000_000) s (\(self.proxyInput?.count ?? 0) bytes came)")
         }
     }
@@ -41,10 +44,7 @@ extension Relay {
         case .invalid(let why):
             rejectProxy(why)
         case .header(let h):
-            if let t = proxyTimer {
-                ctx.loop.timers.cancel(t)
-                proxyTimer = nil
-            }
+            cancelPhaseTimer()
             proxyInput = nil
             if let source = h.source, let destination = h.destination {
                 client.remote = source

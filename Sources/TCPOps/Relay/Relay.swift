@@ -6,6 +6,9 @@
 // read only while its direction's pipe has room and its destination is not blocked. The relay
 // ends when both directions passed their FIN on, or when either side fails, times out or is closed.
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class Relay: TurnEndHandler {
     // Stored properties widest first, the flags last (Swift lays them out in this order).
@@ -17,19 +20,22 @@ public final class Relay: TurnEndHandler {
     var toClient = Direction()
     /// Its listener's metrics (counted from the relay's loop, without a lookup).
     let metrics: ListenerMetrics
-    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
-    var attempt = 0
     var drainWhy = ""
     static let drainLimit: UInt64 = 5_000_000_000
     /// accept_proxy: what came of the client's PROXY header so far (nil once it was read, or
-    /// when the listener does not ask for one), and the deadline for it (proxyTimer).
+    /// when the listener does not ask for one).
     var proxyInput: [UInt8]?
-    var connectTimer: TimerQueue.ID?
-    var drainTimer: TimerQueue.ID?
-    var proxyTimer: TimerQueue.ID?
+    /// The deadline of the phase the relay is in, if it has one (0: none): the client's PROXY
+    /// header, the upstream's connect, or the drain after a side broke. The phases follow one
+    /// another, so one timer serves them all (setPhaseTimer).
+    var phaseTimer: TimerQueue.ID = 0
+    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
+    var attempt: Int32 = 0
+    /// Its place in its worker's relay list (RelayContext.added; -1 when not in it).
+    var listSlot: Int32 = -1
     var ended = false
     /// One side broke while bytes it had sent still wait for the other: the relay lives on only
-    /// to deliver them (for at most `drainLimit`, drainTimer), then ends.
+    /// to deliver them (for at most `drainLimit`, the phase timer), then ends.
     var draining = false
     /// updateInterest was asked this turn: the masks are set at its end.
     var interestPending = false
@@ -183,6 +189,17 @@ public final class Relay: TurnEndHandler {
     }
 
     // MARK: timers
+
+    /// Starts the current phase's deadline (replacing the previous phase's, if it still ran).
+    func setPhaseTimer(at deadline: UInt64, _ action: @escaping () -> Void) {
+        cancelPhaseTimer()
+        phaseTimer = ctx.loop.timers.schedule(at: deadline, action)
+    }
+
+    func cancelPhaseTimer() {
+        if phaseTimer != 0 { ctx.loop.timers.cancel(phaseTimer) }
+        phaseTimer = 0
+    }
 
     func armLifetime(_ c: Connection) {
         guard c.lifetime > 0, !ended, c.fdOpen else {

@@ -2,6 +2,9 @@
 // events go, and the counters. Lives on the loop's thread (one per worker); what the workers
 // share is in `RelayShared` (atomics only: conids, the connection count max_connections bounds).
 import Synchronization
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 /// Shared by every worker: conids (unique and increasing across workers and restarts), the
 /// connections tracked by all of them (for max_connections), and the settings a reload changes.
@@ -62,10 +65,15 @@ public final class RelayContext {
     /// [events] closed_event: 0, 1 or 2.
     public var closedEventMode: Int { shared.closedEventMode.load(ordering: .relaxed) }
     public var maxConnections: Int { shared.maxConnections.load(ordering: .relaxed) }
-    /// Every tracked connection by conid. Invariant: a Connection is here from accept (or
-    /// connect) until its relay closes its fd; both sides of a relay leave together.
-    public private(set) var table: [UInt64: Connection] = [:]
-    public private(set) var relays = 0
+    /// Every relay of this worker, in no order (a relay knows its slot: added and removed in O(1)).
+    /// Its tracked connections are the client and, once an attempt started, the upstream (a failed
+    /// attempt leaves before its relay does). No dictionary by conid: it cost ~60 bytes a relay and
+    /// two hash updates a connection, for lookups that only control requests make (a scan of one
+    /// worker's relays: microseconds at thousands, `find` and `list` scan anyway).
+    private var relayList: [Relay] = []
+    /// Connections tracked now (both sides of every relay, less failed attempts).
+    public private(set) var trackedCount = 0
+    public var relays: Int { relayList.count }
     public var accepted: UInt64 {
         get { counters.accepted.load(ordering: .relaxed) }
         set { counters.accepted.store(newValue, ordering: .relaxed) }
@@ -122,8 +130,28 @@ public final class RelayContext {
         if let m = conids.max() { shared.adopted(last: m) }
     }
 
-    /// Every live relay, once each.
-    var liveRelays: [Relay] { table.values.filter { $0.side == .client }.compactMap { $0.relay } }
+    /// Every live relay, once each (a copy: ending one changes the list).
+    var liveRelays: [Relay] { relayList }
+
+    /// Every tracked connection.
+    public var trackedConnections: [Connection] {
+        var all: [Connection] = []
+        all.reserveCapacity(trackedCount)
+        for r in relayList {
+            if r.client.tracked { all.append(r.client) }
+            if let up = r.upstream, up.tracked { all.append(up) }
+        }
+        return all
+    }
+
+    /// The tracked connection with this conid, if this worker has it.
+    public func connection(_ conid: UInt64) -> Connection? {
+        for r in relayList {
+            if r.client.conid == conid { return r.client.tracked ? r.client : nil }
+            if let up = r.upstream, up.conid == conid { return up.tracked ? up : nil }
+        }
+        return nil
+    }
 
     var peekNextConid: UInt64 { shared.peekNextConid }
 
@@ -131,7 +159,8 @@ public final class RelayContext {
 
     /// `c` must already belong to its relay (for the relay's metrics).
     func track(_ c: Connection) {
-        table[c.conid] = c
+        c.tracked = true
+        trackedCount += 1
         shared.connections.add(1, ordering: .relaxed)
         counters.connections.add(1, ordering: .relaxed)
         c.relay?.metrics.connectionsOpen.increment()
@@ -145,20 +174,31 @@ public final class RelayContext {
 
     /// A failed upstream attempt leaves the table before its relay does.
     func untrack(_ c: Connection) {
-        if table.removeValue(forKey: c.conid) != nil { left(c) }
+        guard c.tracked else { return }
+        c.tracked = false
+        trackedCount -= 1
+        left(c)
     }
 
     func added(_ r: Relay) {
-        relays += 1
+        r.listSlot = Int32(relayList.count)
+        relayList.append(r)
         counters.relays.add(1, ordering: .relaxed)
         r.metrics.relaysOpen.increment()
     }
 
     func removed(_ r: Relay) {
-        if table.removeValue(forKey: r.client.conid) != nil { left(r.client) }
-        if let up = r.upstream, table.removeValue(forKey: up.conid) != nil { left(up) }
+        untrack(r.client)
+        if let up = r.upstream { untrack(up) }
+        let slot = Int(r.listSlot)
+        guard slot >= 0, slot < relayList.count, relayList[slot] === r else { return }
+        let last = relayList.removeLast()
+        if last !== r {
+            relayList[slot] = last
+            last.listSlot = Int32(slot)
+        }
+        r.listSlot = -1
         r.metrics.relaysOpen.decrement()
-        relays -= 1
         counters.relays.subtract(1, ordering: .relaxed)
         if relays == 0 { onIdle?() }
     }
@@ -168,7 +208,6 @@ public final class RelayContext {
 
     /// Closes every relay (shutdown after the drain time): no events, reason local.
     public func closeAll() {
-        // Client sides only: each relay once (ending it removes both of its sides from the table).
         for r in liveRelays { r.end(failed: nil, reason: .local, why: "shutdown_timeout reached") }
     }
 

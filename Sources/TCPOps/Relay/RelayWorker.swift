@@ -6,6 +6,9 @@
 // wakes one worker per new connection.
 import Glibc
 import Synchronization
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public final class RelayWorker {
     public let index: Int

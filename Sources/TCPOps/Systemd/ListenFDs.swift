@@ -3,6 +3,9 @@
 import CShims
 import CSystemd
 import Glibc
+import TCPOpsLoop
+import TCPOpsPosix
+import TCPOpsProtocol
 
 public struct PassedSocket {
     public let fd: Int32

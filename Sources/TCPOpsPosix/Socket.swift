@@ -32,7 +32,7 @@ public struct TCPInfo: Sendable, Equatable {
 
     /// A connect that failed (refused, unreachable, timed out) received nothing: the times since
     /// the last data and acknowledgement, and the round-trip estimates, mean nothing then.
-    mutating func neverEstablished() {
+    package mutating func neverEstablished() {
         rttMicros = nil
         rttvarMicros = nil
         lastDataReceivedMs = nil
@@ -40,13 +40,13 @@ public struct TCPInfo: Sendable, Equatable {
     }
 }
 
-enum Socket {
-    static func setInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SystemError) {
+package enum Socket {
+    package static func setInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SystemError) {
         var v = value
         try sys("setsockopt(\(what))") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
     }
 
-    static func getInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ what: String) throws(SystemError) -> Int32 {
+    package static func getInt(_ fd: Int32, _ level: Int32, _ name: Int32, _ what: String) throws(SystemError) -> Int32 {
         var v: Int32 = 0
         var len = socklen_t(MemoryLayout<Int32>.size)
         try sys("getsockopt(\(what))") { getsockopt(fd, level, name, &v, &len) }
@@ -54,7 +54,7 @@ enum Socket {
     }
 
     /// A bound, listening, non-blocking socket.
-    static func listen(_ address: SocketAddress, backlog: Int32 = 4096) throws(SystemError) -> Int32 {
+    package static func listen(_ address: SocketAddress, backlog: Int32 = 4096) throws(SystemError) -> Int32 {
         let fd = try sys("socket") { socket(address.domain, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
         do {
             try setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
@@ -70,7 +70,7 @@ enum Socket {
 
     /// Accepts one connection (non-blocking, close-on-exec) with its peer's address; nil when
     /// none is waiting.
-    static func accept(_ fd: Int32) throws(SystemError) -> (fd: Int32, peer: SocketAddress?)? {
+    package static func accept(_ fd: Int32) throws(SystemError) -> (fd: Int32, peer: SocketAddress?)? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let client = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
@@ -84,7 +84,7 @@ enum Socket {
 
     /// Starts a non-blocking connect. Returns the fd and whether it is already connected.
     /// A refusal that the kernel reports at once comes back as the thrown error.
-    static func connect(_ address: SocketAddress) throws(SystemError) -> (fd: Int32, connected: Bool) {
+    package static func connect(_ address: SocketAddress) throws(SystemError) -> (fd: Int32, connected: Bool) {
         let fd = try sys("socket") { socket(address.domain, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
         while true {
             let r = address.withSockaddr { Glibc.connect(fd, $0, $1) }
@@ -98,12 +98,12 @@ enum Socket {
     }
 
     /// Reads and clears the socket's pending error (0 if none).
-    static func pendingError(_ fd: Int32) -> Int32 {
+    package static func pendingError(_ fd: Int32) -> Int32 {
         (try? getInt(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
     }
 
     /// Sets keepalive, or turns it off (nil); `fresh`: a new socket, already off, needs no call for nil.
-    static func setKeepalive(_ fd: Int32, _ k: KeepaliveSettings?, fresh: Bool = false) throws(SystemError) {
+    package static func setKeepalive(_ fd: Int32, _ k: KeepaliveSettings?, fresh: Bool = false) throws(SystemError) {
         guard let k else {
             if fresh { return }
             try setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 0, "SO_KEEPALIVE")
@@ -116,12 +116,12 @@ enum Socket {
     }
 
     /// TCP_USER_TIMEOUT in milliseconds (0 = kernel default).
-    static func setUserTimeout(_ fd: Int32, milliseconds: UInt32) throws(SystemError) {
+    package static func setUserTimeout(_ fd: Int32, milliseconds: UInt32) throws(SystemError) {
         try setInt(fd, Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), Int32(bitPattern: milliseconds), "TCP_USER_TIMEOUT")
     }
 
     /// Keepalive (nil when SO_KEEPALIVE is off) and TCP_USER_TIMEOUT in ms, read from the socket.
-    static func options(_ fd: Int32) throws(SystemError) -> (keepalive: KeepaliveSettings?, userTimeoutMs: UInt32) {
+    package static func options(_ fd: Int32) throws(SystemError) -> (keepalive: KeepaliveSettings?, userTimeoutMs: UInt32) {
         let on = try getInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE") != 0
         let ut = UInt32(bitPattern: try getInt(fd, Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), "TCP_USER_TIMEOUT"))
         guard on else { return (nil, ut) }
@@ -132,18 +132,18 @@ enum Socket {
     }
 
     /// The connection's TCP state now (TCP_INFO), or nil when it cannot be read.
-    static func tcpInfo(_ fd: Int32) -> TCPInfo? {
+    package static func tcpInfo(_ fd: Int32) -> TCPInfo? {
         var t = tcpops_tcp_info()
         guard fd >= 0, tcpops_tcp_info(fd, &t) == 0 else { return nil }
         return TCPInfo(rttMicros: t.rtt_us, rttvarMicros: t.rttvar_us, retransmits: t.total_retrans, unacked: t.unacked, lost: t.lost,
                        lastDataReceivedMs: t.last_data_recv_ms, lastAckReceivedMs: t.last_ack_recv_ms, pmtu: t.pmtu, sendCwnd: t.snd_cwnd)
     }
 
-    static func setNoDelay(_ fd: Int32) {
+    package static func setNoDelay(_ fd: Int32) {
         try? setInt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
     }
 
-    static func localAddress(_ fd: Int32) -> SocketAddress? {
+    package static func localAddress(_ fd: Int32) -> SocketAddress? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let r = withUnsafeMutablePointer(to: &ss) {
@@ -154,11 +154,11 @@ enum Socket {
     }
 
     /// One non-blocking send() of `bytes` (never SIGPIPE).
-    static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> IOResult {
+    package static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> IOResult {
         bytes.withUnsafeBytes { send(fd, $0) }
     }
 
-    static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> IOResult {
+    package static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> IOResult {
         while true {
             let n = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
             if n >= 0 { return .moved(n) }
@@ -170,7 +170,7 @@ enum Socket {
     }
 
     /// One non-blocking recv() into `buffer`.
-    static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+    package static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
         while true {
             let n = recv(fd, buffer.baseAddress, buffer.count, 0)
             if n > 0 { return .moved(n) }
@@ -182,7 +182,7 @@ enum Socket {
         }
     }
 
-    static func peerAddress(_ fd: Int32) -> SocketAddress? {
+    package static func peerAddress(_ fd: Int32) -> SocketAddress? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let r = withUnsafeMutablePointer(to: &ss) {
@@ -194,28 +194,28 @@ enum Socket {
 
     /// shutdown(SHUT_WR): passes a FIN on. Errors mean the connection is already gone, which the
     /// next read or write reports with its cause.
-    static func shutdownWrite(_ fd: Int32) {
+    package static func shutdownWrite(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
 
     /// Closes with an RST instead of a FIN (SO_LINGER 0).
-    static func closeWithReset(_ fd: Int32) {
+    package static func closeWithReset(_ fd: Int32) {
         resetOnClose(fd)
         closeFD(fd)
     }
 
     /// SO_LINGER 0: the coming close() sends an RST.
-    static func resetOnClose(_ fd: Int32) {
+    package static func resetOnClose(_ fd: Int32) {
         var l = linger(l_onoff: 1, l_linger: 0)
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
     }
 
     /// Makes an fd we were handed (by systemd) non-blocking and close-on-exec, as our own are.
-    static func adoptFD(_ fd: Int32) {
+    package static func adoptFD(_ fd: Int32) {
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
 
     /// An fd that refers to nothing in particular (/dev/null), to carry a name through the fd store.
-    static func placeholder() -> Int32 { open("/dev/null", O_RDONLY | O_CLOEXEC) }
+    package static func placeholder() -> Int32 { open("/dev/null", O_RDONLY | O_CLOEXEC) }
 }

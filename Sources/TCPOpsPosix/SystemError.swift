@@ -65,7 +65,7 @@ public func errnoName(_ e: Int32) -> String {
 /// Runs a call returning -1 on failure; retries EINTR; throws SystemError otherwise.
 @inline(__always)
 @discardableResult
-func sys<T: BinaryInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T {
+package func sys<T: BinaryInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T {
     while true {
         let r = body()
         if r != -1 { return r }
@@ -77,7 +77,7 @@ func sys<T: BinaryInteger>(_ name: String, _ body: () -> T) throws(SystemError) 
 
 /// Like `sys`, but EAGAIN/EWOULDBLOCK comes back as nil instead of an error.
 @inline(__always)
-func sysNonBlocking<T: BinaryInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T? {
+package func sysNonBlocking<T: BinaryInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T? {
     while true {
         let r = body()
         if r != -1 { return r }

@@ -2,6 +2,7 @@
 // no duplicate keys, no invalid UTF-8 or bare control characters), bounded in depth, and with an
 // error that says what is wrong and where. Used for control requests in the daemon and for answers
 // in tcpopsctl, which prints them in the order the daemon wrote them.
+import TCPOpsPosix
 
 public struct JSONReadError: Error, CustomStringConvertible {
     public let offset: Int
@@ -27,24 +28,24 @@ extension JSON {
 }
 
 private struct JSONReader {
-    let b: [UInt8]
-    var i = 0
+    package let b: [UInt8]
+    package var i = 0
 
-    init(_ bytes: [UInt8]) { b = bytes }
+    package init(_ bytes: [UInt8]) { b = bytes }
 
-    func fail(_ message: String) -> JSONReadError { JSONReadError(offset: i, message: message) }
+    package func fail(_ message: String) -> JSONReadError { JSONReadError(offset: i, message: message) }
 
-    var what: String {
+    package var what: String {
         guard i < b.count else { return "end of input" }
         let c = b[i]
         return c >= 0x20 && c < 0x7F ? "'\(Character(Unicode.Scalar(c)))'" : "byte 0x\(String(c, radix: 16))"
     }
 
-    mutating func skipSpace() {
+    package mutating func skipSpace() {
         while i < b.count, b[i] == 0x20 || b[i] == 0x09 || b[i] == 0x0A || b[i] == 0x0D { i += 1 }
     }
 
-    mutating func value(depth: Int) throws(JSONReadError) -> JSON {
+    package mutating func value(depth: Int) throws(JSONReadError) -> JSON {
         guard i < b.count else { throw fail("expected a value, found the end of input") }
         switch b[i] {
         case UInt8(ascii: "{"): return try object(depth: depth + 1)
@@ -58,14 +59,14 @@ private struct JSONReader {
         }
     }
 
-    mutating func literal(_ word: String) throws(JSONReadError) {
+    package mutating func literal(_ word: String) throws(JSONReadError) {
         for c in word.utf8 {
             guard i < b.count, b[i] == c else { throw fail("expected '\(word)'") }
             i += 1
         }
     }
 
-    mutating func object(depth: Int) throws(JSONReadError) -> JSON {
+    package mutating func object(depth: Int) throws(JSONReadError) -> JSON {
         guard depth <= JSON.maxDepth else { throw fail("nested deeper than \(JSON.maxDepth)") }
         i += 1
         var members: [(String, JSON)] = []
@@ -98,7 +99,7 @@ private struct JSONReader {
         }
     }
 
-    mutating func array(depth: Int) throws(JSONReadError) -> JSON {
+    package mutating func array(depth: Int) throws(JSONReadError) -> JSON {
         guard depth <= JSON.maxDepth else { throw fail("nested deeper than \(JSON.maxDepth)") }
         i += 1
         var items: [JSON] = []
@@ -122,7 +123,7 @@ private struct JSONReader {
         }
     }
 
-    mutating func string() throws(JSONReadError) -> String {
+    package mutating func string() throws(JSONReadError) -> String {
         i += 1
         var out: [UInt8] = []
         while true {
@@ -172,7 +173,7 @@ private struct JSONReader {
         }
     }
 
-    mutating func hex4() throws(JSONReadError) -> UInt32 {
+    package mutating func hex4() throws(JSONReadError) -> UInt32 {
         guard i + 4 <= b.count else { throw fail("\\u needs four hex digits") }
         var v: UInt32 = 0
         for _ in 0..<4 {
@@ -184,7 +185,7 @@ private struct JSONReader {
     }
 
     /// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; an integer when it has neither part and fits.
-    mutating func number() throws(JSONReadError) -> JSON {
+    package mutating func number() throws(JSONReadError) -> JSON {
         let start = i
         if b[i] == UInt8(ascii: "-") { i += 1 }
         guard i < b.count, isDigit(b[i]) else { throw fail("expected a digit") }

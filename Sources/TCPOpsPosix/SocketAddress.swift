@@ -15,7 +15,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     }
 
     /// `raw`: 4 (v4) or 16 (v6) address bytes in network order.
-    init(family: Family, raw: UnsafeRawBufferPointer, port: UInt16) {
+    package init(family: Family, raw: UnsafeRawBufferPointer, port: UInt16) {
         var h: UInt64 = 0, t: UInt64 = 0
         let n = min(raw.count, family == .v4 ? 4 : 16)
         withUnsafeMutableBytes(of: &h) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw.prefix(min(n, 8)))) }
@@ -124,10 +124,10 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     /// 127.0.0.0/8 or ::1
     public var isLoopback: Bool { family == .v4 ? bytes.first == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1] }
 
-    var domain: Int32 { family == .v4 ? AF_INET : AF_INET6 }
+    package var domain: Int32 { family == .v4 ? AF_INET : AF_INET6 }
 
     /// Calls `body` with this address as a sockaddr.
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    package func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         switch family {
         case .v4:
             var sa = sockaddr_in()
@@ -149,7 +149,7 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
     }
 
     /// Reads an address out of a sockaddr_storage filled by the kernel.
-    init?(storage: UnsafePointer<sockaddr_storage>) {
+    package init?(storage: UnsafePointer<sockaddr_storage>) {
         switch Int32(storage.pointee.ss_family) {
         case AF_INET:
             let sa = UnsafeRawPointer(storage).load(as: sockaddr_in.self)

@@ -2,23 +2,23 @@
 import CShims
 import Glibc
 
-final class PipePool {
-    struct Pipe {
-        let read: Int32
-        let write: Int32
+package final class PipePool {
+    package struct Pipe {
+        package let read: Int32
+        package let write: Int32
     }
 
     private var idle: [Pipe] = []
     private let keepIdle: Int
     /// Bytes a pipe holds; splice moves at most this much per step.
-    let capacity: Int
+    package let capacity: Int
 
-    init(keepIdle: Int = 256, capacity: Int = 1 << 16) {
+    package init(keepIdle: Int = 256, capacity: Int = 1 << 16) {
         self.keepIdle = keepIdle
         self.capacity = capacity
     }
 
-    func take() throws(SystemError) -> Pipe {
+    package func take() throws(SystemError) -> Pipe {
         if let p = idle.popLast() { return p }
         var fds: [Int32] = [0, 0]
         try sys("pipe2") { tcpops_pipe2(&fds) }
@@ -27,7 +27,7 @@ final class PipePool {
     }
 
     /// Returns an empty pipe to the pool (a pipe still holding bytes must be closed instead).
-    func give(_ p: Pipe) {
+    package func give(_ p: Pipe) {
         if idle.count < keepIdle {
             idle.append(p)
         } else {
@@ -35,13 +35,13 @@ final class PipePool {
         }
     }
 
-    func close(_ p: Pipe) {
+    package func close(_ p: Pipe) {
         closeFD(p.read)
         closeFD(p.write)
     }
 
     /// Copies bytes into an empty pipe (they always fit: the pipe holds more than one read).
-    func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    package func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Bool {
         var off = 0
         while off < bytes.count {
             let n = write(p.write, bytes.baseAddress! + off, bytes.count - off)
@@ -56,25 +56,25 @@ final class PipePool {
         return true
     }
 
-    func drain() {
+    package func drain() {
         for p in idle { close(p) }
         idle.removeAll()
     }
 }
 
 /// What one non-blocking transfer step did.
-enum IOResult {
+package enum IOResult {
     case moved(Int)
     case wouldBlock
     case endOfFile
     case failed(Int32)
 }
 
-enum Splice {
+package enum Splice {
 
     /// One splice() step from `from` to `to`, at most `length` bytes.
     @inline(__always)
-    static func move(from: Int32, to: Int32, length: Int) -> IOResult {
+    package static func move(from: Int32, to: Int32, length: Int) -> IOResult {
         while true {
             let n = tcpops_splice(from, to, length)
             if n > 0 { return .moved(n) }

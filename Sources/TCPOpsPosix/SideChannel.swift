@@ -6,14 +6,14 @@ import Glibc
 
 public final class SideChannel<Item: Sendable>: Sendable {
     private struct State {
-        var items: [Item] = []
+        package var items: [Item] = []
         /// The writer is (about to be) asleep on `wake`.
-        var idle = false
+        package var idle = false
         /// The writer is writing a batch it took.
-        var busy = false
-        var dropped: UInt64 = 0
+        package var busy = false
+        package var dropped: UInt64 = 0
         /// stop() was called: the writer ends once the queue is empty.
-        var stopping = false
+        package var stopping = false
     }
 
     private let state = Locked(State())

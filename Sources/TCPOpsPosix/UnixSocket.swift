@@ -10,7 +10,7 @@ public enum UnixSocket {
         public let gid: UInt32
     }
 
-    static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    package static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var sa = sockaddr_un()
         sa.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8.prefix(107))
@@ -104,7 +104,7 @@ public enum UnixSocket {
     }
 
     /// One non-blocking read into `buffer`'s end.
-    static func read(_ fd: Int32, appendingTo buffer: inout [UInt8], max: Int) -> IOResult {
+    package static func read(_ fd: Int32, appendingTo buffer: inout [UInt8], max: Int) -> IOResult {
         var chunk = [UInt8](repeating: 0, count: max)
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }

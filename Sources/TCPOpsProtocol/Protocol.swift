@@ -1,6 +1,7 @@
 // The control protocol: one JSON object per line each way. Requests are decoded here; answers
 // are `{"id":..,"ok":true,...}` or `{"id":..,"ok":false,"error":".."}`. Shared by tcpopsd and
 // tcpopsctl so both sides agree on every name.
+import TCPOpsPosix
 
 public enum ControlProtocol {
     /// Longest request line accepted.
@@ -71,30 +72,30 @@ public struct ControlRequest: Sendable {
 
     /// Typed access to a request's members; the first problem is kept (null means absent).
     private struct Fields {
-        let members: [(String, JSON)]
-        var problem: String?
+        package let members: [(String, JSON)]
+        package var problem: String?
 
-        init(members: [(String, JSON)]) { self.members = members }
+        package init(members: [(String, JSON)]) { self.members = members }
 
-        func value(_ key: String) -> JSON? {
+        package func value(_ key: String) -> JSON? {
             guard let v = members.first(where: { $0.0 == key })?.1 else { return nil }
             if case .null = v { return nil }
             return v
         }
 
-        mutating func wrong(_ key: String, _ expected: String, _ v: JSON) {
+        package mutating func wrong(_ key: String, _ expected: String, _ v: JSON) {
             if problem == nil { problem = "wrong type for '\(key)': expected \(expected), got \(v.typeName)" }
         }
 
-        mutating func int64(_ key: String) -> Int64? {
+        package mutating func int64(_ key: String) -> Int64? {
             guard let v = value(key) else { return nil }
             guard let i = v.int64 else { wrong(key, "an integer", v); return nil }
             return i
         }
 
-        mutating func int(_ key: String) -> Int? { int64(key).flatMap { Int(exactly: $0) } }
+        package mutating func int(_ key: String) -> Int? { int64(key).flatMap { Int(exactly: $0) } }
 
-        mutating func uint64(_ key: String) -> UInt64? {
+        package mutating func uint64(_ key: String) -> UInt64? {
             guard let v = value(key) else { return nil }
             switch v {
             case .uint(let u): return u
@@ -108,7 +109,7 @@ public struct ControlRequest: Sendable {
             }
         }
 
-        mutating func double(_ key: String) -> Double? {
+        package mutating func double(_ key: String) -> Double? {
             guard let v = value(key) else { return nil }
             switch v {
             case .double(let d): return d
@@ -120,13 +121,13 @@ public struct ControlRequest: Sendable {
             }
         }
 
-        mutating func string(_ key: String) -> String? {
+        package mutating func string(_ key: String) -> String? {
             guard let v = value(key) else { return nil }
             guard case .string(let s) = v else { wrong(key, "a string", v); return nil }
             return s
         }
 
-        mutating func bool(_ key: String) -> Bool? {
+        package mutating func bool(_ key: String) -> Bool? {
             guard let v = value(key) else { return nil }
             guard case .bool(let b) = v else { wrong(key, "true or false", v); return nil }
             return b

@@ -1,10 +1,10 @@
 // Byte-level character classes shared by the text formats tcpopsd reads (TOML, JSON).
 
 @inline(__always)
-func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+package func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
 
 /// The value of a hexadecimal digit, or nil.
-func hexValue(_ c: UInt8) -> Int? {
+package func hexValue(_ c: UInt8) -> Int? {
     switch c {
     case 0x30...0x39: return Int(c - 0x30)
     case 0x41...0x46: return Int(c - 0x41 + 10)
@@ -14,7 +14,7 @@ func hexValue(_ c: UInt8) -> Int? {
 }
 
 /// The byte a one-letter backslash escape stands for in TOML and JSON strings (b t n f r " \\).
-func simpleEscape(_ c: UInt8) -> UInt8? {
+package func simpleEscape(_ c: UInt8) -> UInt8? {
     switch c {
     case UInt8(ascii: "b"): return 0x08
     case UInt8(ascii: "t"): return 0x09

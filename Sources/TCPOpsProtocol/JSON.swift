@@ -1,5 +1,6 @@
 // A small JSON value and writer for the control protocol's answers and event lines (reading
 // requests is FoundationEssentials' JSONDecoder, off the relay's hot path).
+import TCPOpsPosix
 public enum JSON: Sendable, Equatable {
     case null
     case bool(Bool)
@@ -19,7 +20,7 @@ public enum JSON: Sendable, Equatable {
         return out
     }
 
-    func write(to out: inout String) {
+    package func write(to out: inout String) {
         switch self {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
@@ -46,7 +47,7 @@ public enum JSON: Sendable, Equatable {
         }
     }
 
-    static func quote(_ s: String, into out: inout String) {
+    package static func quote(_ s: String, into out: inout String) {
         out += "\""
         for u in s.unicodeScalars {
             switch u {
@@ -70,28 +71,5 @@ public enum JSON: Sendable, Equatable {
     public subscript(key: String) -> JSON? {
         if case .object(let o) = self { return o.first { $0.0 == key }?.1 }
         return nil
-    }
-}
-
-extension TCPEvent {
-    /// The event as a JSON value: the reference `jsonLine()` (what subscribers get, written
-    /// straight into bytes) is tested against.
-    public func json(seq: UInt64, unixMicros: UInt64) -> JSON {
-        var o: [(String, JSON)] = [
-            ("seq", .uint(seq)), ("time_us", .uint(unixMicros)),
-            ("event", .string(kind.rawValue)), ("reason", .string(reason.rawValue)), ("conid", .uint(conid)),
-        ]
-        o.append(("peer_conid", peerConid.map { .uint($0) } ?? .null))
-        o.append(("side", .string(side.rawValue)))
-        o.append(("listener", .string(listener)))
-        o.append(("local", local.map { .string($0.description) } ?? .null))
-        o.append(("remote", remote.map { .string($0.description) } ?? .null))
-        o.append(("duration_ms", .uint(durationMs)))
-        o.append(("bytes_in", .uint(bytesIn)))
-        o.append(("bytes_out", .uint(bytesOut)))
-        o.append(("origin", .string(reason.origin.rawValue)))
-        o.append(("errno", .string(errnoText)))
-        for (name, value) in TCPEvent.tcpFields(tcp) { o.append(("tcp_" + name, value.map { .uint(UInt64($0)) } ?? .null)) }
-        return .object(o)
     }
 }

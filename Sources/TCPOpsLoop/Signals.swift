@@ -1,9 +1,10 @@
 // Signals through a signalfd, read in the loop like any other fd.
 import CShims
 import Glibc
+import TCPOpsPosix
 
 public final class SignalReader: EventHandler {
-    let fd: Int32
+    package let fd: Int32
     private let onSignal: (Int32) -> Void
 
     /// Blocks `signals` for the calling thread (threads started later inherit the mask) and

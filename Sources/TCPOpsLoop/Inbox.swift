@@ -7,21 +7,22 @@
 import CShims
 import Glibc
 import Synchronization
+import TCPOpsPosix
 
 public final class Inbox: Sendable {
     public typealias Job = @Sendable (EventLoop) -> Void
-    let fd: Int32
+    package let fd: Int32
     private struct Queue {
-        var jobs: [Job] = []
+        package var jobs: [Job] = []
         /// The eventfd was written and not yet read by a drain.
-        var signalled = false
+        package var signalled = false
     }
     private let queue = Locked(Queue())
     /// Jobs were posted quietly and wait for the loop's next turn.
     private let quiet = Atomic<Bool>(false)
-    static let quietLimit = 64
+    package static let quietLimit = 64
 
-    init() throws(SystemError) {
+    package init() throws(SystemError) {
         fd = try sys("eventfd") { eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)) }
     }
 
@@ -56,12 +57,12 @@ public final class Inbox: Sendable {
     }
 
     /// Drops jobs nobody will run (the loop is done).
-    func discard() {
+    package func discard() {
         queue.withLock { $0.jobs.removeAll() }
     }
 
     /// The eventfd fired: runs every waiting job.
-    func drain(_ loop: EventLoop) {
+    package func drain(_ loop: EventLoop) {
         // Read before taking the jobs: a post after the read either finds the queue signalled
         // (and its job is taken below) or writes again (and wakes the next turn).
         var value: UInt64 = 0
@@ -70,7 +71,7 @@ public final class Inbox: Sendable {
     }
 
     /// At the start of a turn: runs quietly posted jobs (and any others waiting with them).
-    func drainQuiet(_ loop: EventLoop) {
+    package func drainQuiet(_ loop: EventLoop) {
         guard quiet.load(ordering: .acquiring) else { return }
         quiet.store(false, ordering: .relaxed)
         run(loop, resetSignal: false)

@@ -2,6 +2,7 @@
 // by fd, with a generation packed beside the fd to drop stale events), its timers and its inbox.
 import CShims
 import Glibc
+import TCPOpsPosix
 
 /// What a registered fd's events go to. A class rather than a protocol so that a registration holds
 /// it as one pointer (a protocol value is two): the fd-indexed table is 16 bytes a slot, in every
@@ -33,24 +34,24 @@ public final class EventLoop {
     /// 16 bytes: the handler, its generation, and the interest mask with the parked flag in its
     /// top bit (EPOLLET, which tcpopsd never asks for).
     private struct Registration {
-        let handler: EventHandler
-        let generation: UInt32
+        package let handler: EventHandler
+        package let generation: UInt32
         private var bits: UInt32
         private static let parkedBit: UInt32 = 1 << 31
 
-        init(handler: EventHandler, generation: UInt32, mask: UInt32) {
+        package init(handler: EventHandler, generation: UInt32, mask: UInt32) {
             self.handler = handler
             self.generation = generation
             bits = mask & ~Registration.parkedBit
         }
 
-        var mask: UInt32 {
+        package var mask: UInt32 {
             get { bits & ~Registration.parkedBit }
             set { bits = newValue & ~Registration.parkedBit | bits & Registration.parkedBit }
         }
 
         /// Taken out of epoll while nothing is wanted from a hung-up fd (see park).
-        var parked: Bool {
+        package var parked: Bool {
             get { bits & Registration.parkedBit != 0 }
             set { bits = newValue ? bits | Registration.parkedBit : bits & ~Registration.parkedBit }
         }
@@ -203,22 +204,7 @@ public final class EventLoop {
 
 /// Drains the inbox when its eventfd fires.
 private final class InboxHandler: EventHandler {
-    unowned let loop: EventLoop
-    init(_ loop: EventLoop) { self.loop = loop }
-    override func handleEvents(_ events: UInt32) { loop.inbox.drain(loop) }
-}
-
-public enum Clock {
-    @inline(__always)
-    public static func monotonicNanoseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
-    public static func unixMicroseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
-    }
+    package unowned let loop: EventLoop
+    package init(_ loop: EventLoop) { self.loop = loop }
+    package override func handleEvents(_ events: UInt32) { loop.inbox.drain(loop) }
 }

@@ -11,9 +11,9 @@ public final class PosixThread: @unchecked Sendable {
     private let name: String
 
     private final class Body {
-        let name: String
-        let run: () -> Void
-        init(_ name: String, _ run: @escaping () -> Void) {
+        package let name: String
+        package let run: () -> Void
+        package init(_ name: String, _ run: @escaping () -> Void) {
             self.name = name
             self.run = run
         }
