@@ -19,8 +19,8 @@ public enum ConnectionState: Int, Sendable {
 }
 
 public final class Connection: EventHandler {
-    // Stored properties by alignment, widest first (Swift lays them out in this order): one
-    // connection object is 160 bytes, two per relay.
+    // Stored properties by alignment, widest first, padding filled (Swift lays them out in this
+    // order): one connection object is 149 bytes (a 152-byte malloc block), two per relay.
     public let conid: UInt64
     public let openedAt: UInt64
     var lastActivity: UInt64
@@ -49,8 +49,8 @@ public final class Connection: EventHandler {
         }
     }
     private var knownLocal: SocketAddress?
+    let fd: Int32  // here: it fills the 4 bytes between the two 19-byte addresses
     public internal(set) var remote: SocketAddress?
-    let fd: Int32
     /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
     var closeErrno: Int32 = 0
     var lifetimeSlot: Int32 = -1
@@ -58,30 +58,55 @@ public final class Connection: EventHandler {
     public internal(set) var keepalive: KeepaliveSettings?
     public let side: Side
     public internal(set) var state: ConnectionState
-    /// closed_event = 2: raise events for this connection (listener closed_event, or by hand).
-    public var eventsEnabled: Bool
     /// Set once an event was raised or the close was classified: at most one event a connection.
     var closeReason: CloseReason?
+    /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
+    private var flags: UInt8 = 0
+    private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, hungUpBit: UInt8 = 8
+    private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32
+
+    @inline(__always) private func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
+    @inline(__always) private func set(_ bit: UInt8, _ on: Bool) { flags = on ? flags | bit : flags & ~bit }
+
+    /// closed_event = 2: raise events for this connection (listener closed_event, or by hand).
+    public var eventsEnabled: Bool {
+        get { flag(Self.eventsBit) }
+        set { set(Self.eventsBit, newValue) }
+    }
     /// Its close raised a tcp:* event.
-    var raisedEvent = false
+    var raisedEvent: Bool {
+        get { flag(Self.raisedBit) }
+        set { set(Self.raisedBit, newValue) }
+    }
     /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
-    var fdOpen: Bool
+    var fdOpen: Bool {
+        get { flag(Self.fdOpenBit) }
+        set { set(Self.fdOpenBit, newValue) }
+    }
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
-    var hungUp = false
+    var hungUp: Bool {
+        get { flag(Self.hungUpBit) }
+        set { set(Self.hungUpBit, newValue) }
+    }
     /// The socket is connected and its local address not yet asked for.
-    var localUnasked = false
+    var localUnasked: Bool {
+        get { flag(Self.localUnaskedBit) }
+        set { set(Self.localUnaskedBit, newValue) }
+    }
     /// Counted among its worker's connections (RelayContext.track) and found by conid.
-    var tracked = false
+    var tracked: Bool {
+        get { flag(Self.trackedBit) }
+        set { set(Self.trackedBit, newValue) }
+    }
 
     init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
         self.conid = conid
         self.side = side
         self.fd = fd
-        self.fdOpen = fd >= 0
         self.state = state
         self.openedAt = now
         self.lastActivity = now
-        self.eventsEnabled = eventsEnabled
+        flags = (fd >= 0 ? Self.fdOpenBit : 0) | (eventsEnabled ? Self.eventsBit : 0)
     }
 
     public override func handleEvents(_ events: UInt32) {
