@@ -3,7 +3,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum DaemonError: Error, CustomStringConvertible {
     case bind(listener: String, address: SocketAddress, SystemError)

@@ -1,6 +1,6 @@
 // The loop's timers: a binary min-heap of deadlines; its head is epoll_wait's timeout. Cancelling
 // drops the callback and leaves the heap entry to be skipped when it comes up.
-import TCPOpsPosix
+
 public final class TimerQueue {
     public typealias ID = UInt64
     private struct Entry {

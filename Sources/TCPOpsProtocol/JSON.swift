@@ -1,6 +1,6 @@
 // A small JSON value and writer for the control protocol's answers and event lines (reading
 // requests is FoundationEssentials' JSONDecoder, off the relay's hot path).
-import TCPOpsPosix
+
 public enum JSON: Sendable, Equatable {
     case null
     case bool(Bool)

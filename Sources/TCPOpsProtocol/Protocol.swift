@@ -1,7 +1,6 @@
 // The control protocol: one JSON object per line each way. Requests are decoded here; answers
 // are `{"id":..,"ok":true,...}` or `{"id":..,"ok":false,"error":".."}`. Shared by tcpopsd and
 // tcpopsctl so both sides agree on every name.
-import TCPOpsPosix
 
 public enum ControlProtocol {
     /// Longest request line accepted.

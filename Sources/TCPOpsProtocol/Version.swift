@@ -1,7 +1,6 @@
 // The version both executables print (`--version`), with the git revision when built from a
 // checkout by `make` (which passes it to the C shim as TCPOPS_GIT_REVISION).
 import CShims
-import TCPOpsPosix
 
 public enum TCPOpsVersion {
     public static let version = "0.3.0"

@@ -1,9 +1,7 @@
 // TOML text -> Configuration. Walks the parsed document with our own type checks so that every
 // problem (unknown key, wrong type, bad value) is reported with its line, all of them in one pass.
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum ConfigLoader {
     /// Reads and validates the file at `path`.

@@ -1,9 +1,7 @@
 // The validated, immutable configuration: what the TOML file says, with defaults filled in.
 import CShims
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
     // Values are syslog priorities, as the journal's PRIORITY field wants them.

@@ -1,8 +1,6 @@
 // After parsing: host names resolved to addresses, and the relays that would reach this very
 // daemon refused. Resolving blocks (DNS), so callers run it before the loop or off it.
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum ConfigResolver {
     public enum Mode: Sendable {

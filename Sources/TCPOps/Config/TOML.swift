@@ -2,9 +2,7 @@
 // project (it replaced TOMLKit, which leaked the whole parsed document and every string it handed
 // out: 10 MB per 1,000 reloads). Strict: the first syntax or structure error stops it, with its line.
 // Dates and times are recognised and kept as text (no key of ours takes one).
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum TOMLValue {
     case string(String)

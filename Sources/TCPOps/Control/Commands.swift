@@ -2,7 +2,6 @@
 // what touches connections runs on every worker's loop, each over its own connection table, and
 // the parts are put together back on worker 0's loop into the answer line. Connection state is
 // only touched by its own worker.
-import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
 

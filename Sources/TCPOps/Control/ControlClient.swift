@@ -5,6 +5,7 @@
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
+
 final class ControlClient: EventHandler {
     let id: UInt64
     let fd: Int32

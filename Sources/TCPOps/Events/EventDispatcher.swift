@@ -5,7 +5,7 @@
 // relay's loop.
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
+
 public final class EventDispatcher: TurnEndHandler {
     let logger: Logger
     let hooks: HookRunner?

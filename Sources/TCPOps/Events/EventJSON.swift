@@ -1,6 +1,5 @@
 // An event as a JSON value (the control protocol's vocabulary): the reference the byte-level
 // rendering of the event stream is tested against.
-import TCPOpsPosix
 import TCPOpsProtocol
 
 extension TCPEvent {

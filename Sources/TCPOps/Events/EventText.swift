@@ -3,9 +3,7 @@
 // rendered this way once per sink that exists, off the relay's loop (on the log writer's and the
 // control server's threads), so that raising an event costs the relay little more than a copy.
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 /// A byte buffer written front to back.
 public struct ByteText {

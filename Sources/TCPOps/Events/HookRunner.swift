@@ -5,7 +5,6 @@ import Glibc
 import Synchronization
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public final class HookRunner: Sendable {
     public struct Settings: Sendable {

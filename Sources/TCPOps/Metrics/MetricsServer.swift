@@ -4,7 +4,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public final class MetricsServer: Sendable {
     private let thread = PosixThread(name: "tcpops-metrics")

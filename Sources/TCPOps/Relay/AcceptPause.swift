@@ -5,7 +5,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 final class AcceptPause {
     private unowned let loop: EventLoop

@@ -1,7 +1,7 @@
 // One tracked TCP connection: a side of a relay, under its conid.
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
+
 public enum ConnectionState: Int, Sendable {
     case ok = 1, accepting = 2, connecting = 3, gone = -1, eof = -2, error = -3, bad = -4
 

@@ -9,20 +9,29 @@
 // small message). Backpressure is state: the source is read only while the pipe has room, nothing
 // is held in memory and the destination is not blocked.
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 struct Direction {
-    // Stored properties widest first (Swift lays them out in this order); held inline in the relay.
-    /// Bytes in the pipe.
-    var fill = 0
+    // Stored properties widest first (Swift lays them out in this order): 30 bytes, held inline in
+    // the relay. Counts are 32-bit (a pipe holds at most 1 MiB, held bytes at most what
+    // `tcpopsctl send` may queue plus one read).
     /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
     /// destination was still connecting, or left over from a copy when no pipe could be had. The
     /// source is not read while any wait.
     var held: [UInt8] = []
-    var heldSent = 0
+    private var fillCount: Int32 = 0
+    private var heldSentCount: Int32 = 0
     var pipe: PipePool.Pipe?
+    /// Bytes in the pipe.
+    var fill: Int {
+        get { Int(fillCount) }
+        set { fillCount = Int32(newValue) }
+    }
+    /// Bytes of `held` already written.
+    var heldSent: Int {
+        get { Int(heldSentCount) }
+        set { heldSentCount = Int32(newValue) }
+    }
     /// The source sent FIN (or is gone: nothing more will come from it).
     var eof = false
     /// The FIN was passed on to the destination.

@@ -4,7 +4,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 /// What a stored socket's FDNAME carries: `tc.` (client) or `tu.` (upstream), then
 /// `CLIENTCONID.UPSTREAMCONID.LIFETIMEMS.IDLEMS.EVENTS.LISTENER` (FDNAME may not contain ':').

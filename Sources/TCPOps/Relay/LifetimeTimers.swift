@@ -4,8 +4,7 @@
 // connection's lifetime is checked when its deadline comes, not moved on every packet: if data
 // moved meanwhile, it is armed again from its last activity.
 import TCPOpsLoop
-import TCPOpsPosix
-import TCPOpsProtocol
+
 final class LifetimeTimers {
     private var heap: [Connection] = []
     private unowned let loop: EventLoop

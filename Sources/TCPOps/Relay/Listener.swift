@@ -7,7 +7,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public final class Listener: EventHandler {
     /// The settings new connections get; a reload may change them.

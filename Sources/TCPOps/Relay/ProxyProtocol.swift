@@ -2,9 +2,7 @@
 // bytes to say who the client really is, parsed strictly and within bounds (accept_proxy), and
 // the header tcpopsd puts before the bytes it relays to an upstream (proxy_protocol).
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum ProxyProtocol {
     /// The most a header may take (v1 is at most 107 bytes; v2 is 16 plus its length).

@@ -4,7 +4,6 @@
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 extension Relay {
     /// Takes an accepted socket: applies the listener's options, starts the upstream connect.

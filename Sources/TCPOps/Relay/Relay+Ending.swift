@@ -1,9 +1,7 @@
 // How a relay ends: a side that breaks raises its event and leaves what it sent to be delivered;
 // the end closes both sockets, gives the pipes back and logs the relay's totals.
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 extension Relay {
     /// A side's socket failed with `e`: classified, remembered for its event, and failed.

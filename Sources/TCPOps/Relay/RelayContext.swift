@@ -4,7 +4,6 @@
 import Synchronization
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 /// Shared by every worker: conids (unique and increasing across workers and restarts), the
 /// connections tracked by all of them (for max_connections), and the settings a reload changes.

@@ -8,7 +8,6 @@ import Glibc
 import Synchronization
 import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public final class RelayWorker {
     public let index: Int

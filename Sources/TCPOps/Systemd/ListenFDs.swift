@@ -3,9 +3,7 @@
 import CShims
 import CSystemd
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public struct PassedSocket {
     public let fd: Int32

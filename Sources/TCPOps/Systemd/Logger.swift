@@ -5,9 +5,7 @@
 import CSystemd
 import Glibc
 import Synchronization
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public final class Logger: Sendable {
     public enum Target: String, Sendable {

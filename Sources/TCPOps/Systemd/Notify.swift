@@ -4,9 +4,7 @@
 // an event loop must never do. STATUS= and WATCHDOG=1 coalesce while they wait; the rest is kept.
 import CSystemd
 import Glibc
-import TCPOpsLoop
 import TCPOpsPosix
-import TCPOpsProtocol
 
 public enum Notify {
     private static let channel: SideChannel<String>? = {
