@@ -44,7 +44,11 @@ import Testing
             let n = recv(c, &byte, 1, Int32(MSG_DONTWAIT))
             #expect(n == -1 && errno == EAGAIN, "a relayed client reads nothing yet (no reset, no FIN)")
         }
+        // Every tracked connection is found by its conid, and no other conid is.
+        for c in ctx.trackedConnections { #expect(ctx.connection(c.conid) === c) }
+        #expect(ctx.connection(ctx.peekNextConid) == nil)
         ctx.closeAll()
+        #expect(ctx.relays == 0 && ctx.trackedCount == 0 && ctx.trackedConnections.isEmpty)
         loop.close()
     }
 }

@@ -190,13 +190,14 @@ public final class RelayContext {
         untrack(r.client)
         if let up = r.upstream { untrack(up) }
         let slot = Int(r.listSlot)
-        guard slot >= 0, slot < relayList.count, relayList[slot] === r else { return }
-        let last = relayList.removeLast()
-        if last !== r {
-            relayList[slot] = last
-            last.listSlot = Int32(slot)
+        if slot >= 0, slot < relayList.count, relayList[slot] === r {
+            let last = relayList.removeLast()
+            if last !== r {
+                relayList[slot] = last
+                last.listSlot = Int32(slot)
+            }
+            r.listSlot = -1
         }
-        r.listSlot = -1
         r.metrics.relaysOpen.decrement()
         counters.relays.subtract(1, ordering: .relaxed)
         if relays == 0 { onIdle?() }
