@@ -38,23 +38,26 @@ let package = Package(
         .target(name: "CEarly", path: "Sources/CEarly"),
         // The layers, each depending only on those below it (the compiler keeps them apart):
         // system calls and their values (TCPOpsPosix), the epoll loop and its timers and inbox
-        // (TCPOpsLoop), then the daemon: configuration, relays, events, control, metrics (TCPOps).
+        // (TCPOpsLoop); beside it the wire protocols (TCPOpsProtocol) and the configuration
+        // (TCPOpsConfig); then the daemon: relays, events, control, metrics (TCPOps).
         .target(name: "TCPOpsPosix", dependencies: ["CShims"], path: "Sources/TCPOpsPosix"),
         .target(name: "TCPOpsLoop", dependencies: ["TCPOpsPosix", "CShims"], path: "Sources/TCPOpsLoop"),
-        // Beside the loop: the control protocol (requests, answers, JSON) and the version line, all
-        // that tcpopsctl shares with the daemon (tcpopsctl links nothing else of it).
+        // Beside the loop: the control protocol (requests, answers, JSON), the version line (all
+        // that tcpopsctl shares with the daemon: it links nothing else of it) and the PROXY protocol.
         .target(name: "TCPOpsProtocol", dependencies: ["TCPOpsPosix", "CShims"], path: "Sources/TCPOpsProtocol"),
+        // The configuration: our TOML reader and the validated Configuration every layer above reads.
+        .target(name: "TCPOpsConfig", dependencies: ["TCPOpsPosix", "TCPOpsProtocol"], path: "Sources/TCPOpsConfig"),
         .target(
             name: "TCPOps",
             dependencies: [
-                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "CSystemd", "CShims",
+                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "CSystemd", "CShims",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/TCPOps"
         ),
         .executableTarget(
             name: "tcpopsd",
-            dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsd",
             linkerSettings: staticRuntime
         ),
@@ -64,7 +67,7 @@ let package = Package(
             path: "Sources/tcpopsctl",
             linkerSettings: staticRuntime
         ),
-        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol"], path: "Tests/TCPOpsTests"),
+        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Tests/TCPOpsTests"),
     ],
     swiftLanguageModes: [.v6]
 )
@@ -74,7 +77,7 @@ let package = Package(
 if Context.environment["TCPOPS_FUZZ"] != nil {
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
     for name in ["FuzzConfig", "FuzzControl", "FuzzProxy"] {
-        package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "TCPOpsPosix", "TCPOpsProtocol", "FuzzSupport"], path: "Fuzz/\(name)",
+        package.targets.append(.executableTarget(name: name, dependencies: ["TCPOps", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig", "FuzzSupport"], path: "Fuzz/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])],
                                                  linkerSettings: [.unsafeFlags(["-use-ld=lld"])]))
     }

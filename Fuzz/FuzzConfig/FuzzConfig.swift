@@ -2,6 +2,7 @@
 // naming at least one problem; never a crash, a hang or a sanitizer report. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsConfig
 import TCPOpsPosix
 import TCPOpsProtocol
 

@@ -2,6 +2,7 @@
 // to an error message, and its answer must render; never a crash. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsConfig
 import TCPOpsPosix
 import TCPOpsProtocol
 

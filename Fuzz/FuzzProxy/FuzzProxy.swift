@@ -3,6 +3,7 @@
 // refused; a header's addresses must build a header that parses back the same. Built by `make fuzz`.
 import FuzzSupport
 import TCPOps
+import TCPOpsConfig
 import TCPOpsPosix
 import TCPOpsProtocol
 

@@ -1,6 +1,7 @@
 // Wires the parts together and owns the lifecycle: start (bind, hooks, READY=1), reload on SIGHUP,
 // drain on SIGTERM/SIGINT bounded by shutdown_timeout, stop.
 import Glibc
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

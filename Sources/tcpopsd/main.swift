@@ -3,6 +3,7 @@ import ArgumentParser
 import CEarly
 import Glibc
 import TCPOps
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol

@@ -1,6 +1,7 @@
 // Config parsing and validation: values, defaults and line-numbered errors.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
 @testable import TCPOpsProtocol

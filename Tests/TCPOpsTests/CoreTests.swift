@@ -2,6 +2,7 @@
 import Glibc
 import Testing
 @testable import TCPOps
+@testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
 @testable import TCPOpsProtocol

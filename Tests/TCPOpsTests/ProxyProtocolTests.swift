@@ -2,6 +2,7 @@
 // versions parse; truncated, oversized and malformed ones are told apart.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
 @testable import TCPOpsProtocol

@@ -1,6 +1,7 @@
 // The TOML reader: values of every type with their lines, the table rules, and errors with lines.
 import Testing
 @testable import TCPOps
+@testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
 @testable import TCPOpsProtocol

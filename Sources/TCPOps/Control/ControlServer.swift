@@ -6,6 +6,7 @@
 // one; at the fd limit a reserved fd still lets one operator in.
 import Glibc
 import Synchronization
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol

@@ -1,5 +1,6 @@
 // An event as a JSON value (the control protocol's vocabulary): the reference the byte-level
 // rendering of the event stream is tested against.
+
 import TCPOpsProtocol
 
 extension TCPEvent {

@@ -3,6 +3,7 @@
 // they end and every drop past `queue_limit` is logged. The relay's loop never waits on it.
 import Glibc
 import Synchronization
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

@@ -2,6 +2,7 @@
 // on the relay's loop, text made on the log writer's thread. Its journal entry is written straight
 // into bytes, as an event's is; `message` and `fields` are the value-level rendering (the stderr
 // line, and the reference the byte rendering is tested against).
+import TCPOpsConfig
 import TCPOpsPosix
 
 struct RelayEnded: Sendable {

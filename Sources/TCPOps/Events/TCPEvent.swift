@@ -1,6 +1,7 @@
 // The event value and the closed list of reasons a connection ends. One CloseReason feeds the
 // journal, the hook environment and (later) the control output alike.
 import Glibc
+import TCPOpsConfig
 import TCPOpsPosix
 
 public enum EventKind: String, Sendable, CaseIterable {

@@ -3,6 +3,7 @@
 // control thread update them without a lock, and the metrics server renders them from its own
 // thread. Labels stay bounded: listener names and enumerated reasons, never addresses or conids.
 import Prometheus
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol

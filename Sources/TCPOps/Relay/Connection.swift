@@ -1,4 +1,5 @@
 // One tracked TCP connection: a side of a relay, under its conid.
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

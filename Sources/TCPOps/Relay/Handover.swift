@@ -2,6 +2,7 @@
 // tcpopsd holds is written out) and their two sockets are handed to systemd's fd store, named
 // with what is needed to rebuild them; on start, stored sockets are adopted under the same conids.
 import Glibc
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

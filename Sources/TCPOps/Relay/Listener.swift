@@ -5,6 +5,7 @@
 // one that drops the address retires it: whatever waits in its accept queue is accepted and
 // relayed first.
 import Glibc
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

@@ -2,6 +2,7 @@
 // connected, candidate after candidate (the listener's upstreams in order, each address of a name
 // in turn) until one answers. A failed attempt raises its own event under its own conid.
 import Glibc
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

@@ -1,6 +1,7 @@
 // What tcpopsctl can do to one live connection, run on the relay's loop: the tcpops functions
 // (keepalive, lifetime, closed event, send, close).
 import Glibc
+import TCPOpsConfig
 import TCPOpsPosix
 
 public enum KeepaliveFailure: Error {

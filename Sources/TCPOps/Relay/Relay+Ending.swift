@@ -1,6 +1,7 @@
 // How a relay ends: a side that breaks raises its event and leaves what it sent to be delivered;
 // the end closes both sockets, gives the pipes back and logs the relay's totals.
 import Glibc
+import TCPOpsConfig
 import TCPOpsPosix
 
 extension Relay {

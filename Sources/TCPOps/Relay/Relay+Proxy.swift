@@ -4,6 +4,7 @@
 // else closes the connection, logged with the reason, and no relay is made.
 import TCPOpsLoop
 import TCPOpsPosix
+import TCPOpsProtocol
 
 extension Relay {
     static let proxyDeadline: UInt64 = 3_000_000_000

@@ -6,6 +6,7 @@
 // read only while its direction's pipe has room and its destination is not blocked. The relay
 // ends when both directions passed their FIN on, or when either side fails, times out or is closed.
 import Glibc
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

@@ -6,6 +6,7 @@
 // wakes one worker per new connection.
 import Glibc
 import Synchronization
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 

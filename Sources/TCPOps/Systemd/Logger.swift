@@ -5,6 +5,7 @@
 import CSystemd
 import Glibc
 import Synchronization
+import TCPOpsConfig
 import TCPOpsPosix
 
 public final class Logger: Sendable {

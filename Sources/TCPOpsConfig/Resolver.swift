@@ -61,7 +61,7 @@ public enum ConfigResolver {
 
     /// An upstream address that one of this daemon's listeners accepts on: each client would be
     /// relayed to tcpopsd itself, again and again, until max_connections.
-    static func selfLoops(_ config: Configuration) -> [ConfigError.Problem] {
+    package static func selfLoops(_ config: Configuration) -> [ConfigError.Problem] {
         var problems: [ConfigError.Problem] = []
         let local = LocalAddresses.current()
         for l in config.listeners {
@@ -80,7 +80,7 @@ public enum ConfigResolver {
     }
 
     /// Whether a connect to `a` would land on a socket listening on `listen`.
-    static func reaches(_ a: SocketAddress, _ listen: SocketAddress, local: [[UInt8]]) -> Bool {
+    package static func reaches(_ a: SocketAddress, _ listen: SocketAddress, local: [[UInt8]]) -> Bool {
         guard a.port == listen.port, a.family == listen.family else { return false }
         if a.bytes == listen.bytes { return true }
         return listen.isWildcard && (a.isLoopback || a.isWildcard || local.contains(a.bytes))

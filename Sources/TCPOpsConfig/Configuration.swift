@@ -2,6 +2,7 @@
 import CShims
 import Glibc
 import TCPOpsPosix
+import TCPOpsProtocol
 
 public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
     // Values are syslog priorities, as the journal's PRIORITY field wants them.
@@ -108,27 +109,27 @@ public struct ListenerSettings: Sendable, Equatable {
     private final class Storage: @unchecked Sendable {
         // @unchecked: written only while uniquely referenced (ListenerSettings.unique), so never
         // while another thread can see it.
-        var name: String
-        var listen: SocketAddress
-        var upstreams: [Upstream]
-        var connectTimeout: Double = 5.0
-        var lifetime: Double = 0.0
-        var keepalive: KeepaliveSettings? = nil
-        var userTimeout: Double = 0.0
-        var upstreamUserTimeout: Double = 0.0
-        var closedEvent: Bool = false
-        var eventSides: Set<Side> = [.client, .upstream]
-        var upstreamKeepalive: KeepaliveSettings? = nil
-        var proxyProtocol: ProxyProtocol.Version? = nil
-        var acceptProxy: Bool = false
+        package var name: String
+        package var listen: SocketAddress
+        package var upstreams: [Upstream]
+        package var connectTimeout: Double = 5.0
+        package var lifetime: Double = 0.0
+        package var keepalive: KeepaliveSettings? = nil
+        package var userTimeout: Double = 0.0
+        package var upstreamUserTimeout: Double = 0.0
+        package var closedEvent: Bool = false
+        package var eventSides: Set<Side> = [.client, .upstream]
+        package var upstreamKeepalive: KeepaliveSettings? = nil
+        package var proxyProtocol: ProxyProtocol.Version? = nil
+        package var acceptProxy: Bool = false
 
-        init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
+        package init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
             self.name = name
             self.listen = listen
             self.upstreams = upstreams
         }
 
-        func copy() -> Storage {
+        package func copy() -> Storage {
             let c = Storage(name: name, listen: listen, upstreams: upstreams)
             c.connectTimeout = connectTimeout
             c.lifetime = lifetime
@@ -289,5 +290,5 @@ public struct ConfigError: Error, CustomStringConvertible {
 
 extension Double {
     /// Seconds to nanoseconds for the loop's clock.
-    var nanoseconds: UInt64 { self <= 0 ? 0 : UInt64(self * 1_000_000_000) }
+    package var nanoseconds: UInt64 { self <= 0 ? 0 : UInt64(self * 1_000_000_000) }
 }

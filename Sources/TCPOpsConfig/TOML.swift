@@ -55,19 +55,19 @@ public struct TOMLNode {
 public final class TOMLArray {
     public fileprivate(set) var items: [TOMLNode] = []
     /// Made by `[[name]]` headers (only those may be appended to by another header).
-    let ofTables: Bool
-    init(ofTables: Bool) { self.ofTables = ofTables }
+    package let ofTables: Bool
+    package init(ofTables: Bool) { self.ofTables = ofTables }
 }
 
 public final class TOMLTable {
     /// How a table came to be: that decides what may still add to it.
-    enum Origin { case root, implicit, header, dotted, inline, arrayElement }
-    var origin: Origin
+    package enum Origin { case root, implicit, header, dotted, inline, arrayElement }
+    package var origin: Origin
     public let line: Int
     public private(set) var keys: [String] = []
     private var values: [String: TOMLNode] = [:]
 
-    init(origin: Origin, line: Int) {
+    package init(origin: Origin, line: Int) {
         self.origin = origin
         self.line = line
     }
@@ -94,28 +94,28 @@ public enum TOML {
 }
 
 private struct TOMLParser {
-    let s: [UInt8]
-    var i = 0
-    var line = 1
-    let root: TOMLTable
+    package let s: [UInt8]
+    package var i = 0
+    package var line = 1
+    package let root: TOMLTable
     /// The table that key/value lines go into: the root, or the last header's.
-    var current: TOMLTable
-    var depth = 0
-    static let maxDepth = 64
+    package var current: TOMLTable
+    package var depth = 0
+    package static let maxDepth = 64
 
-    init(_ bytes: [UInt8]) {
+    package init(_ bytes: [UInt8]) {
         s = bytes
         root = TOMLTable(origin: .root, line: 1)
         current = root
     }
 
-    var atEnd: Bool { i >= s.count }
-    var peek: UInt8 { i < s.count ? s[i] : 0 }
-    func peek(_ k: Int) -> UInt8 { i + k < s.count ? s[i + k] : 0 }
+    package var atEnd: Bool { i >= s.count }
+    package var peek: UInt8 { i < s.count ? s[i] : 0 }
+    package func peek(_ k: Int) -> UInt8 { i + k < s.count ? s[i + k] : 0 }
 
-    func fail(_ message: String, line: Int? = nil) -> TOMLError { TOMLError(line: line ?? self.line, message: message) }
+    package func fail(_ message: String, line: Int? = nil) -> TOMLError { TOMLError(line: line ?? self.line, message: message) }
 
-    mutating func document() throws(TOMLError) -> TOMLTable {
+    package mutating func document() throws(TOMLError) -> TOMLTable {
         while true {
             skipBlank()
             if atEnd { return root }
@@ -136,11 +136,11 @@ private struct TOMLParser {
 
     // MARK: whitespace, comments, newlines
 
-    mutating func skipBlank() {
+    package mutating func skipBlank() {
         while i < s.count, s[i] == 0x20 || s[i] == 0x09 { i += 1 }
     }
 
-    mutating func newline() throws(TOMLError) {
+    package mutating func newline() throws(TOMLError) {
         if peek == 0x0D {
             guard peek(1) == 0x0A else { throw fail("a carriage return not followed by a line feed") }
             i += 1
@@ -149,7 +149,7 @@ private struct TOMLParser {
         line += 1
     }
 
-    mutating func comment() throws(TOMLError) {
+    package mutating func comment() throws(TOMLError) {
         i += 1
         while i < s.count, s[i] != 0x0A {
             if s[i] == 0x0D && peek(1) == 0x0A { break }
@@ -159,7 +159,7 @@ private struct TOMLParser {
     }
 
     /// After a value or header: only blanks and a comment up to the end of the line.
-    mutating func endOfLine(_ after: String) throws(TOMLError) {
+    package mutating func endOfLine(_ after: String) throws(TOMLError) {
         skipBlank()
         if peek == UInt8(ascii: "#") { try comment() }
         if atEnd { return }
@@ -168,7 +168,7 @@ private struct TOMLParser {
     }
 
     /// Blanks, newlines and comments (inside arrays).
-    mutating func skipSpaceAndComments() throws(TOMLError) {
+    package mutating func skipSpaceAndComments() throws(TOMLError) {
         while true {
             skipBlank()
             if peek == UInt8(ascii: "#") { try comment(); continue }
@@ -179,7 +179,7 @@ private struct TOMLParser {
 
     // MARK: keys and tables
 
-    mutating func key() throws(TOMLError) -> [String] {
+    package mutating func key() throws(TOMLError) -> [String] {
         var parts: [String] = []
         while true {
             skipBlank()
@@ -190,7 +190,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func simpleKey() throws(TOMLError) -> String {
+    package mutating func simpleKey() throws(TOMLError) -> String {
         switch peek {
         case UInt8(ascii: "\""):
             if peek(1) == UInt8(ascii: "\"") && peek(2) == UInt8(ascii: "\"") { throw fail("a multi-line string cannot be a key") }
@@ -206,7 +206,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func header() throws(TOMLError) {
+    package mutating func header() throws(TOMLError) {
         let headerLine = line
         i += 1
         let array = peek == UInt8(ascii: "[")
@@ -254,7 +254,7 @@ private struct TOMLParser {
 
     /// The table `part` under `t` on the way to a header's table: made (implicitly) if missing;
     /// the last element of an array of tables.
-    mutating func descend(_ t: TOMLTable, _ part: String, name: String, line: Int) throws(TOMLError) -> TOMLTable {
+    package mutating func descend(_ t: TOMLTable, _ part: String, name: String, line: Int) throws(TOMLError) -> TOMLTable {
         guard let node = t[part] else {
             let made = TOMLTable(origin: .implicit, line: line)
             t.set(part, TOMLNode(value: .table(made), line: line))
@@ -271,7 +271,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func keyValue(into table: TOMLTable) throws(TOMLError) {
+    package mutating func keyValue(into table: TOMLTable) throws(TOMLError) {
         let kvLine = line
         let path = try key()
         guard peek == UInt8(ascii: "=") else {
@@ -303,7 +303,7 @@ private struct TOMLParser {
 
     // MARK: values
 
-    mutating func value() throws(TOMLError) -> TOMLValue {
+    package mutating func value() throws(TOMLError) -> TOMLValue {
         switch peek {
         case UInt8(ascii: "\""):
             if peek(1) == UInt8(ascii: "\"") && peek(2) == UInt8(ascii: "\"") { return .string(try multilineBasicString()) }
@@ -326,7 +326,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func word(_ w: String) throws(TOMLError) {
+    package mutating func word(_ w: String) throws(TOMLError) {
         let bytes = Array(w.utf8)
         guard i + bytes.count <= s.count, Array(s[i..<i + bytes.count]) == bytes, !isBareKey(peek(bytes.count)) else {
             throw fail("expected a value (a string, number, boolean, array or table), found \(token())")
@@ -334,12 +334,12 @@ private struct TOMLParser {
         i += bytes.count
     }
 
-    mutating func enter() throws(TOMLError) {
+    package mutating func enter() throws(TOMLError) {
         depth += 1
         if depth > TOMLParser.maxDepth { throw fail("arrays and tables nested more than \(TOMLParser.maxDepth) deep") }
     }
 
-    mutating func array() throws(TOMLError) -> TOMLArray {
+    package mutating func array() throws(TOMLError) -> TOMLArray {
         try enter()
         defer { depth -= 1 }
         i += 1
@@ -362,7 +362,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func inlineTable() throws(TOMLError) -> TOMLTable {
+    package mutating func inlineTable() throws(TOMLError) -> TOMLTable {
         try enter()
         defer { depth -= 1 }
         let t = TOMLTable(origin: .inline, line: line)
@@ -392,7 +392,7 @@ private struct TOMLParser {
 
     // MARK: strings
 
-    mutating func basicString() throws(TOMLError) -> String {
+    package mutating func basicString() throws(TOMLError) -> String {
         i += 1
         var out: [UInt8] = []
         while true {
@@ -412,7 +412,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func multilineBasicString() throws(TOMLError) -> String {
+    package mutating func multilineBasicString() throws(TOMLError) -> String {
         i += 3
         if peek == 0x0A { i += 1; line += 1 } else if peek == 0x0D && peek(1) == 0x0A { i += 2; line += 1 }
         var out: [UInt8] = []
@@ -455,7 +455,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func escape(into out: inout [UInt8]) throws(TOMLError) {
+    package mutating func escape(into out: inout [UInt8]) throws(TOMLError) {
         i += 1
         let c = peek
         i += 1
@@ -477,7 +477,7 @@ private struct TOMLParser {
         }
     }
 
-    mutating func literalString() throws(TOMLError) -> String {
+    package mutating func literalString() throws(TOMLError) -> String {
         i += 1
         let start = i
         while true {
@@ -491,7 +491,7 @@ private struct TOMLParser {
         return text
     }
 
-    mutating func multilineLiteralString() throws(TOMLError) -> String {
+    package mutating func multilineLiteralString() throws(TOMLError) -> String {
         i += 3
         if peek == 0x0A { i += 1; line += 1 } else if peek == 0x0D && peek(1) == 0x0A { i += 2; line += 1 }
         let start = i
@@ -519,7 +519,7 @@ private struct TOMLParser {
     // MARK: numbers and dates
 
     /// The characters a number, date or time may hold, up to the next delimiter.
-    mutating func numberOrDate() throws(TOMLError) -> TOMLValue {
+    package mutating func numberOrDate() throws(TOMLError) -> TOMLValue {
         let start = i
         while i < s.count {
             let c = s[i]
@@ -539,20 +539,20 @@ private struct TOMLParser {
         throw fail("\(text.count > 40 ? String(text.prefix(40)) + "..." : text) is not a value TOML knows (strings are quoted)")
     }
 
-    func isDate(_ b: ArraySlice<UInt8>) -> Bool {
+    package func isDate(_ b: ArraySlice<UInt8>) -> Bool {
         b.count >= 10 && b.prefix(4).allSatisfy(isDigit) && b[b.startIndex + 4] == UInt8(ascii: "-")
             && isDigit(b[b.startIndex + 5]) && isDigit(b[b.startIndex + 6]) && b[b.startIndex + 7] == UInt8(ascii: "-")
             && isDigit(b[b.startIndex + 8]) && isDigit(b[b.startIndex + 9])
     }
 
-    static func isTime(_ t: String) -> Bool {
+    package static func isTime(_ t: String) -> Bool {
         let b = Array(t.utf8)
         return b.count >= 8 && isDigit(b[0]) && isDigit(b[1]) && b[2] == UInt8(ascii: ":") && isDigit(b[3]) && isDigit(b[4])
             && b[5] == UInt8(ascii: ":") && isDigit(b[6]) && isDigit(b[7])
     }
 
     /// Decimal (with `_` between digits, no leading zeros), or 0x / 0o / 0b without a sign.
-    static func integer(_ t: String) -> Int64? {
+    package static func integer(_ t: String) -> Int64? {
         var b = Array(t.utf8)
         for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where t.hasPrefix(prefix) {
             let body = Array(b.dropFirst(2))
@@ -568,7 +568,7 @@ private struct TOMLParser {
         return Int64((negative ? "-" : "") + String(decoding: b.filter { $0 != UInt8(ascii: "_") }, as: UTF8.self))
     }
 
-    static func float(_ t: String) -> Double? {
+    package static func float(_ t: String) -> Double? {
         var b = Array(t.utf8)
         var sign = 1.0
         if b.first == UInt8(ascii: "+") || b.first == UInt8(ascii: "-") {
@@ -596,7 +596,7 @@ private struct TOMLParser {
     }
 
     /// One or more digits of `radix`, `_` only between two digits.
-    static func digitsWithUnderscores(_ b: [UInt8], radix: Int) -> Bool {
+    package static func digitsWithUnderscores(_ b: [UInt8], radix: Int) -> Bool {
         guard let first = b.first, let last = b.last, first != UInt8(ascii: "_"), last != UInt8(ascii: "_") else { return false }
         var previousUnderscore = false
         for c in b {
@@ -613,14 +613,14 @@ private struct TOMLParser {
 
     // MARK: characters
 
-    mutating func token() -> String {
+    package mutating func token() -> String {
         let start = i
         var j = i
         while j < s.count, j - start < 20, s[j] != 0x0A, s[j] != 0x0D, s[j] != 0x20, s[j] != UInt8(ascii: ",") { j += 1 }
         return j > start ? "'\(String(decoding: s[start..<j], as: UTF8.self))'" : shown(peek)
     }
 
-    func shown(_ c: UInt8) -> String {
+    package func shown(_ c: UInt8) -> String {
         if atEnd { return "the end of the file" }
         if c == 0x0A || c == 0x0D { return "the end of the line" }
         if c < 0x20 || c == 0x7F { return "a control character (0x\(hex(c)))" }

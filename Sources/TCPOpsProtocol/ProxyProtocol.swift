@@ -47,10 +47,10 @@ public enum ProxyProtocol {
 
     // MARK: version 1: "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"
 
-    static let v1Prefix = Array("PROXY ".utf8)
-    static let v1MaxLength = 107
+    package static let v1Prefix = Array("PROXY ".utf8)
+    package static let v1MaxLength = 107
 
-    static func parseV1(_ b: [UInt8]) -> Parse {
+    package static func parseV1(_ b: [UInt8]) -> Parse {
         let n = min(b.count, v1Prefix.count)
         guard Array(b[0..<n]) == Array(v1Prefix[0..<n]) else { return .invalid("not a PROXY protocol header (it must come first)") }
         guard let cr = b.prefix(v1MaxLength).firstIndex(of: 0x0D) else {
@@ -78,13 +78,13 @@ public enum ProxyProtocol {
     }
 
     /// 0-65535 in decimal, without a sign or leading zeros.
-    static func port(_ s: String) -> UInt16? {
+    package static func port(_ s: String) -> UInt16? {
         guard !s.isEmpty, s.count <= 5, s.allSatisfy({ $0.isASCII && $0.isNumber }), s == "0" || !s.hasPrefix("0"),
               let v = Int(s), v <= 65535 else { return nil }
         return UInt16(v)
     }
 
-    static func address(_ s: String, family: Int32, port: UInt16) -> SocketAddress? {
+    package static func address(_ s: String, family: Int32, port: UInt16) -> SocketAddress? {
         guard s.count <= 45 else { return nil }
         if family == AF_INET {
             var a = in_addr()
@@ -98,7 +98,7 @@ public enum ProxyProtocol {
 
     // MARK: version 2: signature, version/command, family/transport, length, addresses, TLVs
 
-    static func parseV2(_ b: [UInt8]) -> Parse {
+    package static func parseV2(_ b: [UInt8]) -> Parse {
         let n = min(b.count, signature.count)
         guard Array(b[0..<n]) == Array(signature[0..<n]) else { return .invalid("not a PROXY protocol header (it must come first)") }
         guard b.count >= 16 else { return .needMore }
@@ -164,7 +164,7 @@ public enum ProxyProtocol {
         }
     }
 
-    static func v2(command: UInt8, family: UInt8, addresses: [UInt8], conid: UInt64) -> [UInt8] {
+    package static func v2(command: UInt8, family: UInt8, addresses: [UInt8], conid: UInt64) -> [UInt8] {
         let id = Array(String(conid).utf8)
         let tlv = [conidTLV, UInt8(id.count >> 8), UInt8(id.count & 0xFF)] + id
         let length = addresses.count + tlv.count

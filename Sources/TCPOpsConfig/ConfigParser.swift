@@ -2,6 +2,7 @@
 // problem (unknown key, wrong type, bad value) is reported with its line, all of them in one pass.
 import Glibc
 import TCPOpsPosix
+import TCPOpsProtocol
 
 public enum ConfigLoader {
     /// Reads and validates the file at `path`.
@@ -57,7 +58,7 @@ public enum ConfigLoader {
         return config
     }
 
-    static func readFile(_ path: String) -> Result<[UInt8], SystemError> {
+    package static func readFile(_ path: String) -> Result<[UInt8], SystemError> {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return .failure(SystemError("open", errno)) }
         defer { closeFD(fd) }
@@ -77,20 +78,20 @@ public enum ConfigLoader {
 }
 
 private struct Walker {
-    var problems: [ConfigError.Problem] = []
+    package var problems: [ConfigError.Problem] = []
 
-    mutating func fail(_ line: Int, _ message: String) {
+    package mutating func fail(_ line: Int, _ message: String) {
         problems.append(.init(line: line, message: message))
     }
 
     /// "[daemon] key 'x'" style label for messages.
-    func label(_ table: String, _ key: String) -> String {
+    package func label(_ table: String, _ key: String) -> String {
         if table.hasPrefix("listener#") { return "[[listener]] #\(Int(table.dropFirst(9)).map { $0 + 1 } ?? 0) key '\(key)'" }
         return table.isEmpty ? "key '\(key)'" : "[\(table)] key '\(key)'"
     }
 
     /// Every key of `t` must be one of `allowed`; `table` names it in messages.
-    mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String]) {
+    package mutating func checkKeys(_ t: TOMLTable, _ table: String, allowed: [String]) {
         for key in t.keys where !allowed.contains(key) {
             let where_: String
             if table.isEmpty {
@@ -106,7 +107,7 @@ private struct Walker {
         }
     }
 
-    mutating func string(_ t: TOMLTable, _ table: String, _ key: String) -> String? {
+    package mutating func string(_ t: TOMLTable, _ table: String, _ key: String) -> String? {
         guard let v = t[key] else { return nil }
         guard case .string(let s) = v.value else {
             fail(v.line, "\(label(table, key)): expected a string, got \(v.value.typeName)")
@@ -115,7 +116,7 @@ private struct Walker {
         return s
     }
 
-    mutating func int(_ t: TOMLTable, _ table: String, _ key: String, range: ClosedRange<Int>) -> Int? {
+    package mutating func int(_ t: TOMLTable, _ table: String, _ key: String, range: ClosedRange<Int>) -> Int? {
         guard let v = t[key] else { return nil }
         guard case .integer(let i64) = v.value else {
             fail(v.line, "\(label(table, key)): expected an integer, got \(v.value.typeName)")
@@ -128,7 +129,7 @@ private struct Walker {
         return i
     }
 
-    mutating func bool(_ t: TOMLTable, _ table: String, _ key: String) -> Bool? {
+    package mutating func bool(_ t: TOMLTable, _ table: String, _ key: String) -> Bool? {
         guard let v = t[key] else { return nil }
         guard case .bool(let b) = v.value else {
             fail(v.line, "\(label(table, key)): expected true or false, got \(v.value.typeName)")
@@ -139,11 +140,11 @@ private struct Walker {
 
     /// The longest duration any key takes (365 days), and the shortest besides 0 (1 ms: timers
     /// and TCP_USER_TIMEOUT work in milliseconds).
-    static let maxDuration = 31_536_000.0
-    static let minDuration = 0.001
+    package static let maxDuration = 31_536_000.0
+    package static let minDuration = 0.001
 
     /// Seconds, as an integer or a decimal; 0 (where allowed) or from 1 ms to 365 days.
-    mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
+    package mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
         guard let v = t[key] else { return nil }
         let seconds: Double
         switch v.value {
@@ -169,7 +170,7 @@ private struct Walker {
         return seconds
     }
 
-    mutating func argv(_ t: TOMLTable, _ table: String, _ key: String) -> [String]? {
+    package mutating func argv(_ t: TOMLTable, _ table: String, _ key: String) -> [String]? {
         guard let v = t[key] else { return nil }
         guard case .array(let a) = v.value else {
             fail(v.line, "\(label(table, key)): expected an array of strings (program and arguments), got \(v.value.typeName)")
@@ -198,7 +199,7 @@ private struct Walker {
         return out
     }
 
-    mutating func address(_ t: TOMLTable, _ table: String, _ key: String) -> SocketAddress? {
+    package mutating func address(_ t: TOMLTable, _ table: String, _ key: String) -> SocketAddress? {
         guard let s = string(t, table, key), let line = t[key]?.line else { return nil }
         do {
             return try SocketAddress.parse(s)
@@ -209,7 +210,7 @@ private struct Walker {
     }
 
     /// `upstream`: "host:port" (an IPv4 address, "[IPv6]", or a DNS name), or a list of them.
-    mutating func upstreams(_ t: TOMLTable, _ table: String, _ key: String) -> [Upstream]? {
+    package mutating func upstreams(_ t: TOMLTable, _ table: String, _ key: String) -> [Upstream]? {
         guard let v = t[key] else { return nil }
         let items: [TOMLNode]
         switch v.value {
@@ -236,7 +237,7 @@ private struct Walker {
         return out
     }
 
-    mutating func upstream(_ text: String, line: Int, what: String) -> Upstream? {
+    package mutating func upstream(_ text: String, line: Int, what: String) -> Upstream? {
         do {
             return Upstream(address: try SocketAddress.parse(text), line: line)
         } catch {
@@ -258,7 +259,7 @@ private struct Walker {
     }
 
     /// A DNS name: labels of letters, digits and '-', separated by dots, not all digits.
-    static func isHostName(_ s: String) -> Bool {
+    package static func isHostName(_ s: String) -> Bool {
         guard !s.isEmpty, s.utf8.count <= 253, !s.allSatisfy({ $0.isNumber || $0 == "." }) else { return false }
         return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
             !label.isEmpty && label.count <= 63 && label.first != "-" && label.last != "-"
@@ -266,7 +267,7 @@ private struct Walker {
         }
     }
 
-    mutating func keepaliveSetting(_ t: TOMLTable, _ table: String, _ key: String) -> KeepaliveSettings? {
+    package mutating func keepaliveSetting(_ t: TOMLTable, _ table: String, _ key: String) -> KeepaliveSettings? {
         guard let v = t[key] else { return nil }
         guard case .table(let k) = v.value else {
             fail(v.line, "\(label(table, key)): expected a table { idle = S, count = N, interval = S }, got \(v.value.typeName)")
@@ -304,7 +305,7 @@ private struct Walker {
         return i
     }
 
-    mutating func configuration(_ root: TOMLTable, path: String) -> Configuration {
+    package mutating func configuration(_ root: TOMLTable, path: String) -> Configuration {
         var config = Configuration(path: path)
         checkKeys(root, "", allowed: ["daemon", "events", "listener", "metrics"])
 
@@ -366,7 +367,7 @@ private struct Walker {
         return config
     }
 
-    mutating func daemon(_ t: TOMLTable) -> DaemonSettings {
+    package mutating func daemon(_ t: TOMLTable) -> DaemonSettings {
         let tb = "daemon"
         var d = DaemonSettings()
         checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout", "workers"])
@@ -403,7 +404,7 @@ private struct Walker {
         return d
     }
 
-    mutating func events(_ t: TOMLTable) -> EventSettings {
+    package mutating func events(_ t: TOMLTable) -> EventSettings {
         let tb = "events"
         var e = EventSettings()
         checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route"])
@@ -426,7 +427,7 @@ private struct Walker {
         return e
     }
 
-    mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
+    package mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
         checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
                                    "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout", "proxy_protocol",
                                    "accept_proxy"])
