@@ -78,7 +78,7 @@ import Testing
         #expect(MemoryLayout<SocketAddress?>.size == 19)
         // The block malloc gave the object (glibc: the request rounded up to 16, plus 8).
         let c = Connection(conid: 1, side: .client, fd: -1, state: .ok, now: 0, eventsEnabled: true)
-        #expect(tcpops_malloc_usable_size(Unmanaged.passUnretained(c).toOpaque()) <= 152)
+        #expect(tcpops_malloc_usable_size(Unmanaged.passUnretained(c).toOpaque()) <= 136)
         // A relay holds its two directions inline.
         #expect(MemoryLayout<Direction>.size <= 32)
         let loop = try EventLoop()

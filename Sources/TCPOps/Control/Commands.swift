@@ -240,7 +240,7 @@ public final class ControlTarget {
         ]
         // Keepalive and TCP_USER_TIMEOUT as the socket has them (read back), not as they were asked.
         let options = c.socketOptions()
-        let keepalive = options.map { $0.keepalive } ?? c.keepalive
+        let keepalive = options?.keepalive
         o.append(("keepalive", keepalive.map(keepaliveJSON) ?? .null))
         o.append(("user_timeout_ms", options.map { .uint(UInt64($0.userTimeoutMs)) } ?? .null))
         // Linux ends a connection by TCP_USER_TIMEOUT rather than by the keepalive probe count

@@ -21,7 +21,8 @@ public enum ConnectionState: Int, Sendable {
 
 public final class Connection: EventHandler {
     // Stored properties by alignment, widest first, padding filled (Swift lays them out in this
-    // order): one connection object is 149 bytes (a 152-byte malloc block), two per relay.
+    // order): one connection object is 136 bytes (a 136-byte malloc block), two per relay. Its
+    // keepalive is not kept here: the socket has it (Connection.socketOptions reads it back).
     public let conid: UInt64
     public let openedAt: UInt64
     var lastActivity: UInt64
@@ -55,8 +56,6 @@ public final class Connection: EventHandler {
     /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
     var closeErrno: Int32 = 0
     var lifetimeSlot: Int32 = -1
-    /// Keepalive as set now (listener option or tcpopsctl); nil = off.
-    public internal(set) var keepalive: KeepaliveSettings?
     public let side: Side
     public internal(set) var state: ConnectionState
     /// Set once an event was raised or the close was classified: at most one event a connection.

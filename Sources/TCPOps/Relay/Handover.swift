@@ -100,7 +100,6 @@ extension Relay {
             conn.lifetime = x.side.lifetimeMs * 1_000_000
             let idle = min(x.side.idleMs * 1_000_000, now)
             conn.lastActivity = now - idle
-            conn.keepalive = x.side.side == .client ? listener.keepalive : listener.upstreamKeepalive
             return conn
         }
         let client = connection(c)

@@ -19,7 +19,6 @@ extension Relay {
         client.local = local
         client.remote = remote
         client.lifetime = listener.lifetime.nanoseconds
-        client.keepalive = listener.keepalive
         let relay = Relay(ctx: ctx, listener: listener, client: client, metrics: metrics)
         client.relay = relay
         ctx.track(client)
@@ -85,7 +84,6 @@ extension Relay {
         }
         let up = Connection(conid: conid, side: .upstream, fd: fd, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
         up.remote = address
-        up.keepalive = listener.upstreamKeepalive
         up.relay = self
         upstream = up
         ctx.track(up)

@@ -29,7 +29,6 @@ extension Connection {
         guard let r = liveRelay, fdOpen else { return .gone }
         do {
             try Socket.setKeepalive(fd, k)
-            keepalive = k
             return nil
         } catch {
             r.ctx.logger.log(.warning, "keepalive on conid \(conid): \(error)", r.fields(self))
