@@ -257,3 +257,40 @@ def test_restart_keeps_100_streaming_relays(box, echo):
     log = box.run("journalctl", "-u", "tcpopsd", "--no-pager", check=False).stdout
     assert "handed 100 relay(s) to systemd's fd store" in log and "adopted 100 relay(s)" in log
     stop_all(box)
+
+
+def test_journald_rate_limit_does_not_drop_events(box, echo):
+    """Every event reaches the journal even where journald's per-service rate limit is tight: the
+    unit lifts it for tcpopsd, whose entries are its product. Here the container's journald allows 50
+    entries per 30 s (a few hundred after its scaling by free disk space); 300 relays raise 600
+    events within seconds, and all 600 must be in the journal. (LogRateLimitIntervalSec=0 in a unit
+    lifts nothing: 0 means "not set", and journald.conf's limit applies; this test caught that.)"""
+    stop_all(box)
+    box.write("/etc/systemd/journald.conf.d/tight.conf", "[Journal]\nRateLimitIntervalSec=30s\nRateLimitBurst=50\n")
+    box.run("systemctl", "restart", "systemd-journald")
+    try:
+        up = echo()
+        port = free_port()
+        configure(box, listener("burst", port, up.address))
+        box.run("systemctl", "start", "tcpopsd.service")
+        invocation = box.run("systemctl", "show", "-p", "InvocationID", "--value", "tcpopsd").stdout.strip()
+        n = 300
+        for _ in range(n):
+            s, ok = roundtrip(port, b"one")
+            assert ok
+            s.close()
+
+        def events():
+            out = box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "TCPOPS_EVENT=tcp:closed", "-o", "json",
+                          "--no-pager", check=False).stdout
+            return len(out.splitlines())
+
+        wait_for(lambda: events() >= 2 * n, timeout=20, what=f"{2 * n} tcp:closed entries in the journal")
+        stats = box.run("/usr/local/bin/tcpopsctl", "stats", check=False).stdout
+        assert f"accepted {n}" in stats, stats
+        log = box.run("journalctl", "-u", "systemd-journald", "--no-pager", check=False).stdout
+        assert not [l for l in log.splitlines() if "Suppressed" in l and "tcpopsd" in l], log[-500:]
+    finally:
+        box.run("rm", "-f", "/etc/systemd/journald.conf.d/tight.conf")
+        box.run("systemctl", "restart", "systemd-journald")
+        stop_all(box)
