@@ -34,6 +34,9 @@ let package = Package(
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "CShims", path: "Sources/CShims", cSettings: revision),
+        // sd-bus, in C (its calls are variadic): which job systemd runs on our unit (stop or restart),
+        // for `tcpopsd --stop-hint`.
+        .target(name: "CSystemdBus", dependencies: ["CSystemd"], path: "Sources/CSystemdBus"),
         // tcpopsd's first code (.preinit_array): signals blocked before any library or Swift code runs.
         .target(name: "CEarly", path: "Sources/CEarly"),
         // The layers, each depending only on those below it (the compiler keeps them apart):
@@ -50,7 +53,7 @@ let package = Package(
         .target(
             name: "TCPOps",
             dependencies: [
-                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "CSystemd", "CShims",
+                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "CSystemd", "CSystemdBus", "CShims",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/TCPOps"

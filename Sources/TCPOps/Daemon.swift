@@ -390,9 +390,28 @@ public final class Daemon {
         for l in listeners.values { l.close() }
         listeners.removeAll()
         if handoverEnabled && relaysNow > 0 {
-            handOver()
+            stopOrRestart(signo)
             return
         }
+        drain(signo)
+    }
+
+    /// With the fd store on, only a restart hands the relays over: on `systemctl stop` systemd
+    /// empties the store, closing every stored socket without a word in the journal (and
+    /// resetting each client still sending). The unit's `ExecStop=+tcpopsd --stop-hint` asks
+    /// systemd (as root: the daemon's own user may not use the system bus) which job it runs, and
+    /// on a stop leaves `StopHint.file` in the runtime directory: then the relays drain as without
+    /// the store. A restart, or a signal sent by hand (no mark), hands them over.
+    private func stopOrRestart(_ signo: Int32) {
+        if let mark = StopHint.path(), unlink(mark) == 0 {
+            logger.log(.notice, "systemctl stop (not a restart): the relays drain instead of going to the fd store", id: .stopping)
+            drain(signo)
+            return
+        }
+        handOver()
+    }
+
+    private func drain(_ signo: Int32) {
         logger.log(.notice, "stopping on signal \(signo): draining \(relaysNow) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
         waitForDrain()
         loop.timers.schedule(at: loop.now + config.daemon.shutdownTimeout.nanoseconds) { [unowned self] in

@@ -51,6 +51,11 @@ struct TCPOpsD: ParsableCommand {
     @Option(name: .long, help: "Where to log: auto, journal or stderr.")
     var logTarget: Logger.Target = .auto
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run by the unit as ExecStop=+ (root): on `systemctl stop`, tell the daemon to drain its relays instead of handing them to the fd store.",
+        discussion: "Asks systemd over the system bus which job it runs on the unit; a stop leaves $RUNTIME_DIRECTORY/stop-for-good for the daemon. Always exits 0."))
+    var stopHint = false
+
     static func main() {
         // CEarly's .preinit_array entry blocked the daemon's signals before Swift started; should it
         // not have run, they are blocked here, still before any configuration is read.
@@ -59,6 +64,11 @@ struct TCPOpsD: ParsableCommand {
     }
 
     func run() throws {
+        if stopHint {
+            let (_, said) = StopHint.run()
+            print(said)
+            return
+        }
         let configuration: Configuration
         do {
             // Names resolve here, before anything else runs (DNS may take its time).
@@ -86,6 +96,7 @@ struct TCPOpsD: ParsableCommand {
             logger.flush(deadline: deadline)
         }
         do {
+            if let stale = StopHint.path() { unlink(stale) }  // a mark a stop left that no SIGTERM took
             let daemon = try Daemon(config: configuration, logger: logger)
             try daemon.run()
         } catch {

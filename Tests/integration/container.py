@@ -28,6 +28,27 @@ def unavailable():
             shutil.rmtree(tmp, ignore_errors=True)
             return f"debootstrap failed: {p.stdout[-300:]} {p.stderr[-300:]}"
         os.rename(tmp, CACHE)
+    return _add_packages(CACHE, IMAGE_PACKAGES)
+
+
+# Installed into the image beside what debootstrap put there (and into an image cached before a
+# package was added here): libnss-systemd resolves DynamicUser uids, without which the system bus
+# refuses tcpopsd (as it would on a host without it).
+IMAGE_PACKAGES = ("libnss-systemd",)
+
+
+def _add_packages(image, packages):
+    """Installs what `image` lacks of `packages` (apt in a container of its own, on the host's
+    network); returns why it could not, or None."""
+    missing = [p for p in packages if not os.path.exists(os.path.join(image, "var/lib/dpkg/info", f"{p}.list"))
+               and not os.path.exists(os.path.join(image, "var/lib/dpkg/info", f"{p}:amd64.list"))]
+    if not missing:
+        return None
+    p = subprocess.run(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", image, "--pipe", "sh", "-c",
+                        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                        + " ".join(missing)], capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"installing {' '.join(missing)} into the container image failed: {p.stdout[-300:]} {p.stderr[-300:]}"
     return None
 
 

@@ -256,6 +256,7 @@ def test_restart_keeps_100_streaming_relays(box, echo):
         assert same and got == sent, f"client {i}: sent {sent}, got {got}, in order: {same}"
     log = box.run("journalctl", "-u", "tcpopsd", "--no-pager", check=False).stdout
     assert "handed 100 relay(s) to systemd's fd store" in log and "adopted 100 relay(s)" in log
+    assert "systemd's job on the unit: restart" in log  # ExecStop=+tcpopsd --stop-hint saw a restart
     stop_all(box)
 
 
@@ -294,3 +295,36 @@ def test_journald_rate_limit_does_not_drop_events(box, echo):
         box.run("rm", "-f", "/etc/systemd/journald.conf.d/tight.conf")
         box.run("systemctl", "restart", "systemd-journald")
         stop_all(box)
+
+
+def test_stop_drains_where_restart_hands_over(box, echo):
+    """With the fd store on, `systemctl stop` is not a restart: systemd would empty the store and
+    close every stored socket without a word in the journal (and reset clients still sending).
+    tcpopsd asks systemd which job it runs and drains instead: each client gets its FIN from
+    tcpopsd, and each relay's end is in the journal, reason local."""
+    stop_all(box)
+    up = echo()
+    port = free_port()
+    configure(box, listener("bye", port, up.address))
+    box.run("systemctl", "start", "tcpopsd.service")
+    invocation = box.run("systemctl", "show", "-p", "InvocationID", "--value", "tcpopsd").stdout.strip()
+    held = []
+    for _ in range(5):
+        s, ok = roundtrip(port, b"hello")
+        assert ok
+        held.append(s)
+    ports = {s.getsockname()[1] for s in held}
+    box.run("systemctl", "stop", "tcpopsd.service")
+    for s in held:
+        s.settimeout(10)
+        assert s.recv(10) == b"", "a clean close (FIN), not a reset"
+        s.close()
+    out = box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "MESSAGE_ID=387290ab5ecf440084a71591be7f39f2", "-o", "json",
+                  "--no-pager", check=False).stdout
+    ended = [e for e in map(json.loads, out.splitlines()) if e.get("TCPOPS_CLIENT_REASON") == "local"]
+    assert {int(e["TCPOPS_REMOTE"].rsplit(":", 1)[1]) for e in ended} == ports, out[-1000:]
+    log = box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "--no-pager", check=False).stdout
+    assert "systemctl stop (not a restart)" in log and "handing" not in log and "handed" not in log, log[-1000:]
+    # ExecStop=+tcpopsd --stop-hint said why (its stdout is in the journal, under the unit).
+    assert "systemd is stopping the unit" in box.run("journalctl", "-u", "tcpopsd", "--no-pager", check=False).stdout
+    stop_all(box)
