@@ -399,7 +399,7 @@ public final class Daemon {
     /// With the fd store on, only a restart hands the relays over: on `systemctl stop` systemd
     /// empties the store, closing every stored socket without a word in the journal (and
     /// resetting each client still sending). The unit's `ExecStop=+tcpopsd --stop-hint` asks
-    /// systemd (as root: the daemon's own user may not use the system bus) which job it runs, and
+    /// systemd (as root: under the sandbox the daemon cannot) which job it runs, and
     /// on a stop leaves `StopHint.file` in the runtime directory: then the relays drain as without
     /// the store. A restart, or a signal sent by hand (no mark), hands them over.
     private func stopOrRestart(_ signo: Int32) {

@@ -32,8 +32,8 @@ def unavailable():
 
 
 # Installed into the image beside what debootstrap put there (and into an image cached before a
-# package was added here): libnss-systemd resolves DynamicUser uids, without which the system bus
-# refuses tcpopsd (as it would on a host without it).
+# package was added here): libnss-systemd, as a standard Debian install has it (DynamicUser uids
+# resolve to names).
 IMAGE_PACKAGES = ("libnss-systemd",)
 
 
