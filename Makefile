@@ -2,7 +2,7 @@
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
 DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap \
-                  haproxy kamailio sip-tester jq prometheus strace
+                  haproxy kamailio sip-tester jq prometheus strace systemd-journal-remote
 PREFIX ?= /usr/local
 # --version names the git revision when built from a checkout.
 export TCPOPS_GIT_REVISION := $(shell git rev-parse --short=10 HEAD 2>/dev/null)

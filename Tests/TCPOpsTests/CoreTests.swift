@@ -87,6 +87,17 @@ import Testing
         let c = CarriedSide(side: .upstream, clientConid: 41, upstreamConid: 42, lifetimeMs: 120_000, idleMs: 5, events: true, listener: "sip.v2")
         #expect(c.name == "tu.41.42.120000.5.1.sip.v2")
         #expect(CarriedSide(name: c.name) == c)
+        // A client side behind a balancer carries the addresses its PROXY header gave (IPv4, IPv6).
+        let v4 = CarriedSide(side: .client, clientConid: 41, upstreamConid: 42, lifetimeMs: 0, idleMs: 7, events: false, listener: "via.lb",
+                             proxied: (try! SocketAddress.parse("203.0.113.9:41000"), try! SocketAddress.parse("198.51.100.2:5060")))
+        #expect(v4.name == "tp.41.42.0.7.0.cb007109a028.c633640213c4.via.lb")
+        #expect(CarriedSide(name: v4.name) == v4)
+        #expect(CarriedSide(name: v4.name)?.proxied?.remote.description == "203.0.113.9:41000")
+        let v6 = CarriedSide(side: .client, clientConid: 1, upstreamConid: 2, lifetimeMs: 3, idleMs: 4, events: true, listener: "x",
+                             proxied: (try! SocketAddress.parse("[2001:db8::9]:5060"), try! SocketAddress.parse("[2001:db8::1]:5061")))
+        #expect(CarriedSide(name: v6.name) == v6 && !v6.name.contains(":") && v6.name.count < 255)
+        #expect(CarriedSide(name: "tp.1.2.3.4.0.zz.c633640213c4.x") == nil)
+        #expect(CarriedSide(name: "tp.1.2.3.4.0.cb007109a028.x") == nil)
         #expect(!c.name.contains(":"))  // FDNAME may not contain ':'
     }
 

@@ -53,12 +53,18 @@ def _add_packages(image, packages):
 
 
 class Container:
-    def __init__(self, name):
+    def __init__(self, name, image=CACHE, netns=None, uuid=None):
+        """A container booted from `image`; in the network namespace /run/netns/`netns` when given
+        (its own addresses), else on the host's network; with machine ID `uuid` when given (an
+        image with an empty /etc/machine-id takes it)."""
         self.name = name
         self.log = open(f"/tmp/{name}.nspawn.log", "wb")
+        net = [f"--network-namespace-path=/run/netns/{netns}"] if netns else []
+        if uuid:
+            net.append(f"--uuid={uuid}")
         self.proc = subprocess.Popen(
-            ["systemd-nspawn", "-D", CACHE, "-b", "--keep-unit", "--register=no", "-M", name, "--volatile=overlay",
-             "--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd"],
+            ["systemd-nspawn", "-D", image, "-b", "--keep-unit", "--register=no", "-M", name, "--volatile=overlay",
+             "--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd", *net],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.pid = wait_for(self._init_pid, timeout=30, what="the container's init")

@@ -200,3 +200,33 @@ def test_a_slow_header_is_cut_at_3_s(daemon, echo):
     assert closed is not None and 2.5 <= closed <= 5, closed
     assert "no complete header within 3 s" in d.logtext()
     assert d.stop() == 0
+
+
+def test_a_balancers_health_check_raises_no_event(daemon, echo, tmp_path):
+    """A connection whose PROXY header says the balancer speaks for itself (v2 LOCAL, v1 UNKNOWN),
+    as HAProxy's `check` with send-proxy-v2 does before it resets the connection, is relayed but
+    raises no tcp:* event: a health check is not a client gone. A client's reset beside it does."""
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("ap", port, up.address, accept_proxy=True)], events=hooked(tmp_path))
+    local = SIG + bytes([0x20, 0x00]) + struct.pack(">H", 0)  # v2, command LOCAL, no addresses
+    for header in (local, b"PROXY UNKNOWN\r\n"):
+        s = connect(port)
+        s.sendall(header + b"ping")
+        s.settimeout(5)
+        assert s.recv(10) == b"ping"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    s = connect(port)
+    s.sendall(v2_header("203.0.113.9", 41000, "198.51.100.2", 5060) + b"ping")
+    s.settimeout(5)
+    assert s.recv(10) == b"ping"
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_for(lambda: d.events(), what="the client's reset")
+    time.sleep(0.5)  # the checks' would have come first
+    evs = d.events()
+    assert [(e["TCPOPS_EVENT"], e["TCPOPS_REMOTE_IP"]) for e in evs] == [("tcp:reset", "203.0.113.9")], evs
+    stats = d.ctl("stats").stdout
+    assert "accepted 3" in stats and "events.tcp:reset 1" in stats, stats
+    assert d.stop() == 0

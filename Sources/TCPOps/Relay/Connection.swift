@@ -63,7 +63,7 @@ public final class Connection: EventHandler {
     /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
     private var flags: UInt8 = 0
     private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, hungUpBit: UInt8 = 8
-    private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32
+    private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32, balancerOwnBit: UInt8 = 64
 
     @inline(__always) private func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
     @inline(__always) private func set(_ bit: UInt8, _ on: Bool) { flags = on ? flags | bit : flags & ~bit }
@@ -92,6 +92,12 @@ public final class Connection: EventHandler {
     var localUnasked: Bool {
         get { flag(Self.localUnaskedBit) }
         set { set(Self.localUnaskedBit, newValue) }
+    }
+    /// A client that said with its PROXY header (v2 LOCAL, v1 UNKNOWN) that it is the balancer in
+    /// front speaking for itself, as its health checks do: its relay raises no tcp:* event.
+    var balancerOwn: Bool {
+        get { flag(Self.balancerOwnBit) }
+        set { set(Self.balancerOwnBit, newValue) }
     }
     /// Counted among its worker's connections (RelayContext.track) and found by conid.
     var tracked: Bool {

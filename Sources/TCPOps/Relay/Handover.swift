@@ -8,7 +8,10 @@ import TCPOpsPosix
 
 /// What a stored socket's FDNAME carries: `tc.` (client) or `tu.` (upstream), then
 /// `CLIENTCONID.UPSTREAMCONID.LIFETIMEMS.IDLEMS.EVENTS.LISTENER` (FDNAME may not contain ':').
-/// Keepalive and user timeout need no room here: they stay set on the sockets themselves.
+/// A client side whose addresses came from a PROXY header (accept_proxy) is `tp.` instead, with
+/// `REMOTE.LOCAL` before the listener, each the address bytes and port in hex: the socket itself
+/// only knows the balancer. Keepalive and user timeout need no room here: they stay set on the
+/// sockets themselves.
 public struct CarriedSide: Equatable, Sendable {
     public let side: Side
     public let clientConid: UInt64
@@ -19,12 +22,19 @@ public struct CarriedSide: Equatable, Sendable {
     /// closed_event enabled for this side (listener or tcpopsctl closed-event).
     public let events: Bool
     public let listener: String
+    /// The client's addresses as its PROXY header gave them (client side only), else nil.
+    public let proxied: (remote: SocketAddress, local: SocketAddress)?
 
     public var name: String {
-        "\(side == .client ? "tc" : "tu").\(clientConid).\(upstreamConid).\(lifetimeMs).\(idleMs).\(events ? 1 : 0).\(listener)"
+        let head = "\(clientConid).\(upstreamConid).\(lifetimeMs).\(idleMs).\(events ? 1 : 0)"
+        if let p = proxied, side == .client {
+            return "tp.\(head).\(CarriedSide.hex(p.remote)).\(CarriedSide.hex(p.local)).\(listener)"
+        }
+        return "\(side == .client ? "tc" : "tu").\(head).\(listener)"
     }
 
-    public init(side: Side, clientConid: UInt64, upstreamConid: UInt64, lifetimeMs: UInt64, idleMs: UInt64, events: Bool, listener: String) {
+    public init(side: Side, clientConid: UInt64, upstreamConid: UInt64, lifetimeMs: UInt64, idleMs: UInt64, events: Bool, listener: String,
+                proxied: (remote: SocketAddress, local: SocketAddress)? = nil) {
         self.side = side
         self.clientConid = clientConid
         self.upstreamConid = upstreamConid
@@ -32,15 +42,51 @@ public struct CarriedSide: Equatable, Sendable {
         self.idleMs = idleMs
         self.events = events
         self.listener = listener
+        self.proxied = side == .client ? proxied : nil
     }
 
     public init?(name: String) {
-        let parts = name.split(separator: ".", maxSplits: 6, omittingEmptySubsequences: false)
-        guard parts.count == 7, parts[0] == "tc" || parts[0] == "tu",
+        let proxy = name.hasPrefix("tp.")
+        let parts = name.split(separator: ".", maxSplits: proxy ? 8 : 6, omittingEmptySubsequences: false)
+        guard parts.count == (proxy ? 9 : 7), parts[0] == "tc" || parts[0] == "tu" || proxy,
               let c = UInt64(parts[1]), let u = UInt64(parts[2]), let l = UInt64(parts[3]), let i = UInt64(parts[4]),
-              parts[5] == "0" || parts[5] == "1", !parts[6].isEmpty else { return nil }
-        self.init(side: parts[0] == "tc" ? .client : .upstream, clientConid: c, upstreamConid: u, lifetimeMs: l, idleMs: i,
-                  events: parts[5] == "1", listener: String(parts[6]))
+              parts[5] == "0" || parts[5] == "1", !parts[parts.count - 1].isEmpty else { return nil }
+        var proxied: (SocketAddress, SocketAddress)?
+        if proxy {
+            guard let remote = CarriedSide.address(hex: parts[6]), let local = CarriedSide.address(hex: parts[7]) else { return nil }
+            proxied = (remote, local)
+        }
+        self.init(side: parts[0] == "tu" ? .upstream : .client, clientConid: c, upstreamConid: u, lifetimeMs: l, idleMs: i,
+                  events: parts[5] == "1", listener: String(parts[parts.count - 1]), proxied: proxied)
+    }
+
+    public static func == (a: CarriedSide, b: CarriedSide) -> Bool {
+        a.side == b.side && a.clientConid == b.clientConid && a.upstreamConid == b.upstreamConid && a.lifetimeMs == b.lifetimeMs
+            && a.idleMs == b.idleMs && a.events == b.events && a.listener == b.listener
+            && a.proxied?.remote == b.proxied?.remote && a.proxied?.local == b.proxied?.local
+    }
+
+    /// An address as hex: its 4 or 16 bytes, then the port's 2.
+    static func hex(_ a: SocketAddress) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for b in a.bytes + [UInt8(a.port >> 8), UInt8(a.port & 0xff)] {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0xf)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func address(hex: Substring) -> SocketAddress? {
+        guard hex.count == 12 || hex.count == 36 else { return nil }
+        var bytes: [UInt8] = []
+        var chars = hex.makeIterator()
+        while let h = chars.next(), let l = chars.next() {
+            guard let a = h.hexDigitValue, let b = l.hexDigitValue else { return nil }
+            bytes.append(UInt8(a << 4 | b))
+        }
+        let port = UInt16(bytes[bytes.count - 2]) << 8 | UInt16(bytes[bytes.count - 1])
+        return SocketAddress(family: hex.count == 12 ? .v4 : .v6, bytes: Array(bytes.dropLast(2)), port: port)
     }
 }
 
@@ -66,9 +112,12 @@ extension Relay {
     /// The two sockets and their names for the fd store.
     var carried: [(fd: Int32, name: String)] {
         let now = ctx.loop.now
+        // The addresses a PROXY header gave (the socket knows only the balancer's).
+        var proxied: (remote: SocketAddress, local: SocketAddress)?
+        if listener.acceptProxy, !client.balancerOwn, let r = client.remote, let l = client.local { proxied = (r, l) }
         return [client, upstream!].map { c in
             (c.fd, CarriedSide(side: c.side, clientConid: client.conid, upstreamConid: upstream.conid, lifetimeMs: c.lifetime / 1_000_000,
-                               idleMs: c.idleMilliseconds(now: now), events: c.eventsEnabled, listener: listener.name).name)
+                               idleMs: c.idleMilliseconds(now: now), events: c.eventsEnabled, listener: listener.name, proxied: proxied).name)
         }
     }
 
@@ -95,8 +144,13 @@ extension Relay {
         func connection(_ x: (fd: Int32, side: CarriedSide)) -> Connection {
             let conn = Connection(conid: x.side.side == .client ? x.side.clientConid : x.side.upstreamConid, side: x.side.side, fd: x.fd,
                                   state: .ok, now: now, eventsEnabled: x.side.events)
-            conn.local = Socket.localAddress(x.fd)
-            conn.remote = Socket.peerAddress(x.fd)
+            if let p = x.side.proxied {
+                conn.remote = p.remote
+                conn.local = p.local
+            } else {
+                conn.local = Socket.localAddress(x.fd)
+                conn.remote = Socket.peerAddress(x.fd)
+            }
             conn.lifetime = x.side.lifetimeMs * 1_000_000
             let idle = min(x.side.idleMs * 1_000_000, now)
             conn.lastActivity = now - idle

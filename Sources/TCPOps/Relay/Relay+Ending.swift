@@ -57,7 +57,7 @@ extension Relay {
     func raise(_ conn: Connection, _ reason: CloseReason) {
         guard conn.closeReason == nil else { return }
         conn.closeReason = reason
-        guard let kind = reason.event,
+        guard let kind = reason.event, !client.balancerOwn,
               EventPolicy.raises(mode: ctx.closedEventMode, enabled: conn.eventsEnabled, side: conn.side, sides: listener.eventSides)
         else { return }
         metrics.event(kind, reason, conn.side)
@@ -101,7 +101,8 @@ extension Relay {
         // At info when a side closed without an event of its own (tcpopsd closed it, or events are
         // off for it): the journal must say how each connection ended. When both sides raised
         // events, those already say it (reason, bytes), and the summary is debug.
-        let level: LogLevel = client.raisedEvent && upstream?.raisedEvent == true ? .debug : .info
+        // A balancer's own connection (a health check) ends at debug: one every few seconds a host.
+        let level: LogLevel = client.balancerOwn || (client.raisedEvent && upstream?.raisedEvent == true) ? .debug : .info
         if ctx.logger.enabled(level) {
             // Only values are taken here; the text is made on the log's thread.
             ctx.logger.log(RelayEnded(level: level, clientConid: client.conid, upstreamConid: upstream?.conid, listener: listener.name,

@@ -48,6 +48,10 @@ extension Relay {
             if let source = h.source, let destination = h.destination {
                 client.remote = source
                 client.local = destination
+            } else {
+                // LOCAL / UNKNOWN: a health check (HAProxy's `check` with send-proxy-v2 sends one
+                // and ends it with an RST); it is relayed, but its end is no client's event.
+                client.balancerOwn = true
             }
             // What the client sent after its header is its first bytes for the upstream.
             toUpstream.held = Array(input[h.length...])
