@@ -63,7 +63,8 @@ fuzz-smoke:
 # The integration tests once under AddressSanitizer (+ LeakSanitizer at every clean exit) and once
 # under ThreadSanitizer, each build in a folder of its own. Any report fails the test it happened in.
 # The systemd-container tests are left out: the unit's sandbox is not made for sanitizer runtimes.
-SANITIZE_PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration --ignore=Tests/integration/test_container.py
+SANITIZE_PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration --ignore=Tests/integration/test_container.py \
+                 --ignore=Tests/integration/test_fleet.py
 test-sanitize: deps
 	TCPOPS_SANITIZE=1 $(SWIFT) build --sanitize=address --scratch-path .build-asan
 	TCPOPS_SANITIZER=address ASAN_OPTIONS=detect_leaks=1 \

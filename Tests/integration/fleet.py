@@ -10,6 +10,7 @@ own. Addresses exist only inside these namespaces:
 
 The configuration for the balancers, hosts and journal shipping is contrib/fleet/'s, with these
 addresses put in for its RFC 5737 examples."""
+import json
 import os
 import shutil
 import subprocess
@@ -128,7 +129,23 @@ class Fleet:
             f.write(contrib("haproxy-front.cfg", **{"192.0.2.100": HAPROXY_VIP, "192.0.2.11": HOSTS["host1"][0],
                                                     "192.0.2.12": HOSTS["host2"][0], "maxconn 100000": "maxconn 1000"}))
         self.spawn(lb, "haproxy", "-f", cfg, "-db", log=os.path.join(self.work, "haproxy.log"))
-        self.spawn(lb, REMOTE, "--listen-http=0.0.0.0:19532", f"--output={self.collected}/")
+        # The collector as contrib's drop-in starts it, on a port of its own instead of the socket
+        # unit's fd, writing here instead of /var/log/journal/remote/.
+        start = [l for l in contrib("journal-remote.conf").splitlines() if l.startswith("ExecStart=/")][-1]
+        argv = start[len("ExecStart="):].replace("--listen-http=-3", "--listen-http=0.0.0.0:19532")
+        argv = argv.replace("--output=/var/log/journal/remote/", f"--output={self.collected}/").split()
+        assert argv[0] == REMOTE and f"--output={self.collected}/" in argv, argv
+        self.spawn(lb, *argv)
+        if shutil.which("prometheus"):
+            prom = os.path.join(self.work, "prometheus.yml")
+            with open(prom, "w") as f:
+                f.write(contrib("prometheus.yml", **{"192.0.2.11": HOSTS["host1"][0], "192.0.2.12": HOSTS["host2"][0],
+                                                     "scrape_interval: 15s": "scrape_interval: 1s"}))
+            self.prometheus = f"http://{HAPROXY_VIP}:19090"
+            self.spawn(lb, "prometheus", f"--config.file={prom}", f"--storage.tsdb.path={self.work}/tsdb",
+                       f"--web.listen-address={HAPROXY_VIP}:19090", log=os.path.join(self.work, "prometheus.log"))
+        else:
+            self.prometheus = None
         wait_for(lambda: self.netns(lb, "ss", "-Hltn", "sport = :19532", check=False).stdout.strip()
                  and self.netns(lb, "ss", "-Hltn", "sport = :7000", check=False).stdout.strip()
                  and self.netns(lb, "ss", "-Hltn", "sport = :5070", check=False).stdout.strip(),
@@ -174,6 +191,13 @@ class Fleet:
     def clients(self, mode, out, stop, targets):
         """fleet_peers.py `mode` in the clients' namespace (returns the process)."""
         return self.spawn(self.ns["cl"], "python3", PEERS, mode, out, stop, *targets, log=out + ".log")
+
+    def promql(self, query):
+        """The result of a PromQL query at the fleet's Prometheus (in the balancer's namespace)."""
+        code = ("import json,sys,urllib.parse,urllib.request; q=urllib.parse.urlencode({'query': sys.argv[1]}); "
+                f"print(urllib.request.urlopen('{self.prometheus}/api/v1/query?' + q, timeout=5).read().decode())")
+        out = self.netns(self.ns["lb"], "python3", "-c", code, query, check=False).stdout
+        return json.loads(out)["data"]["result"] if out.strip() else None
 
     def collector(self, *match, output="json"):
         """journalctl over what the collector received."""

@@ -78,6 +78,16 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
         assert r["sent"] > 100 * 1024 and r["received"] == r["sent"] and r["in_order"], r
     total = sum(r["sent"] for r in got)
 
+    # Prometheus scrapes every host (contrib/fleet/prometheus.yml, at 1 s here): the fleet's
+    # accepted connections, per host.
+    if fl.prometheus:
+        def scraped():
+            r = fl.promql('sum by (instance) (tcpopsd_accepted_total)')
+            return r if r and len(r) == 2 and all(float(x["value"][1]) >= 8 for x in r) else None
+
+        per_host = wait_for(scraped, timeout=30, interval=0.5, what="Prometheus to have scraped both hosts")
+        assert {r["metric"]["instance"] for r in per_host} == {f"{a}:9464" for a, _ in HOSTS.values()}
+
     # 4. Resets on both hosts (to find in the collector), then idle clients on both hosts, and
     # host2 stopped for good: its clients see a clean close, host1's stay.
     out_reset = os.path.join(work, "reset.jsonl")
@@ -127,7 +137,16 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
     events = [json.loads(l) for l in fl.collector("_HOSTNAME=host2", "TCPOPS_SIDE=client").splitlines()]
     assert not [e for e in events if e.get("TCPOPS_REMOTE") in leaving and e.get("TCPOPS_EVENT")]
 
-    # 6. Prometheus: host1's endpoint answers the scraper's network; the contrib scrape config is valid.
+    # 6. The host that left is down for the scraper too; host1's endpoint answers its network; the
+    # contrib scrape config is valid.
+    if fl.prometheus:
+        gone = HOSTS["host2"][0]
+
+        def host2_down():
+            r = fl.promql(f'up{{instance="{gone}:9464"}}')
+            return r and r[0]["value"][1] == "0"
+
+        wait_for(host2_down, timeout=30, interval=0.5, what="Prometheus to see host2 down")
     text = fl.netns(fl.ns["lb"], "python3", "-c", "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
                     f"'http://{HOSTS['host1'][0]}:9464/metrics', timeout=5).read().decode())").stdout
     assert 'tcpopsd_accepted_total{listener="direct"}' in text and "tcpopsd_build_info" in text
