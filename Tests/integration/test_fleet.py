@@ -124,6 +124,12 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
                       "TCPOPS_BYTES_OUT", "TCPOPS_ORIGIN", "TCPOPS_ERRNO", "TCPOPS_TCP_RTT_US", "TCPOPS_TCP_SND_CWND"):
             assert field in r, (field, r)
         assert r["TCPOPS_REASON"] == "rst" and r["TCPOPS_ERRNO"] == "ECONNRESET" and r["_SYSTEMD_UNIT"] == "tcpopsd.service"
+        # Intact: every TCPOPS_* field as the host's own journal has it.
+        here = fl.boxes[r["_HOSTNAME"]].run("journalctl", "-u", "tcpopsd", "-o", "json", "--no-pager", "TCPOPS_EVENT=tcp:reset",
+                                            f"TCPOPS_CONID={r['TCPOPS_CONID']}").stdout.splitlines()
+        assert len(here) == 1
+        mine = json.loads(here[0])
+        assert {k: v for k, v in mine.items() if k.startswith("TCPOPS_")} == {k: v for k, v in r.items() if k.startswith("TCPOPS_")}
 
     # The host that left: each of its clients' closes is one entry (the relay's end, reason
     # local: tcpopsd closed it), and no tcp:* event.
