@@ -403,7 +403,7 @@ public final class Daemon {
     /// on a stop leaves `StopHint.file` in the runtime directory: then the relays drain as without
     /// the store. A restart, or a signal sent by hand (no mark), hands them over.
     private func stopOrRestart(_ signo: Int32) {
-        if let mark = StopHint.path(), unlink(mark) == 0 {
+        if let mark = StopHint.path(), Files.remove(mark) {
             logger.log(.notice, "systemctl stop (not a restart): the relays drain instead of going to the fd store", id: .stopping)
             drain(signo)
             return

@@ -65,8 +65,7 @@ struct TCPOpsD: ParsableCommand {
 
     func run() throws {
         if stopHint {
-            let (_, said) = StopHint.run()
-            print(said)
+            print(StopHint.run())
             return
         }
         let configuration: Configuration
@@ -96,7 +95,7 @@ struct TCPOpsD: ParsableCommand {
             logger.flush(deadline: deadline)
         }
         do {
-            if let stale = StopHint.path() { unlink(stale) }  // a mark a stop left that no SIGTERM took
+            if let stale = StopHint.path() { Files.remove(stale) }  // a mark a stop left that no SIGTERM took
             let daemon = try Daemon(config: configuration, logger: logger)
             try daemon.run()
         } catch {

@@ -27,20 +27,22 @@ public enum StopHint {
     }
 
     /// `tcpopsd --stop-hint`: leaves the mark when systemd is stopping the unit for good; removes a
-    /// stale one otherwise. Returns what it did, for the journal (its stdout).
-    public static func run() -> (ok: Bool, said: String) {
-        guard let mark = path() else { return (false, "--stop-hint: no RUNTIME_DIRECTORY (run it as the unit's ExecStop=+)") }
+    /// stale one otherwise. Says what it did, for the journal (its stdout).
+    public static func run() -> String {
+        guard let mark = path() else { return "--stop-hint: no RUNTIME_DIRECTORY (run it as the unit's ExecStop=+)" }
         switch unitJob() {
         case .failure(let e):
-            return (false, "--stop-hint: \(e); the relays will go to the fd store")
+            return "--stop-hint: \(e); the relays will go to the fd store"
         case .success(let job) where job == "stop":
-            let fd = open(mark, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { return (false, "--stop-hint: cannot create \(mark): \(errnoName(errno))") }
-            close(fd)
-            return (true, "systemd is stopping the unit: its relays drain (not to the fd store)")
+            do throws(SystemError) {
+                try Files.createEmpty(mark)
+            } catch {
+                return "--stop-hint: \(error); the relays will go to the fd store"
+            }
+            return "systemd is stopping the unit: its relays drain (not to the fd store)"
         case .success(let job):
-            unlink(mark)
-            return (true, "systemd's job on the unit: \(job.isEmpty ? "none" : job): relays go to the fd store")
+            Files.remove(mark)
+            return "systemd's job on the unit: \(job.isEmpty ? "none" : job): relays go to the fd store"
         }
     }
 }
