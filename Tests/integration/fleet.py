@@ -164,7 +164,9 @@ class Fleet:
         # A short drain, for the host stopped for good.
         box.write("/etc/tcpopsd/tcpopsd.toml", contrib("tcpopsd-host.toml", **{"192.0.2.1": lb_addr, "[daemon]\n": "[daemon]\nshutdown_timeout = 3\n"}))
         box.write("/etc/systemd/journal-upload.conf.d/tcpopsd.conf", contrib("journal-upload.conf", **{"192.0.2.1": lb_addr}))
-        box.run("systemctl", "start", "tcpopsd.service")
+        box.write("/etc/systemd/system/tcpopsd.socket", contrib("tcpopsd.socket"))
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "start", "tcpopsd.socket", "tcpopsd.service")
         box.run("systemctl", "start", "systemd-journal-upload.service")
 
     def haproxy_sees(self, host):

@@ -10,6 +10,8 @@
   idle OUT STOP TARGET...        one connection per TARGET that sends one line, reads it back and
                                  then waits: for the other side's close (recording whether it was
                                  a FIN or a reset) or for STOP; writes the same JSON lines to OUT
+  churn OUT STOP TARGET          new connections to TARGET one after another (one byte echoed,
+                                 then closed) until STOP exists; writes {"ok": N, "failed": [...]}
   reset OUT TARGET...            one connection per TARGET, one line echoed, then closed with an RST
                                  (SO_LINGER 0); writes each connection's local address to OUT
 """
@@ -141,6 +143,22 @@ def idle(out, stop, targets):
     write(out, results)
 
 
+def churn(out, stop, target):
+    ok, failed = 0, []
+    while not os.path.exists(stop):
+        try:
+            s, _ = connect(target)
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise OSError("no echo")
+            s.close()
+            ok += 1
+        except OSError as e:
+            failed.append(repr(e))
+            time.sleep(0.01)
+    write(out, [{"i": 0, "ok": ok, "failed": failed}])
+
+
 def reset(out, targets):
     results = []
     for i, target in enumerate(targets):
@@ -168,6 +186,8 @@ if __name__ == "__main__":
         stream(args[0], args[1], args[2:])
     elif cmd == "idle":
         idle(args[0], args[1], args[2:])
+    elif cmd == "churn":
+        churn(args[0], args[1], args[2])
     elif cmd == "reset":
         reset(args[0], [t for t in args[1:] if t])  # (an empty STOP slot may stand first)
     else:

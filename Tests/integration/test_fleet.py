@@ -57,7 +57,12 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
         assert listeners.count("direct") == 4 and listeners.count("via-haproxy") == 4, (h, rows)
         assert all(remote.startswith(CLIENT + ":") for remote in rows), (h, rows)
 
-    # 2. A rolling restart: one host after the other, streams flowing.
+    # 2. A rolling restart: one host after the other, streams flowing, and new connections coming
+    # through the kernel's balancer all the while (nothing refuses them: systemd holds the
+    # listening sockets, tcpopsd.socket).
+    stop_churn, out_churn = os.path.join(work, "stop-churn"), os.path.join(work, "churn.jsonl")
+    churning = fl.clients("churn", out_churn, stop_churn, [f"{VIP}:5060:nft"])
+    time.sleep(0.5)
     for h in HOSTS:
         box = fl.boxes[h]
         pid = box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip()
@@ -65,8 +70,11 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
         assert box.run("systemctl", "show", "-p", "MainPID", "--value", "tcpopsd").stdout.strip() != pid
         assert box.run("systemctl", "is-active", "tcpopsd").stdout.strip() == "active"
         time.sleep(1.5)
+    open(stop_churn, "w").close()
+    churned = results(out_churn, churning)[0]
     after = {h: relays(fl, h) for h in HOSTS}
     assert after == before, "every client kept its host and its conid"
+    assert churned["ok"] > 100 and not churned["failed"], (churned["ok"], churned["failed"][:5])
 
     # 3. Every byte arrived once and in order; no client was dropped.
     time.sleep(1)
@@ -100,7 +108,7 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
     on_host = {h: relays(fl, h) for h in HOSTS}
     leaving = on_host["host2"]
     assert len(leaving) == 4
-    fl.boxes["host2"].run("systemctl", "stop", "tcpopsd.service")
+    fl.boxes["host2"].run("systemctl", "stop", "tcpopsd.socket", "tcpopsd.service")
     time.sleep(1)
     open(stop_idle, "w").close()
     idle_results = {r["local"]: r for r in results(out_idle, idle)}
@@ -159,4 +167,5 @@ def test_two_hosts_behind_balancers_restart_one_by_one_and_one_leaves(fl):
     if shutil.which("promtool"):
         p = subprocess.run(["promtool", "check", "config", os.path.join(fleet.CONTRIB, "prometheus.yml")], capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
-    print(f"fleet: 16 streams, {total:,} bytes through two rolling restarts, every byte once and in order")
+    print(f"fleet: 16 streams, {total:,} bytes through two rolling restarts, every byte once and in order; "
+          f"{churned['ok']:,} new connections meanwhile, none refused")
