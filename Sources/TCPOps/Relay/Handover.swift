@@ -92,10 +92,13 @@ public struct CarriedSide: Equatable, Sendable {
 
 extension Relay {
     /// Stop reading; keep writing out what is held. Returns false (and ends the relay, logged)
-    /// when its state cannot be carried across a restart.
+    /// when its state cannot be carried across a restart. A relay whose upstream is still
+    /// connecting (a client accepted just before the stop) is carried once the connect completes
+    /// and the bytes it sent meanwhile are out, if that happens before the handover's deadline.
     func quiet() -> Bool {
         guard !ended else { return false }
-        guard !draining, let up = upstream, client.state == .ok, up.state == .ok, !toUpstream.eof, !toClient.eof,
+        let connecting = upstream?.state == .connecting && client.state == .accepting
+        guard !draining, let up = upstream, connecting || (client.state == .ok && up.state == .ok), !toUpstream.eof, !toClient.eof,
               client.fdOpen, up.fdOpen else {
             end(failed: nil, reason: .local,
                 why: "cannot be carried across the restart (state \(client.state.name)/\(upstream?.state.name ?? "awaiting its PROXY header"))")
@@ -107,7 +110,9 @@ extension Relay {
     }
 
     /// Quiet and with nothing held: ready to be stored.
-    var readyToCarry: Bool { !ended && quieting && toUpstream.drained && toClient.drained }
+    var readyToCarry: Bool {
+        !ended && quieting && client.state == .ok && upstream?.state == .ok && toUpstream.drained && toClient.drained
+    }
 
     /// The two sockets and their names for the fd store.
     var carried: [(fd: Int32, name: String)] {
