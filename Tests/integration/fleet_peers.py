@@ -59,8 +59,6 @@ def connect(target):
 
 
 def stream(out, stop, targets):
-    results, lock = [], threading.Lock()
-
     def one(i, target):
         r = {"i": i, "target": target, "sent": 0, "received": 0, "in_order": False, "early_eof": False, "error": None}
         try:
@@ -96,20 +94,12 @@ def stream(out, stop, targets):
             s.close()
         except OSError as e:
             r["error"] = r["error"] or repr(e)
-        with lock:
-            results.append(r)
+        return r
 
-    threads = [threading.Thread(target=one, args=(i, t)) for i, t in enumerate(targets)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    write(out, results)
+    each(out, targets, one)
 
 
 def idle(out, stop, targets):
-    results, lock = [], threading.Lock()
-
     def one(i, target):
         r = {"i": i, "target": target, "closed": None, "error": None}
         try:
@@ -132,15 +122,9 @@ def idle(out, stop, targets):
             s.close()
         except OSError as e:
             r["error"] = repr(e)
-        with lock:
-            results.append(r)
+        return r
 
-    threads = [threading.Thread(target=one, args=(i, t)) for i, t in enumerate(targets)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    write(out, results)
+    each(out, targets, one)
 
 
 def churn(out, stop, target):
@@ -168,6 +152,21 @@ def reset(out, targets):
         results.append({"i": i, "target": target, "name": name, "local": "%s:%d" % s.getsockname()})
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
+    write(out, results)
+
+
+def each(out, targets, one):
+    """one(i, target) for every target, each on a thread of its own; their results to `out`."""
+    results = [None] * len(targets)
+
+    def run(i, target):
+        results[i] = one(i, target)
+
+    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(targets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     write(out, results)
 
 
