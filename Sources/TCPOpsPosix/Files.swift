@@ -9,6 +9,23 @@ public enum Files {
         closeFD(fd)
     }
 
+    /// The first `limit` bytes of a small file (a /proc value, say).
+    public static func read(_ path: String, limit: Int = 4096) throws(SystemError) -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError("open \(path)", errno) }
+        defer { closeFD(fd) }
+        var out = [UInt8](repeating: 0, count: limit)
+        var got = 0
+        while got < limit {
+            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, limit - got) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw SystemError("read \(path)", errno) }
+            if n == 0 { break }
+            got += n
+        }
+        return Array(out[..<got])
+    }
+
     /// Removes `path`; true when it was there.
     @discardableResult
     public static func remove(_ path: String) -> Bool { unlink(path) == 0 }

@@ -1,4 +1,12 @@
 // Kernel pipes for splice(): one per direction while bytes are in flight, kept in a small pool.
+//
+// A pipe's size is never assumed: the kernel gives an unprivileged user whose pipes already hold
+// more than fs.pipe-user-pages-soft pages (16,384 by default, shared by every process of the user)
+// pipes of one or two pages, and refuses to grow them (F_SETPIPE_SZ: EPERM). The pool hands out
+// only pipes that F_SETPIPE_SZ says hold at least `capacity` bytes, so `capacity` bounds what any
+// of its pipes takes; when none can be had at that size (or at all: out of fds), `take` fails and
+// the relay copies through memory instead, and for a moment no pipe is even tried (no syscalls
+// spent on a budget that is spent). The pool's idle pipes are kept within a share of that budget.
 import CShims
 import Glibc
 
@@ -10,24 +18,64 @@ package final class PipePool {
 
     private var idle: [Pipe] = []
     private let keepIdle: Int
-    /// Bytes a pipe holds; splice moves at most this much per step.
+    /// Bytes every pipe of the pool holds at least; a splice into one moves at most this much.
     package let capacity: Int
+    /// After a failed `take`, none is tried before this (monotonic ns; 0: none failed lately).
+    private var shortUntil: UInt64 = 0
+    private var lastShortage: SystemError?
+    /// How long a failed `take` keeps the pool from trying again.
+    package static let shortageBackoff: UInt64 = 1_000_000_000
 
     package init(keepIdle: Int = 256, capacity: Int = 1 << 16) {
         self.keepIdle = keepIdle
         self.capacity = capacity
     }
 
+    /// How many idle pipes one pool may keep so that the idle pipes of `pools` pools stay within a
+    /// quarter of the user's pipe budget (`fs.pipe-user-pages-soft`; 0 there means no budget), and
+    /// never more than `most`: what the budget leaves for pipes in flight (and for hooks, which run
+    /// as the same user) stays the larger part.
+    package static func idleShare(pools: Int, capacity: Int = 1 << 16, most: Int = 256) -> Int {
+        guard let text = try? Files.read("/proc/sys/fs/pipe-user-pages-soft"),
+              let pages = Int(String(decoding: text, as: UTF8.self).filter { $0.isNumber }), pages > 0 else { return most }
+        let pagesPerPipe = max(1, capacity / Int(getpagesize()))
+        return min(most, pages / 4 / pagesPerPipe / max(1, pools))
+    }
+
+    /// An empty pipe of at least `capacity` bytes: an idle one, or a new one.
     package func take() throws(SystemError) -> Pipe {
         if let p = idle.popLast() { return p }
+        if shortUntil != 0 {
+            if Clock.monotonicNanoseconds() < shortUntil, let e = lastShortage { throw e }
+            shortUntil = 0
+        }
         var fds: [Int32] = [0, 0]
-        try sys("pipe2") { tcpops_pipe2(&fds) }
-        _ = tcpops_set_pipe_size(fds[1], Int32(capacity))
+        do {
+            try sys("pipe2") { tcpops_pipe2(&fds) }
+        } catch {
+            throw short(error)
+        }
+        // F_SETPIPE_SZ answers with the size the pipe has now (at least the one asked for).
+        let size = tcpops_set_pipe_size(fds[1], Int32(capacity))
+        guard size >= capacity else {
+            let e = SystemError("F_SETPIPE_SZ", size < 0 ? Glibc.errno : ENOBUFS)
+            closeFD(fds[0])
+            closeFD(fds[1])
+            throw short(e)
+        }
         return Pipe(read: fds[0], write: fds[1])
     }
 
-    /// Returns an empty pipe to the pool (a pipe still holding bytes must be closed instead).
+    private func short(_ e: SystemError) -> SystemError {
+        lastShortage = e
+        shortUntil = Clock.monotonicNanoseconds() + PipePool.shortageBackoff
+        return e
+    }
+
+    /// Returns an empty pipe to the pool (a pipe still holding bytes must be closed instead: the
+    /// next relay to take it would send them to its own peer).
     package func give(_ p: Pipe) {
+        assert(bytesIn(p) == 0, "a pipe given back to the pool still holds bytes")
         if idle.count < keepIdle {
             idle.append(p)
         } else {
@@ -35,13 +83,20 @@ package final class PipePool {
         }
     }
 
+    /// Bytes waiting in `p` (FIONREAD), for checks.
+    package func bytesIn(_ p: Pipe) -> Int {
+        var n: Int32 = 0
+        return ioctl(p.read, UInt(FIONREAD), &n) == 0 ? Int(n) : -1
+    }
+
     package func close(_ p: Pipe) {
         closeFD(p.read)
         closeFD(p.write)
     }
 
-    /// Copies bytes into an empty pipe (they always fit: the pipe holds more than one read).
-    package func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    /// Copies bytes into an empty pipe; returns how many it took (all, unless the pipe's slots ran
+    /// out first: the caller keeps the rest).
+    package func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Int {
         var off = 0
         while off < bytes.count {
             let n = write(p.write, bytes.baseAddress! + off, bytes.count - off)
@@ -50,16 +105,18 @@ package final class PipePool {
             } else if n < 0 && errno == EINTR {
                 continue
             } else {
-                return false
+                break
             }
         }
-        return true
+        return off
     }
 
     package func drain() {
         for p in idle { close(p) }
         idle.removeAll()
     }
+
+    package var idleCount: Int { idle.count }
 }
 
 /// What one non-blocking transfer step did.

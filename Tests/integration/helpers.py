@@ -103,6 +103,7 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
+        os.chmod(path, 0o666)  # a tcpopsd that runs as another user (setpriv) may send too
         self.messages = []
         self.lock = threading.Lock()
         self.stop = False

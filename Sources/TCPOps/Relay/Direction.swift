@@ -224,11 +224,12 @@ struct Direction {
         if sent < n {
             blocked = true  // a short send: the socket buffer is full
             let rest = UnsafeRawBufferPointer(rebasing: scratch[sent..<n])
-            if takePipe(pipes, &report), pipes.load(pipe!, rest) {
-                fill += n - sent
-            } else {
-                held.append(contentsOf: rest)
-            }
+            // Into the (empty) pipe as far as it takes them, what it does not take into memory
+            // after them: `fill` counts exactly what the pipe holds, so a pipe is never given back
+            // with bytes in it.
+            let loaded = takePipe(pipes, &report) ? pipes.load(pipe!, rest) : 0
+            fill += loaded
+            if loaded < rest.count { held.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[loaded...])) }
         }
         return true
     }

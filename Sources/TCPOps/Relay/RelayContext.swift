@@ -102,13 +102,15 @@ public final class RelayContext {
     /// Where the relays count what they do.
     public let metrics: DaemonMetrics
 
-    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, metrics: DaemonMetrics = DaemonMetrics()) {
+    /// `idlePipes`: how many empty pipes this worker keeps for reuse (PipePool.idleShare).
+    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, metrics: DaemonMetrics = DaemonMetrics(),
+                idlePipes: Int = 256) {
         self.metrics = metrics
         self.loop = loop
         self.logger = logger
         self.events = events
         self.shared = shared
-        self.pipes = PipePool()
+        self.pipes = PipePool(keepIdle: idlePipes)
         lifetimes = LifetimeTimers(loop: loop)
         lifetimes.expired = { c in c.relay?.lifetimeCame(c) }
     }
@@ -213,13 +215,17 @@ public final class RelayContext {
 
     public func shutdown() { pipes.drain() }
 
-    /// No pipe could be made (out of fds): the relay copies instead. Warned at most every 5 s.
+    /// No pipe could be had (out of fds, or the kernel would give none of the pool's size): the
+    /// relay copies instead. Warned at most every 5 s.
     func noPipe(_ error: SystemError) {
         pipeShortages += 1
         let now = loop.now
         if lastPipeShortageLog == 0 || now - lastPipeShortageLog >= 5_000_000_000 {
             lastPipeShortageLog = now
-            logger.log(.warning, "no pipe for splice (\(error)): relays copy through memory meanwhile",
+            let why = error.call == "F_SETPIPE_SZ"
+                ? "the kernel gives this user no pipe of \(pipes.capacity) bytes (\(error)): its pipes hold more than fs.pipe-user-pages-soft pages"
+                : "\(error)"
+            logger.log(.warning, "no pipe for splice: \(why); relays copy through memory meanwhile",
                        [("TCPOPS_PIPE_SHORTAGES", String(pipeShortages))])
         }
     }

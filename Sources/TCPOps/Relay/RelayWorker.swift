@@ -29,7 +29,8 @@ public final class RelayWorker {
         self.loop = loop
         exclusive = count > 1
         dispatcher = EventDispatcher(logger: logger, hooks: hooks)
-        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, metrics: metrics)
+        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, metrics: metrics,
+                           idlePipes: PipePool.idleShare(pools: count))
         dispatcher.attach(loop)
     }
 
