@@ -129,7 +129,20 @@ public final class Daemon {
         for w in workers {
             w.post { w in w.dispatcher.observers.append { control.publish($0) } }
         }
-        adopt(handed.carried, nextConid: handed.nextConid)
+        adopt(handed.carried, marker: handed.marker)
+        if let size = fdStoreSize {
+            let room = Daemon.carryRoom(storeSize: size)
+            // A relay holds two fds (and a pipe's two while bytes are in flight): the fd limit's share.
+            let fdRelays = Int(min(fdLimit, UInt64(Int.max))) / 2 - 64
+            if room == 0 {
+                logger.log(.warning, "TCPOPSD_FDSTORE=\(size): systemd's fd store of \(size) fd(s) carries no relay (two fds each, one for "
+                           + "the conid counter): a restart closes every relay; set it to the unit's FileDescriptorStoreMax=", id: .started)
+            } else {
+                logger.log(room < fdRelays ? .notice : .info, "a restart carries up to \(room) relays in systemd's fd store (\(size) fds); "
+                           + "more than that are closed at a restart (the oldest are carried)", id: .started,
+                           [("TCPOPS_FDSTORE", String(size))])
+            }
+        }
         do {
             try hooks.start()
             try control.start(target: ControlTarget(workers: workers, hooks: hooks, subscriberCount: { control.subscriberCount },
@@ -275,21 +288,36 @@ public final class Daemon {
 
     // MARK: restart without loss
 
-    /// Set by the unit (Environment=TCPOPSD_FDSTORE=1, beside FileDescriptorStoreMax=): on stop,
-    /// hand established relays to systemd's fd store instead of draining them.
-    private var handoverEnabled: Bool {
-        guard let v = getenv("TCPOPSD_FDSTORE"), getenv("NOTIFY_SOCKET") != nil else { return false }
-        let s = String(cString: v)
-        return !s.isEmpty && s != "0"
+    /// The size of systemd's fd store for this service, when the unit hands relays over on a
+    /// restart: the unit says it in TCPOPSD_FDSTORE (the same number as its
+    /// FileDescriptorStoreMax=); systemd 254 and later say it in $FDSTORE, which wins. nil: off.
+    private var fdStoreSize: Int? {
+        guard getenv("NOTIFY_SOCKET") != nil, let v = getenv("TCPOPSD_FDSTORE"), let n = Int(String(cString: v)), n > 0 else { return nil }
+        if let s = getenv("FDSTORE"), let real = Int(String(cString: s)), real >= 0 { return real }
+        return n
     }
+
+    /// How many relays the fd store can carry: two fds each, and one fd for the conid counter.
+    private static func carryRoom(storeSize: Int) -> Int { max(0, storeSize - 1) / 2 }
+
+    private var handoverEnabled: Bool { fdStoreSize != nil }
 
     /// Rebuilds the relays a previous tcpopsd stored (spread over the workers, one after another),
     /// then asks systemd to drop its copies.
-    private func adopt(_ carried: [(fd: Int32, side: CarriedSide)], nextConid: UInt64?) {
-        if let next = nextConid, next > 0 { shared.adopted(last: next - 1) }
-        guard !carried.isEmpty else { return }
+    private func adopt(_ carried: [(fd: Int32, side: CarriedSide)], marker: ListenFDs.Marker?) {
+        if let next = marker?.nextConid, next > 0 { shared.adopted(last: next - 1) }
+        for name in marker?.names ?? [] { Notify.send("FDSTOREREMOVE=1\nFDNAME=\(name)") }
         var byPair: [UInt64: [(fd: Int32, side: CarriedSide)]] = [:]
         for c in carried { byPair[c.side.clientConid, default: []].append(c) }
+        // The previous tcpopsd stored more than came back whole: systemd refused the rest (its store
+        // is smaller than TCPOPSD_FDSTORE says), and those clients were closed with nothing logged.
+        let whole = byPair.values.filter { p in p.contains { $0.side.side == .client } && p.contains { $0.side.side == .upstream } }.count
+        if let stored = marker?.stored, stored > whole {
+            logger.log(.warning, "the previous tcpopsd stored \(stored) relay(s) in systemd's fd store but \(whole) came back: systemd "
+                       + "refused the rest (its FileDescriptorStoreMax= is smaller than TCPOPSD_FDSTORE=; set both to the same number)",
+                       id: .started, [("TCPOPS_STORED", String(stored)), ("TCPOPS_ADOPTED", String(whole))])
+        }
+        guard !carried.isEmpty else { return }
         var adopted = 0
         for (_, pair) in byPair.sorted(by: { $0.key < $1.key }) {
             let client = pair.first { $0.side.side == .client }
@@ -304,60 +332,99 @@ public final class Daemon {
             }
             for p in pair { Notify.send("FDSTOREREMOVE=1\nFDNAME=\(p.side.name)") }
         }
-        Notify.send("FDSTOREREMOVE=1\nFDNAME=tn.\(nextConid ?? 0)")
         logger.log(.notice, "adopted \(adopted) relay(s) from the previous tcpopsd", id: .started, [("TCPOPS_ADOPTED", String(adopted))])
     }
 
     /// Quiets every relay, waits (briefly) until what tcpopsd holds is written out, stores both
-    /// sockets of each in the fd store, and stops. Each worker hands over its own relays.
+    /// sockets of each in the fd store, and stops. Each worker hands over its own relays. The store
+    /// holds only so many (FileDescriptorStoreMax=; systemd refuses the rest without telling the
+    /// sender): past that, the oldest relays are carried (the lowest client conids: conids grow
+    /// with time, across restarts too) and the others are closed as at a stop, counted in the log.
+    /// Oldest, because a long-lived connection (a registered phone, an MQTT session) is the
+    /// costly one to lose, and a young one is the likeliest to end on its own soon.
     private func handOver() {
         let deadline = Clock.monotonicNanoseconds() + min(config.daemon.shutdownTimeout, 5).nanoseconds
-        logger.log(.notice, "stopping: handing \(relaysNow) relay(s) to systemd's fd store", id: .stopping)
-        let stored = Locked(0)
+        let storeSize = fdStoreSize ?? 0
+        let room = Daemon.carryRoom(storeSize: storeSize)
+        logger.log(.notice, "stopping: handing \(relaysNow) relay(s) to systemd's fd store (room for \(room))", id: .stopping)
+        // The conid counter first, so that it has its place in the store whatever else fits; it is
+        // replaced by the final count once the relays are stored.
+        storeConidMarker(stored: nil)
+        let candidates = Locked<[(worker: Int, conid: UInt64)]>([])
         everyWorker(workers, { w in
-            // Each worker stores its own relays, counting them in as it finishes.
-            let main = self.workers[0]
-            Daemon.handOver(w, deadline: deadline) { n in
-                stored.withLock { $0 += n }
-                main.post { _ in self.workerHandedOver(stored.withLock { $0 }) }
-            }
-        }, then: {})
+            let quiet = w.ctx.liveRelays.filter { $0.quiet() }
+            candidates.withLock { $0 += quiet.map { (w.index, $0.client.conid) } }
+        }, then: { [self] in
+            let all = candidates.withLock { $0 }.sorted { $0.conid < $1.conid }
+            var quota = [Int](repeating: 0, count: workers.count)
+            for c in all.prefix(room) { quota[c.worker] += 1 }
+            let counts = Locked((stored: 0, overflow: 0))
+            let main = workers[0]
+            everyWorker(workers, { w in
+                Daemon.handOver(w, deadline: deadline, quota: quota[w.index], room: room) { stored, overflow in
+                    counts.withLock {
+                        $0.stored += stored
+                        $0.overflow += overflow
+                    }
+                    main.post { _ in self.workerHandedOver(counts.withLock { $0 }, storeSize: storeSize) }
+                }
+            }, then: {})
+        })
     }
 
     private var workersHandedOver = 0
 
     /// A worker finished its handover (on the main thread); the last one ends it.
-    private func workerHandedOver(_ stored: Int) {
+    private func workerHandedOver(_ counts: (stored: Int, overflow: Int), storeSize: Int) {
         workersHandedOver += 1
-        if workersHandedOver == workers.count { handedOver(stored) }
-    }
-
-    /// Every worker is done: the conid counter travels too (on a placeholder fd), then stop.
-    private func handedOver(_ stored: Int) {
-        let marker = Socket.placeholder()
-        if marker >= 0 {
-            _ = Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=tn.\(shared.peekNextConid)", fds: [marker])
-            closeFD(marker)
+        guard workersHandedOver == workers.count else { return }
+        storeConidMarker(stored: counts.stored)
+        logger.log(.notice, "handed \(counts.stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(counts.stored))])
+        if counts.overflow > 0 {
+            logger.log(.warning, "\(counts.overflow) relay(s) did not fit in systemd's fd store (\(storeSize) fds: room for "
+                       + "\(Daemon.carryRoom(storeSize: storeSize)) relays) and were closed; the oldest were carried. "
+                       + "Raise FileDescriptorStoreMax= and TCPOPSD_FDSTORE= together to carry more", id: .stopping,
+                       [("TCPOPS_NOT_CARRIED", String(counts.overflow)), ("TCPOPS_FDSTORE", String(storeSize))])
         }
-        logger.log(.notice, "handed \(stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(stored))])
         loop.stop()
     }
 
-    /// On `w`'s thread: quiets its relays, waits until each is ready to carry (or the deadline),
-    /// stores each in the fd store, and tells `done` how many it stored.
-    private static func handOver(_ w: RelayWorker, deadline: UInt64, done: @escaping (Int) -> Void) {
+    /// The conid counter travels in the store as a name (`tn.NEXT`, on a placeholder fd), and with
+    /// the number of relays stored once it is known (`tn.NEXT.STORED`): the next tcpopsd never hands
+    /// out a conid again, and can tell when systemd refused some of the relays.
+    private var conidMarker: String?
+
+    private func storeConidMarker(stored: Int?) {
+        // At once, not through the notify thread: the new marker may need the old one's place.
+        if let old = conidMarker { _ = Notify.send("FDSTOREREMOVE=1\nFDNAME=\(old)", fds: []) }
+        conidMarker = nil
+        let marker = Socket.placeholder()
+        guard marker >= 0 else { return }
+        let name = "tn.\(shared.peekNextConid)" + (stored.map { ".\($0)" } ?? "")
+        if Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(name)", fds: [marker]) { conidMarker = name }
+        closeFD(marker)
+    }
+
+    /// On `w`'s thread: waits until each quieted relay is ready to carry (or the deadline), stores
+    /// the `quota` oldest in the fd store (two fds each), closes the rest, and tells `done` how many
+    /// it stored and how many it closed for want of room in the store.
+    private static func handOver(_ w: RelayWorker, deadline: UInt64, quota: Int, room: Int, done: @escaping (Int, Int) -> Void) {
         let ctx = w.ctx
-        _ = ctx.liveRelays.filter { $0.quiet() }
         func attempt() {
             let live = ctx.liveRelays
             if ctx.loop.now < deadline && !live.allSatisfy(\.readyToCarry) {
                 ctx.loop.timers.schedule(at: ctx.loop.now + 20_000_000) { attempt() }
                 return
             }
-            var stored = 0
-            for r in live {
+            var stored = 0, overflow = 0
+            for r in live.sorted(by: { $0.client.conid < $1.client.conid }) {
                 guard r.readyToCarry else {
                     r.end(failed: nil, reason: .local, why: "bytes still held at the handover deadline: closed")
+                    continue
+                }
+                guard stored < quota else {
+                    overflow += 1
+                    r.end(failed: nil, reason: .local, why: "no room in systemd's fd store (\(room) relays): closed at the restart")
                     continue
                 }
                 let sides = r.carried
@@ -371,7 +438,7 @@ public final class Daemon {
                     r.end(failed: nil, reason: .local, why: "the fd store refused it: closed")
                 }
             }
-            done(stored)
+            done(stored, overflow)
         }
         attempt()
     }

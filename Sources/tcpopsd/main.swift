@@ -30,7 +30,7 @@ struct TCPOpsD: ParsableCommand {
         Signals: SIGTERM and SIGINT stop (relays drain for up to shutdown_timeout); SIGHUP re-reads the \
         file without refusing or resetting a client (an invalid file changes nothing); SIGPIPE is ignored. \
         Under systemd: Type=notify readiness and status, WATCHDOG=1, socket activation, and with \
-        TCPOPSD_FDSTORE=1 a restart that hands established relays to the next tcpopsd.
+        TCPOPSD_FDSTORE=N (the fd store's size) a restart that hands established relays to the next tcpopsd.
 
         Exit status: 0 clean stop (or a valid file with --check-config); 64 bad command line; 71 an OS \
         resource could not be had (a bind failed: listener, address and errno named); 78 bad \

@@ -328,3 +328,76 @@ def test_stop_drains_where_restart_hands_over(box, echo):
     # ExecStop=+tcpopsd --stop-hint said why (its stdout is in the journal, under the unit).
     assert "systemd is stopping the unit" in box.run("journalctl", "-u", "tcpopsd", "--no-pager", check=False).stdout
     stop_all(box)
+
+
+def test_restart_carries_what_the_fd_store_holds(box, echo):
+    """Issue 18, item 2: systemd refuses fds past FileDescriptorStoreMax= without telling the
+    sender, and tcpopsd used to count every relay it sent as carried: the clients past the limit
+    got a FIN or RST with nothing logged. With a store of 200 fds (a drop-in) and 150 relays,
+    the 99 oldest are carried (two fds each, one for the conid counter), the other 51 are closed
+    cleanly and counted in the journal. A store smaller than TCPOPSD_FDSTORE says (a drop-in that
+    changed one of them) is caught by the next tcpopsd, which says how many came back."""
+    stop_all(box)
+    box.write("/etc/systemd/system/tcpopsd.service.d/store.conf",
+              "[Service]\nFileDescriptorStoreMax=200\nEnvironment=TCPOPSD_FDSTORE=200\n")
+    box.run("systemctl", "daemon-reload")
+    up = echo()
+    port = free_port()
+    configure(box, listener("store", port, up.address))
+    box.run("systemctl", "start", "tcpopsd.service")
+    try:
+        socks = []
+        for _ in range(150):
+            s, ok = roundtrip(port, b"hi")
+            assert ok
+            socks.append(s)
+
+        def clients():
+            rows = json.loads(box.run("/usr/local/bin/tcpopsctl", "list", "--json").stdout)
+            return {int(r["remote"].rsplit(":", 1)[1]): r["conid"] for r in rows if r["side"] == "client"}
+
+        before = wait_for(lambda: (lambda c: c if len(c) == 150 else None)(clients()), what="150 relays")
+        oldest = set(sorted(before.values())[:99])
+        invocation = box.run("systemctl", "show", "-p", "InvocationID", "--value", "tcpopsd").stdout.strip()
+        box.run("systemctl", "restart", "tcpopsd.service")
+        after = clients()
+        assert set(after.values()) == oldest, f"carried {len(after)}: the 99 oldest expected"
+        for s in socks:
+            mine = before[s.getsockname()[1]]
+            s.settimeout(10)
+            if mine in oldest:
+                s.sendall(b"still here")
+                assert s.recv(100) == b"still here"
+            else:
+                assert s.recv(100) == b"", "closed cleanly (FIN), not reset"
+        log = box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "json", "--no-pager", check=False).stdout
+        warned = [e for e in map(json.loads, log.splitlines()) if e.get("TCPOPS_NOT_CARRIED")]
+        assert len(warned) == 1 and warned[0]["TCPOPS_NOT_CARRIED"] == "51" and warned[0]["TCPOPS_FDSTORE"] == "200", warned
+        ended = [e for e in map(json.loads, log.splitlines()) if "no room in systemd's fd store" in e.get("TCPOPS_WHY", e.get("MESSAGE", ""))]
+        assert len(ended) == 51, len(ended)
+        for s in socks:
+            s.close()
+
+        # The unit's store shrunk without telling tcpopsd: systemd refuses what does not fit, and
+        # the next tcpopsd says so.
+        box.write("/etc/systemd/system/tcpopsd.service.d/store.conf",
+                  "[Service]\nFileDescriptorStoreMax=100\nEnvironment=TCPOPSD_FDSTORE=200\n")
+        box.run("systemctl", "daemon-reload")
+        socks = []
+        wait_for(lambda: len(clients()) == 0, what="the old relays gone")
+        for _ in range(80):
+            s, ok = roundtrip(port, b"hi")
+            assert ok
+            socks.append(s)
+        wait_for(lambda: len(clients()) == 80, what="80 relays")
+        box.run("systemctl", "restart", "tcpopsd.service")
+        invocation = box.run("systemctl", "show", "-p", "InvocationID", "--value", "tcpopsd").stdout.strip()
+        came = len(clients())
+        assert came < 80
+        log = box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "json", "--no-pager", check=False).stdout
+        warned = [e for e in map(json.loads, log.splitlines()) if e.get("TCPOPS_STORED")]
+        assert warned and warned[0]["TCPOPS_STORED"] == "80" and warned[0]["TCPOPS_ADOPTED"] == str(came), warned
+        for s in socks:
+            s.close()
+    finally:
+        stop_all(box)

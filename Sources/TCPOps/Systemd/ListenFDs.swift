@@ -19,9 +19,32 @@ public enum ListenFDs {
         return (all.sockets, all.rejected)
     }
 
+    /// What a previous tcpopsd left beside its relays: its conid counter (`tn.NEXT`) and, once it
+    /// knew, how many relays it stored (`tn.NEXT.STORED`), each on a placeholder fd.
+    public struct Marker: Sendable {
+        public var nextConid: UInt64 = 0
+        public var stored: Int?
+        /// Every marker's FDNAME, to be removed from the store.
+        public var names: [String] = []
+
+        /// Reads one `tn.` name; false when it is not one.
+        mutating func take(_ name: String) -> Bool {
+            guard name.hasPrefix("tn.") else { return false }
+            let parts = name.dropFirst(3).split(separator: ".", omittingEmptySubsequences: false)
+            guard (1...2).contains(parts.count), let next = UInt64(parts[0]) else { return false }
+            if parts.count == 2 {
+                guard let n = Int(parts[1]) else { return false }
+                stored = max(stored ?? 0, n)
+            }
+            nextConid = max(nextConid, next)
+            names.append(name)
+            return true
+        }
+    }
+
     /// Everything systemd passed: listening sockets, relay sockets stored by a previous tcpopsd
-    /// (FDNAME `tc.`/`tu.`), and the conid counter it left (`tn.NEXT`, on a placeholder fd).
-    public static func takeAll() -> (sockets: [PassedSocket], carried: [(fd: Int32, side: CarriedSide)], nextConid: UInt64?,
+    /// (FDNAME `tc.`/`tu.`/`tp.`), and the markers it left (nil: none).
+    public static func takeAll() -> (sockets: [PassedSocket], carried: [(fd: Int32, side: CarriedSide)], marker: Marker?,
                                      rejected: [String]) {
         var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
         let n = sd_listen_fds_with_names(1, &names)
@@ -34,7 +57,7 @@ public enum ListenFDs {
         }
         var sockets: [PassedSocket] = []
         var carried: [(fd: Int32, side: CarriedSide)] = []
-        var nextConid: UInt64?
+        var marker = Marker()
         var rejected: [String] = []
         for i in 0..<Int(n) {
             let fd = SD_LISTEN_FDS_START + Int32(i)
@@ -43,8 +66,7 @@ public enum ListenFDs {
                 carried.append((fd, side))
                 continue
             }
-            if name.hasPrefix("tn."), let next = UInt64(name.dropFirst(3)) {
-                nextConid = max(nextConid ?? 0, next)
+            if marker.take(name) {
                 closeFD(fd)
                 continue
             }
@@ -56,6 +78,6 @@ public enum ListenFDs {
             Socket.adoptFD(fd)
             sockets.append(PassedSocket(fd: fd, name: name, address: Socket.localAddress(fd)))
         }
-        return (sockets, carried, nextConid, rejected)
+        return (sockets, carried, marker.names.isEmpty ? nil : marker, rejected)
     }
 }
