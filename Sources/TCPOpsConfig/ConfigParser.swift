@@ -430,7 +430,8 @@ private struct Walker {
     package mutating func listener(_ t: TOMLTable, _ id: String) -> ListenerSettings? {
         checkKeys(t, id, allowed: ["name", "listen", "upstream", "connect_timeout", "lifetime", "keepalive", "user_timeout",
                                    "closed_event", "event_sides", "upstream_keepalive", "upstream_user_timeout", "proxy_protocol",
-                                   "accept_proxy"])
+                                   "accept_proxy", "accept_proxy_from", "proxy_header_timeout", "proxy_header_max_pending",
+                                   "max_connections", "connect_attempts", "connect_deadline"])
         let before = problems.count
         let number = (Int(id.dropFirst(9)) ?? 0) + 1
         let name = string(t, id, "name")
@@ -469,6 +470,17 @@ private struct Walker {
             if proxyProtocol == nil { fail(line, "\(label(id, "proxy_protocol")): \"\(s)\" is not \"v1\" or \"v2\"") }
         }
         let acceptProxy = bool(t, id, "accept_proxy")
+        let acceptProxyFrom = addressRanges(t, id, "accept_proxy_from")
+        let proxyHeaderTimeout = duration(t, id, "proxy_header_timeout", allowZero: false)
+        let proxyHeaderMaxPending = int(t, id, "proxy_header_max_pending", range: 1...1_000_000)
+        if acceptProxy != true {
+            for key in ["accept_proxy_from", "proxy_header_timeout", "proxy_header_max_pending"] {
+                if let v = t[key] { fail(v.line, "\(label(id, key)): applies only with accept_proxy = true") }
+            }
+        }
+        let maxConnections = int(t, id, "max_connections", range: 2...10_000_000)
+        let connectAttempts = int(t, id, "connect_attempts", range: 1...1000)
+        let connectDeadline = duration(t, id, "connect_deadline", allowZero: false)
         guard problems.count == before, let name, let listen, let upstream else { return nil }
         var l = ListenerSettings(name: name, listen: listen, upstreams: upstream)
         if let connectTimeout { l.connectTimeout = connectTimeout }
@@ -481,6 +493,36 @@ private struct Walker {
         l.upstreamKeepalive = upstreamKeepalive
         l.proxyProtocol = proxyProtocol
         if let acceptProxy { l.acceptProxy = acceptProxy }
+        l.acceptProxyFrom = acceptProxyFrom
+        if let proxyHeaderTimeout { l.proxyHeaderTimeout = proxyHeaderTimeout }
+        if let proxyHeaderMaxPending { l.proxyHeaderMaxPending = proxyHeaderMaxPending }
+        l.maxConnections = maxConnections
+        if let connectAttempts { l.connectAttempts = connectAttempts }
+        if let connectDeadline { l.connectDeadline = connectDeadline }
         return l
+    }
+
+    /// A list of "address/prefix" blocks (accept_proxy_from).
+    package mutating func addressRanges(_ t: TOMLTable, _ table: String, _ key: String) -> [AddressRange]? {
+        guard let v = t[key] else { return nil }
+        guard case .array(let a) = v.value else {
+            fail(v.line, "\(label(table, key)): expected a list of addresses or blocks such as [\"10.0.0.0/8\", \"2001:db8::/32\"], got \(v.value.typeName)")
+            return nil
+        }
+        var out: [AddressRange] = []
+        for item in a.items {
+            guard case .string(let text) = item.value else {
+                fail(item.line, "\(label(table, key)): expected \"address/prefix\" strings, found \(item.value.aTypeName)")
+                return nil
+            }
+            do {
+                out.append(try AddressRange.parse(text))
+            } catch {
+                fail(item.line, "\(label(table, key)): \"\(text)\": \(error)")
+                return nil
+            }
+        }
+        if out.isEmpty { fail(v.line, "\(label(table, key)): the list is empty (no source could send a header; remove the key to allow any)") }
+        return out
     }
 }

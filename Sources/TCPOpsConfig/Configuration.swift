@@ -122,6 +122,12 @@ public struct ListenerSettings: Sendable, Equatable {
         package var upstreamKeepalive: KeepaliveSettings? = nil
         package var proxyProtocol: ProxyProtocol.Version? = nil
         package var acceptProxy: Bool = false
+        package var acceptProxyFrom: [AddressRange]? = nil
+        package var proxyHeaderTimeout: Double = 3.0
+        package var proxyHeaderMaxPending: Int = 1000
+        package var maxConnections: Int? = nil
+        package var connectAttempts: Int = 3
+        package var connectDeadline: Double = 10.0
 
         package init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
             self.name = name
@@ -141,6 +147,12 @@ public struct ListenerSettings: Sendable, Equatable {
             c.upstreamKeepalive = upstreamKeepalive
             c.proxyProtocol = proxyProtocol
             c.acceptProxy = acceptProxy
+            c.acceptProxyFrom = acceptProxyFrom
+            c.proxyHeaderTimeout = proxyHeaderTimeout
+            c.proxyHeaderMaxPending = proxyHeaderMaxPending
+            c.maxConnections = maxConnections
+            c.connectAttempts = connectAttempts
+            c.connectDeadline = connectDeadline
             return c
         }
     }
@@ -212,6 +224,40 @@ public struct ListenerSettings: Sendable, Equatable {
         set { unique().acceptProxy = newValue }
     }
 
+    /// accept_proxy_from: the sources allowed to send a PROXY header (nil: any; the docs say such a
+    /// listener must be reachable only from the balancers).
+    public var acceptProxyFrom: [AddressRange]? {
+        get { storage.acceptProxyFrom }
+        set { unique().acceptProxyFrom = newValue }
+    }
+    /// proxy_header_timeout: how long a client may take to send its whole PROXY header.
+    public var proxyHeaderTimeout: Double {
+        get { storage.proxyHeaderTimeout }
+        set { unique().proxyHeaderTimeout = newValue }
+    }
+    /// proxy_header_max_pending: connections awaiting their PROXY header at most (per listener);
+    /// past it the oldest is closed. They count against no max_connections until their header came.
+    public var proxyHeaderMaxPending: Int {
+        get { storage.proxyHeaderMaxPending }
+        set { unique().proxyHeaderMaxPending = newValue }
+    }
+    /// The listener's own max_connections (tracked connections, both sides of its relays), within
+    /// [daemon] max_connections; nil: only that one bounds it.
+    public var maxConnections: Int? {
+        get { storage.maxConnections }
+        set { unique().maxConnections = newValue }
+    }
+    /// connect_attempts: upstream addresses tried for one client at most.
+    public var connectAttempts: Int {
+        get { storage.connectAttempts }
+        set { unique().connectAttempts = newValue }
+    }
+    /// connect_deadline: how long one client's upstream attempts may take in all.
+    public var connectDeadline: Double {
+        get { storage.connectDeadline }
+        set { unique().connectDeadline = newValue }
+    }
+
     public init(name: String, listen: SocketAddress, upstreams: [Upstream]) {
         storage = Storage(name: name, listen: listen, upstreams: upstreams)
     }
@@ -235,6 +281,12 @@ public struct ListenerSettings: Sendable, Equatable {
             && a.upstreamKeepalive == b.upstreamKeepalive
             && a.proxyProtocol == b.proxyProtocol
             && a.acceptProxy == b.acceptProxy
+            && a.acceptProxyFrom == b.acceptProxyFrom
+            && a.proxyHeaderTimeout == b.proxyHeaderTimeout
+            && a.proxyHeaderMaxPending == b.proxyHeaderMaxPending
+            && a.maxConnections == b.maxConnections
+            && a.connectAttempts == b.connectAttempts
+            && a.connectDeadline == b.connectDeadline
     }
 
     /// The `index`th address to try (the upstreams in order, each address of a name in turn), with
@@ -289,6 +341,9 @@ public struct ConfigError: Error, CustomStringConvertible {
 }
 
 extension Double {
+    /// Seconds as the logs say them: "3 s", "0.5 s".
+    public var secondsText: String { self == rounded() && abs(self) < 1e15 ? "\(Int(self)) s" : "\(self) s" }
+
     /// Seconds to nanoseconds for the loop's clock.
     package var nanoseconds: UInt64 { self <= 0 ? 0 : UInt64(self * 1_000_000_000) }
 }

@@ -54,6 +54,10 @@ public enum ConfigResolver {
                 out.unusable[l.name] = "no upstream address resolves"
             }
         }
+        for l in out.config.listeners where l.acceptProxy && l.acceptProxyFrom == nil {
+            out.warnings.append("listener \"\(l.name)\": accept_proxy without accept_proxy_from: any client that reaches \(l.listen) "
+                                + "can claim any address; list the balancers' addresses (or keep the listener reachable only from them)")
+        }
         problems += selfLoops(out.config)
         if !problems.isEmpty { throw ConfigError(path: config.path, problems: problems.sorted { $0.line < $1.line }) }
         return out

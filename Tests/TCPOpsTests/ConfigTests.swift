@@ -165,4 +165,65 @@ import Testing
         let e = ConfigError(path: "/etc/x.toml", problems: [.init(line: 0, message: "cannot read the file: ENOENT")])
         #expect(e.description == "/etc/x.toml: cannot read the file: ENOENT")
     }
+
+    @Test func listenerBoundsAndTrustedSources() throws {
+        let c = try ConfigLoader.parse("""
+        [[listener]]
+        name = "lb"
+        listen = "0.0.0.0:5061"
+        upstream = "127.0.0.1:5070"
+        accept_proxy = true
+        accept_proxy_from = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+        proxy_header_timeout = 0.5
+        proxy_header_max_pending = 50
+        max_connections = 200
+        connect_attempts = 2
+        connect_deadline = 4
+        """, path: "t.toml")
+        let l = try #require(c.listeners.first)
+        #expect(l.acceptProxyFrom?.map(\.description) == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"])
+        #expect(l.proxyHeaderTimeout == 0.5 && l.proxyHeaderMaxPending == 50 && l.maxConnections == 200)
+        #expect(l.connectAttempts == 2 && l.connectDeadline == 4)
+        let d = try ConfigLoader.parse(minimal, path: "t.toml").listeners[0]
+        #expect(d.acceptProxyFrom == nil && d.proxyHeaderTimeout == 3 && d.proxyHeaderMaxPending == 1000 && d.maxConnections == nil)
+        #expect(d.connectAttempts == 3 && d.connectDeadline == 10)
+    }
+
+    @Test func trustedSourcesAreChecked() {
+        let bad = """
+        [[listener]]
+        name = "lb"
+        listen = "0.0.0.0:5061"
+        upstream = "127.0.0.1:5070"
+        accept_proxy_from = ["10.1.2.3/8", "nonsense", "10.0.0.0/33"]
+        proxy_header_timeout = 1
+        """
+        #expect { try ConfigLoader.parse(bad, path: "t.toml") } throws: { e in
+            let text = "\(e)"
+            return text.contains("t.toml:5: [[listener]] #1 key 'accept_proxy_from': \"10.1.2.3/8\": bits are set past the prefix length (did you mean 10.0.0.0/8?)")
+                && text.contains("t.toml:5: [[listener]] #1 key 'accept_proxy_from': applies only with accept_proxy = true")
+                && text.contains("t.toml:6: [[listener]] #1 key 'proxy_header_timeout': applies only with accept_proxy = true")
+        }
+        for (text, why) in [("nonsense", "is not an IPv4 or IPv6 address"), ("10.0.0.0/33", "prefix length \"33\""), ("::/129", "prefix length")] {
+            #expect(throws: AddressRange.ParseError.self) { try AddressRange.parse(text) }
+            do { _ = try AddressRange.parse(text) } catch { #expect("\(error)".contains(why)) }
+        }
+    }
+
+    @Test func addressRangesMatch() throws {
+        let v4 = try AddressRange.parse("10.0.0.0/8")
+        #expect(v4.contains(try SocketAddress.parse("10.200.3.4:1")))
+        #expect(!v4.contains(try SocketAddress.parse("11.0.0.1:1")))
+        #expect(v4.contains(try SocketAddress.parse("[::ffff:10.1.1.1]:1")))  // IPv4 on an IPv6 socket
+        #expect(!v4.contains(try SocketAddress.parse("[::1]:1")))
+        let odd = try AddressRange.parse("192.168.4.0/22")
+        #expect(odd.contains(try SocketAddress.parse("192.168.7.255:1")))
+        #expect(!odd.contains(try SocketAddress.parse("192.168.8.0:1")))
+        let v6 = try AddressRange.parse("2001:db8::/32")
+        #expect(v6.contains(try SocketAddress.parse("[2001:db8:ffff::1]:1")))
+        #expect(!v6.contains(try SocketAddress.parse("[2001:db9::1]:1")))
+        let all = try AddressRange.parse("0.0.0.0/0"), one = try AddressRange.parse("127.0.0.1")
+        let a = try SocketAddress.parse("203.0.113.1:1"), b = try SocketAddress.parse("127.0.0.1:9"), c = try SocketAddress.parse("127.0.0.2:9")
+        #expect(all.contains(a) && one.contains(b) && !one.contains(c))
+    }
 }

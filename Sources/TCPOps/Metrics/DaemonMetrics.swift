@@ -3,6 +3,7 @@
 // control thread update them without a lock, and the metrics server renders them from its own
 // thread. Labels stay bounded: listener names and enumerated reasons, never addresses or conids.
 import Prometheus
+import Synchronization
 import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
@@ -61,6 +62,12 @@ public final class ListenerMetrics: Sendable {
     let rejectedMaxConnections: Counter
     let rejectedOutOfFds: Counter
     let rejectedProxyHeader: Counter
+    let rejectedProxySource: Counter
+    let rejectedProxyPending: Counter
+    /// The listener's load, shared by every worker: its tracked connections, and how many of them
+    /// still await their PROXY header (the listener's max_connections counts the others).
+    let openConnections = Atomic<Int>(0)
+    let awaitingHeader = Atomic<Int>(0)
     let relaysOpen: Gauge
     let connectionsOpen: Gauge
     let bytesToUpstream: Counter
@@ -78,10 +85,13 @@ public final class ListenerMetrics: Sendable {
     init(_ r: PrometheusCollectorRegistry, listener name: String) {
         let l = ("listener", name)
         accepted = r.makeCounter(descriptor: d("tcpopsd_accepted_total", "Clients accepted."), labels: [l])
-        let rejected = d("tcpopsd_rejected_total", "Clients refused: max_connections reached, no fd for the upstream socket, no valid PROXY header.")
+        let rejected = d("tcpopsd_rejected_total", "Clients refused: max_connections reached, no fd for the upstream socket, no valid PROXY "
+                         + "header, a PROXY header from a source not in accept_proxy_from, too many awaiting their PROXY header.")
         rejectedMaxConnections = r.makeCounter(descriptor: rejected, labels: [l, ("cause", "max_connections")])
         rejectedOutOfFds = r.makeCounter(descriptor: rejected, labels: [l, ("cause", "out_of_fds")])
         rejectedProxyHeader = r.makeCounter(descriptor: rejected, labels: [l, ("cause", "proxy_header")])
+        rejectedProxySource = r.makeCounter(descriptor: rejected, labels: [l, ("cause", "proxy_source")])
+        rejectedProxyPending = r.makeCounter(descriptor: rejected, labels: [l, ("cause", "proxy_pending")])
         relaysOpen = r.makeGauge(descriptor: d("tcpopsd_relays_open", "Relays now (a client and its upstream)."), labels: [l])
         connectionsOpen = r.makeGauge(descriptor: d("tcpopsd_connections_open", "Tracked connections now (both sides of every relay)."),
                                       labels: [l])

@@ -14,8 +14,11 @@ public final class Listener: EventHandler {
     public private(set) var settings: ListenerSettings
     let fd: Int32
     unowned let ctx: RelayContext
-    private var lastRejectLog: UInt64 = 0
     private let backoff: AcceptPause
+    /// The lines a flood of clients would repeat: at most one each per 5 s (with the count).
+    private let fullLog: LogLimiter
+    private let sourceLog: LogLimiter
+    private let pendingLog: LogLimiter
     /// This listener's metrics (by name: a rename on reload takes the new name's).
     private(set) var metrics: ListenerMetrics
 
@@ -29,6 +32,9 @@ public final class Listener: EventHandler {
         metrics = ctx.metrics.listener(settings.name)
         backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
                               fields: [("TCPOPS_LISTENER", settings.name)], mask: mask)
+        fullLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
+        sourceLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
+        pendingLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
         super.init()
         try ctx.loop.register(fd, mask: mask, handler: self)
     }
@@ -40,6 +46,7 @@ public final class Listener: EventHandler {
         guard !closed else { return }
         closed = true
         backoff.close()
+        for l in [fullLog, sourceLog, pendingLog] { l.close() }
         ctx.loop.unregister(fd)
     }
 
@@ -82,15 +89,10 @@ public final class Listener: EventHandler {
                 backoff.pause(error)
                 return 0
             }
-            guard ctx.hasRoomForRelay else {
-                ctx.rejected += 1
-                metrics.rejectedMaxConnections.increment()
-                Socket.closeWithReset(client)
-                if ctx.loop.now - lastRejectLog > 1_000_000_000 {
-                    lastRejectLog = ctx.loop.now
-                    ctx.logger.log(.warning, "max_connections (\(ctx.maxConnections)) reached: new connections are refused",
-                                   id: .listener, [("TCPOPS_LISTENER", settings.name), ("TCPOPS_REJECTED", String(ctx.rejected))])
-                }
+            if settings.acceptProxy {
+                guard admitProxied(client, from: peer) else { continue }
+            } else if !ctx.hasRoom(for: 2) || !RelayContext.listenerHasRoom(settings, metrics, for: 2) {
+                refuseFull(client)
                 continue
             }
             // Only a wildcard listener needs to ask which local address a client reached.
@@ -101,5 +103,43 @@ public final class Listener: EventHandler {
             }
         }
         return taken
+    }
+
+    /// max_connections (the daemon's, or this listener's) is reached: the client gets a reset.
+    func refuseFull(_ client: Int32) {
+        ctx.rejected += 1
+        metrics.rejectedMaxConnections.increment()
+        Socket.closeWithReset(client)
+        let own = settings.maxConnections.map { !RelayContext.listenerHasRoom(settings, metrics, for: 2) && ctx.hasRoom(for: 2) ? $0 : nil } ?? nil
+        fullLog.log(.warning, own.map { "listener max_connections (\($0)) reached: new connections to \(settings.name) are refused" }
+                        ?? "max_connections (\(ctx.maxConnections)) reached: new connections are refused",
+                    id: .listener, [("TCPOPS_LISTENER", settings.name), ("TCPOPS_REJECTED", String(ctx.rejected))])
+    }
+
+    /// accept_proxy: a client may send its header only from accept_proxy_from, and only so many
+    /// may wait for theirs (the one waiting longest makes room: a flood cannot lock a balancer
+    /// out, whose header comes at once). They count against no
+    /// max_connections until their header came (Relay.readProxyHeader checks then), so that a
+    /// flood of incomplete headers never takes another listener's room.
+    private func admitProxied(_ client: Int32, from peer: SocketAddress?) -> Bool {
+        if let allowed = settings.acceptProxyFrom, !(peer.map { p in allowed.contains { $0.contains(p) } } ?? false) {
+            ctx.rejected += 1
+            metrics.rejectedProxySource.increment()
+            Socket.closeWithReset(client)
+            sourceLog.log(.warning, "accept_proxy_from: refused a connection from \(peer?.ip ?? "an unknown address"), which may not send PROXY headers to \(settings.name)",
+                          id: .listener, [("TCPOPS_LISTENER", settings.name), ("TCPOPS_REMOTE", peer?.description ?? "")])
+            return false
+        }
+        // Each worker keeps its share of the bound (a flood lands where the kernel puts it, and
+        // makes room among what that worker holds).
+        let share = (settings.proxyHeaderMaxPending + ctx.workerCount - 1) / ctx.workerCount
+        if ctx.awaitingCount(listener: settings.name) >= share, let oldest = ctx.oldestAwaiting(listener: settings.name) {
+            metrics.rejectedProxyPending.increment()
+            pendingLog.log(.warning, "proxy_header_max_pending (\(settings.proxyHeaderMaxPending)) reached on \(settings.name): "
+                           + "the connection awaiting its header longest was closed to make room",
+                           id: .listener, [("TCPOPS_LISTENER", settings.name)])
+            oldest.evictAwaiting()
+        }
+        return true
     }
 }

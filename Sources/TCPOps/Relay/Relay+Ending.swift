@@ -80,9 +80,13 @@ extension Relay {
 
     /// Ends the relay. `failed` is the side whose peer closed, reset or timed out (it raises the
     /// event); the other side is closed by us (reason local, no event). nil: we end it ourselves.
-    func end(failed: Connection?, reason: CloseReason, why: String) {
+    /// `quietly`: a connection that never became a relay (refused while awaiting its PROXY
+    /// header): its end is a debug line, since a flood of them would be a flood of entries; a
+    /// rate-limited warning counts them instead.
+    func end(failed: Connection?, reason: CloseReason, why: String, quietly: Bool = false) {
         guard !ended else { return }
         ended = true
+        if awaitingProxy { proxyInput = nil }  // out of the awaiting count
         if let failed {
             raise(failed, reason)
             if reason != .fin && reason != .lifetime { failed.state = .error }
@@ -102,7 +106,7 @@ extension Relay {
         // off for it): the journal must say how each connection ended. When both sides raised
         // events, those already say it (reason, bytes), and the summary is debug.
         // A balancer's own connection (a health check) ends at debug: one every few seconds a host.
-        let level: LogLevel = client.balancerOwn || (client.raisedEvent && upstream?.raisedEvent == true) ? .debug : .info
+        let level: LogLevel = quietly || client.balancerOwn || (client.raisedEvent && upstream?.raisedEvent == true) ? .debug : .info
         if ctx.logger.enabled(level) {
             // Only values are taken here; the text is made on the log's thread.
             ctx.logger.log(RelayEnded(level: level, clientConid: client.conid, upstreamConid: upstream?.conid, listener: listener.name,

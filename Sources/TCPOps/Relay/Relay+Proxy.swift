@@ -1,22 +1,30 @@
 // accept_proxy: a client of such a listener must begin with a PROXY protocol header (a balancer in
 // front sends it); its addresses become the connection's remote and local address everywhere.
-// The header is read within bounds (536 bytes, 3 s) before the upstream is connected; anything
-// else closes the connection, logged with the reason, and no relay is made.
+// The header is read within bounds (536 bytes, proxy_header_timeout) before the upstream is
+// connected; anything else closes the connection, logged with the reason, and no relay is made.
+// Until its header came a connection counts against no max_connections (only against its
+// listener's proxy_header_max_pending): then it needs room like any new relay.
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
 
 extension Relay {
-    static let proxyDeadline: UInt64 = 3_000_000_000
-
     func awaitProxyHeader() {
         proxyInput = []
         ctx.loop.modify(client.fd, mask: Events.read)
-        setPhaseTimer(at: ctx.loop.now + Relay.proxyDeadline) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+        setPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
             guard !self.ended, self.awaitingProxy else { return }
             self.phaseTimer = 0
-            self.rejectProxy("no complete header within \(Relay.proxyDeadline / 1_000_000_000) s (\(self.proxyInput?.count ?? 0) bytes came)")
+            self.rejectProxy("no complete header within \(self.listener.proxyHeaderTimeout.secondsText) (\(self.proxyInput?.count ?? 0) bytes came)")
         }
+    }
+
+    /// Too many await their header on this listener, and this one waited longest: closed.
+    func evictAwaiting() {
+        ctx.proxyRejected += 1
+        proxyInput = nil
+        end(failed: nil, reason: .local, why: "closed while awaiting its PROXY header: proxy_header_max_pending (\(listener.proxyHeaderMaxPending)) reached",
+            quietly: true)
     }
 
     /// The client is readable while its header is awaited.
@@ -45,6 +53,16 @@ extension Relay {
         case .header(let h):
             cancelPhaseTimer()
             proxyInput = nil
+            // Now it becomes a relay: it needs room (the client is counted; its upstream will be).
+            guard ctx.hasRoom(for: 1), RelayContext.listenerHasRoom(listener, metrics, for: 1) else {
+                ctx.rejected += 1
+                metrics.rejectedMaxConnections.increment()
+                ctx.proxyRejectLog.log(.warning, "max_connections reached: a connection whose PROXY header came was refused",
+                                       id: .listener, [("TCPOPS_LISTENER", listener.name), ("TCPOPS_REJECTED", String(ctx.rejected))])
+                Socket.resetOnClose(client.fd)
+                end(failed: nil, reason: .local, why: "max_connections reached when its PROXY header came", quietly: true)
+                return
+            }
             if let source = h.source, let destination = h.destination {
                 client.remote = source
                 client.local = destination
@@ -63,14 +81,10 @@ extension Relay {
     private func rejectProxy(_ why: String) {
         ctx.proxyRejected += 1
         metrics.rejectedProxyHeader.increment()
-        let now = ctx.loop.now
-        if ctx.lastProxyRejectLog == 0 || now - ctx.lastProxyRejectLog >= 1_000_000_000 {
-            ctx.lastProxyRejectLog = now
-            ctx.logger.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",
-                           id: .connectionClosed, fields(client) + [("TCPOPS_PROXY_REJECTED", String(ctx.proxyRejected))])
-        }
+        ctx.proxyRejectLog.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",
+                               id: .connectionClosed, fields(client) + [("TCPOPS_PROXY_REJECTED", String(ctx.proxyRejected))])
         proxyInput = nil
-        end(failed: nil, reason: .local, why: "no valid PROXY header: \(why)")
+        end(failed: nil, reason: .local, why: "no valid PROXY header: \(why)", quietly: true)
     }
 
     /// proxy_protocol: the header the upstream gets before anything else, once it is connected.

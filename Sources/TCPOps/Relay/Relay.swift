@@ -44,7 +44,11 @@ public final class Relay: TurnEndHandler {
     var proxyInput: [UInt8]? {
         get { rare?.proxyInput }
         set {
-            awaitingProxy = newValue != nil
+            let awaits = newValue != nil
+            if awaits != awaitingProxy {
+                if awaits { ctx.awaitingStarted(self) } else { ctx.awaitingEnded(self) }
+            }
+            awaitingProxy = awaits
             if newValue != nil || rare != nil { rareMade.proxyInput = newValue }
         }
     }

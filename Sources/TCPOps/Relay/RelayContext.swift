@@ -2,6 +2,7 @@
 // events go, and the counters. Lives on the loop's thread (one per worker); what the workers
 // share is in `RelayShared` (atomics only: conids, the connection count max_connections bounds).
 import Synchronization
+import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 
@@ -10,6 +11,9 @@ import TCPOpsPosix
 public final class RelayShared: Sendable {
     let nextConid = Atomic<UInt64>(1)
     let connections = Atomic<Int>(0)
+    /// Of `connections`, those still awaiting their PROXY header: they count against no
+    /// max_connections (proxy_header_max_pending bounds them, per listener) until it came.
+    let awaitingHeader = Atomic<Int>(0)
     let maxConnections: Atomic<Int>
     let closedEventMode: Atomic<Int>
 
@@ -89,7 +93,11 @@ public final class RelayContext {
     public var listenerNames: Set<String> = []
     /// accept_proxy connections closed for a missing or bad PROXY header, and when one was last logged.
     public var proxyRejected: UInt64 = 0
-    var lastProxyRejectLog: UInt64 = 0
+    /// Lines a peer could repeat per connection, one each per 5 s (with the count).
+    lazy var proxyRejectLog = LogLimiter(loop: loop, logger: logger)
+    lazy var upstreamAttemptLog = LogLimiter(loop: loop, logger: logger)
+    lazy var socketOptionsLog = LogLimiter(loop: loop, logger: logger)
+    lazy var controlLog = LogLimiter(loop: loop, logger: logger)
     /// Reads that wanted a splice pipe and copied instead, for want of fds.
     public private(set) var pipeShortages: UInt64 = 0
     private var lastPipeShortageLog: UInt64 = 0
@@ -165,12 +173,45 @@ public final class RelayContext {
         shared.connections.add(1, ordering: .relaxed)
         counters.connections.add(1, ordering: .relaxed)
         c.relay?.metrics.connectionsOpen.increment()
+        c.relay?.metrics.openConnections.add(1, ordering: .relaxed)
     }
 
     private func left(_ c: Connection) {
         shared.connections.subtract(1, ordering: .relaxed)
         counters.connections.subtract(1, ordering: .relaxed)
         c.relay?.metrics.connectionsOpen.decrement()
+        c.relay?.metrics.openConnections.subtract(1, ordering: .relaxed)
+    }
+
+    /// This worker's relays awaiting their client's PROXY header, by client conid (the oldest is
+    /// the first to go when its listener has too many), and how many per listener.
+    private var awaiting: [UInt64: Relay] = [:]
+    private var awaitingPerListener: [String: Int] = [:]
+    /// Workers in all: each keeps its share of a listener's proxy_header_max_pending.
+    var workerCount = 1
+
+    func awaitingStarted(_ r: Relay) {
+        awaiting[r.client.conid] = r
+        awaitingPerListener[r.listener.name, default: 0] += 1
+        shared.awaitingHeader.add(1, ordering: .relaxed)
+        r.metrics.awaitingHeader.add(1, ordering: .relaxed)
+    }
+
+    func awaitingEnded(_ r: Relay) {
+        guard awaiting.removeValue(forKey: r.client.conid) != nil else { return }
+        awaitingPerListener[r.listener.name, default: 1] -= 1
+        shared.awaitingHeader.subtract(1, ordering: .relaxed)
+        r.metrics.awaitingHeader.subtract(1, ordering: .relaxed)
+    }
+
+    /// How many of `listener`'s connections this worker has awaiting a PROXY header.
+    func awaitingCount(listener: String) -> Int { awaitingPerListener[listener] ?? 0 }
+
+    /// The oldest relay of `listener` this worker has awaiting a PROXY header, if any.
+    func oldestAwaiting(listener: String) -> Relay? {
+        var oldest: Relay?
+        for r in awaiting.values where r.listener.name == listener && (oldest.map { r.client.conid < $0.client.conid } ?? true) { oldest = r }
+        return oldest
     }
 
     /// A failed upstream attempt leaves the table before its relay does.
@@ -205,8 +246,18 @@ public final class RelayContext {
         if relays == 0 { onIdle?() }
     }
 
-    /// max_connections bounds the connections of all workers together.
-    public var hasRoomForRelay: Bool { shared.connectionsNow + 2 <= maxConnections }
+    /// max_connections bounds the connections of all workers together (but those awaiting a
+    /// PROXY header): room for `more`.
+    func hasRoom(for more: Int) -> Bool {
+        shared.connectionsNow - shared.awaitingHeader.load(ordering: .relaxed) + more <= maxConnections
+    }
+
+    /// Room in the listener's own max_connections (its tracked connections but those awaiting a
+    /// PROXY header) for `more`.
+    static func listenerHasRoom(_ l: ListenerSettings, _ m: ListenerMetrics, for more: Int) -> Bool {
+        guard let max = l.maxConnections else { return true }
+        return m.openConnections.load(ordering: .relaxed) - m.awaitingHeader.load(ordering: .relaxed) + more <= max
+    }
 
     /// Closes every relay (shutdown after the drain time): no events, reason local.
     public func closeAll() {

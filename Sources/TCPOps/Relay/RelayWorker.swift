@@ -31,6 +31,7 @@ public final class RelayWorker {
         dispatcher = EventDispatcher(logger: logger, hooks: hooks)
         ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, metrics: metrics,
                            idlePipes: PipePool.idleShare(pools: count))
+        ctx.workerCount = count
         dispatcher.attach(loop)
     }
 

@@ -1,0 +1,163 @@
+"""Issue 18, items 3 to 5: no client can starve another. PROXY listeners trust only the sources they
+are told to (accept_proxy_from); connections awaiting their PROXY header count against no
+max_connections and are bounded per listener (proxy_header_max_pending), so a flood of incomplete
+headers never refuses another listener's clients; a listener can have its own max_connections; the
+header wait is a key (proxy_header_timeout). The metrics endpoint serves a real scrape through
+slowloris and held-connection floods. Every log line a peer or a local user can repeat per
+connection is rate-limited with a count."""
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from helpers import CTL, connect, echoed, free_port, listener, wait_for
+
+V1 = b"PROXY TCP4 10.66.66.66 198.51.100.2 41000 5060\r\n"
+
+
+def closed_without_relay(s, timeout=5):
+    """True when tcpopsd closed `s` (FIN or RST) without relaying anything to it."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def refused(port, data=b""):
+    """Connects, sends `data`: True when tcpopsd closed the connection without relaying (the reset
+    may even reach the client before its connect() returns)."""
+    try:
+        s = connect(port)
+        if data:
+            s.sendall(data)
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    try:
+        return closed_without_relay(s)
+    finally:
+        s.close()
+
+
+def stats(d):
+    return json.loads(d.ctl("stats", "--json").stdout)
+
+
+def rows(d, name):
+    return [r for r in json.loads(d.ctl("list", "--json").stdout) if r["listener"] == name]
+
+
+def test_accept_proxy_from_decides_who_may_send_a_header(daemon, echo):
+    up = echo()
+    strict, open_, lo = free_port(), free_port(), free_port()
+    d = daemon(listeners=[listener("strict", strict, up.address, accept_proxy=True, accept_proxy_from=["192.0.2.0/24", "2001:db8::/32"]),
+                          listener("lo", lo, up.address, accept_proxy=True, accept_proxy_from=["127.0.0.0/8"]),
+                          listener("open", open_, up.address, accept_proxy=True)])
+    # The listener without a list is allowed, with a warning that it trusts anyone.
+    assert 'listener "open": accept_proxy without accept_proxy_from' in d.logtext()
+    # 127.0.0.1 is not a balancer of "strict": its claim to be 10.66.66.66 goes nowhere.
+    assert refused(strict, V1 + b"hello")
+    wait_for(lambda: "accept_proxy_from: refused a connection from 127.0.0.1" in d.logtext(), what="the refusal logged")
+    assert rows(d, "strict") == []
+    # It is one for "lo": relayed, and the claimed address is the client's.
+    s = connect(lo)
+    s.sendall(V1)
+    assert echoed(s, b"hello") == b"hello"
+    assert [r["remote"] for r in rows(d, "lo") if r["side"] == "client"] == ["10.66.66.66:41000"]
+    metrics = d.ctl("stats", "--openmetrics").stdout
+    assert re.search(r'tcpopsd_rejected_total\{[^}]*cause="proxy_source"[^}]*\} 1', metrics) or \
+        re.search(r'tcpopsd_rejected_total\{[^}]*listener="strict"[^}]*cause="proxy_source"[^}]*\} 1', metrics), metrics[:3000]
+    assert d.stop() == 0
+
+
+def test_a_header_flood_never_refuses_another_listeners_clients(daemon, echo):
+    """Before: connections awaiting their header counted against the global max_connections;
+    4,100 that sent only "PROX" against a limit of 4,000 made every client of another listener get
+    an RST. Here the same at a tenth of the size."""
+    up = echo()
+    ap, ap2, plain = free_port(), free_port(), free_port()
+    # One worker: "the oldest" is then one order (with more, each worker evicts among its own).
+    d = daemon(daemon={"max_connections": 400, "workers": 1},
+               listeners=[listener("ap", ap, up.address, accept_proxy=True, accept_proxy_from=["127.0.0.0/8"]),
+                          listener("ap2", ap2, up.address, accept_proxy=True, accept_proxy_from=["127.0.0.0/8"],
+                                   proxy_header_timeout=30, proxy_header_max_pending=100),
+                          listener("plain", plain, up.address)])
+    flood = []
+    for _ in range(410):
+        s = connect(ap)
+        s.sendall(b"PROX")
+        flood.append(s)
+    wait_for(lambda: len(rows(d, "ap")) == 410, what="the flood accepted")
+    # Every client of the other listener is served.
+    plains = [connect(plain) for _ in range(46)]
+    for s in plains:
+        assert echoed(s, b"served") == b"served"
+    # And a well-behaved client of the flooded listener too.
+    good = connect(ap)
+    good.sendall(V1)
+    assert echoed(good, b"me too") == b"me too"
+    # proxy_header_max_pending: past 100 awaiting on ap2, the one waiting longest goes.
+    flood2 = []
+    for _ in range(150):
+        s = connect(ap2)
+        s.sendall(b"PROX")
+        flood2.append(s)
+    wait_for(lambda: sum(1 for s in flood2[:50] if closed_without_relay(s, timeout=0.01)) == 50, timeout=10,
+             what="the 50 oldest evicted")
+    assert not [i for i, s in enumerate(flood2[50:]) if closed_without_relay(s, timeout=0.01)]
+    assert len(rows(d, "ap2")) == 100
+    good2 = connect(ap2)
+    good2.sendall(V1)
+    assert echoed(good2, b"served") == b"served"
+    log = d.logtext()
+    assert "proxy_header_max_pending (100) reached on ap2" in log
+    # One line for the 51 evictions, not 51 (the count follows after 5 s).
+    assert log.count("proxy_header_max_pending (100) reached") == 1, log.count("proxy_header_max_pending (100) reached")
+    wait_for(lambda: "(and 49 more like it in the last 5 s)" in d.logtext(), timeout=8, what="the count of the evictions")
+    for s in flood + flood2 + plains + [good, good2]:
+        s.close()
+    wait_for(lambda: stats(d)["relays_open"] == 0, what="all gone")
+    assert d.stop() == 0
+
+
+def test_header_timeout_is_a_key(daemon, echo):
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("quick", port, up.address, accept_proxy=True, accept_proxy_from=["127.0.0.1"],
+                                   proxy_header_timeout=0.5)])
+    s = connect(port)
+    t0 = time.monotonic()
+    s.sendall(b"PROXY TCP4 ")
+    assert closed_without_relay(s, timeout=5)
+    took = time.monotonic() - t0
+    assert 0.4 <= took < 2, took
+    wait_for(lambda: "no complete header within 0.5 s" in d.logtext(), what="the reason logged")
+    assert d.stop() == 0
+
+
+def test_a_listeners_own_max_connections(daemon, echo):
+    up = echo()
+    small, other = free_port(), free_port()
+    d = daemon(daemon={"max_connections": 1000},
+               listeners=[listener("small", small, up.address, max_connections=10), listener("other", other, up.address)])
+    held = [connect(small) for _ in range(5)]
+    for s in held:
+        assert echoed(s, b"in") == b"in"
+    assert refused(small)
+    wait_for(lambda: "listener max_connections (10) reached" in d.logtext(), what="the refusal logged")
+    others = [connect(other) for _ in range(20)]
+    for s in others:
+        assert echoed(s, b"unaffected") == b"unaffected"
+    held[0].close()
+    wait_for(lambda: len(rows(d, "small")) == 8, what="room again")
+    again = connect(small)
+    assert echoed(again, b"in again") == b"in again"
+    assert d.stop() == 0
