@@ -219,7 +219,7 @@ public final class Daemon {
             return nil
         }
         do throws(SystemError) {
-            let fd = try Socket.listen(at, backlog: 64)
+            let fd = try Socket.listen(at, backlog: 1024)  // a burst of connections waits for its turn, no SYN dropped
             if let server = metricsServer {
                 server.replace(listenFD: fd, address: at)
             } else {

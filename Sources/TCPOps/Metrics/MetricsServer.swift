@@ -1,6 +1,9 @@
 // `[metrics] listen`: Prometheus scrapes GET /metrics here. Its own thread and event loop, off the
-// relay's: rendering the exposition text never delays a relay. Bounded: 16 clients at once, a
-// request of at most 8 KiB, 5 s to send it, one request a connection (Connection: close).
+// relay's: rendering the exposition text never delays a relay. Bounded: 16 requests under way at
+// once, a request of at most 8 KiB, 5 s to send it, one request a connection (Connection: close).
+// A scraper sends its request as soon as it connects, so it is read at the accept; a client that
+// takes its time (a slowloris, a connection held open and silent) is the oldest incomplete one
+// when the next arrives, and is closed with a 503 to make room: a flood cannot lock a scraper out.
 import Glibc
 import TCPOpsLoop
 import TCPOpsPosix
@@ -50,7 +53,10 @@ public final class MetricsServer: Sendable {
 
 /// Lives on the metrics thread only.
 final class MetricsWorker {
+    /// Requests under way (incomplete) at most; answered clients that still read their response,
+    /// or have not hung up, are bounded by `maxAnswered`.
     static let maxClients = 16
+    static let maxAnswered = 64
     static let maxRequest = 8192
     static let deadline: UInt64 = 5_000_000_000
 
@@ -62,6 +68,9 @@ final class MetricsWorker {
     private var listenHandler: ListenHandler?
     private var backoff: AcceptPause?
     private var clients: [Int32: MetricsClient] = [:]
+    /// Clients closed to make room (evicted incomplete requests and old answered ones).
+    private(set) var evicted: UInt64 = 0
+    private lazy var evictionLog = LogLimiter(loop: loop, logger: logger)
 
     init(loop: EventLoop, metrics: DaemonMetrics, logger: Logger) {
         self.loop = loop
@@ -126,18 +135,39 @@ final class MetricsWorker {
                 backoff?.pause(error)
                 return
             }
-            guard clients.count < MetricsWorker.maxClients else {
-                closeFD(fd)  // a scraper that comes back later is served then
-                continue
-            }
             let c = MetricsClient(fd: fd, worker: self)
             do {
                 try loop.register(fd, mask: Events.read, handler: c)
                 clients[fd] = c
             } catch {
                 closeFD(fd)
+                continue
             }
+            c.handleEvents(Events.read)  // the request is usually there already
+            makeRoom()
         }
+    }
+
+    /// Past `maxClients` requests under way, the oldest incomplete one is closed (with a 503): the
+    /// newcomer is served. Past `maxAnswered` answered ones, the oldest goes.
+    private func makeRoom() {
+        var incomplete = clients.values.filter { !$0.answered }
+        while incomplete.count > MetricsWorker.maxClients, let oldest = incomplete.min(by: { $0.since < $1.since }) {
+            incomplete.removeAll { $0 === oldest }
+            evict(oldest, why: "\(MetricsWorker.maxClients) requests under way: the oldest incomplete one was answered 503 and closed")
+            oldest.refuse()
+        }
+        var answered = clients.values.filter { $0.answered }
+        while answered.count > MetricsWorker.maxAnswered, let oldest = answered.min(by: { $0.since < $1.since }) {
+            answered.removeAll { $0 === oldest }
+            evict(oldest, why: "\(MetricsWorker.maxAnswered) answered clients not gone: the oldest was closed")
+            drop(oldest)
+        }
+    }
+
+    private func evict(_ c: MetricsClient, why: String) {
+        evicted += 1
+        evictionLog.log(.notice, "metrics: \(why)", [("TCPOPS_EVICTED", String(evicted))])
     }
 
     func drop(_ c: MetricsClient) {
@@ -183,7 +213,7 @@ final class MetricsClient: EventHandler {
     private var input: [UInt8] = []
     private var output: [UInt8] = []
     private var sent = 0
-    private var answered = false
+    private(set) var answered = false
 
     init(fd: Int32, worker: MetricsWorker) {
         self.fd = fd
@@ -201,7 +231,7 @@ final class MetricsClient: EventHandler {
             switch UnixSocket.read(fd, appendingTo: &input, max: MetricsWorker.maxRequest + 1 - input.count) {
             case .moved:
                 if let end = headerEnd() {
-                    let line = String(decoding: input[..<(input.firstIndex(of: 13) ?? end)], as: UTF8.self)
+                    let line = String(decoding: input[..<(input.firstIndex { $0 == 13 || $0 == 10 } ?? end)], as: UTF8.self)
                     answer(worker.respond(to: line))
                     return
                 }
@@ -218,11 +248,23 @@ final class MetricsClient: EventHandler {
         }
     }
 
-    /// Where the request's header ends (its blank line), if it came.
+    /// Where the request's header ends (its blank line: CRLF CRLF, or bare LF LF as RFC 9112
+    /// lets a server accept), if it came.
     private func headerEnd() -> Int? {
-        guard input.count >= 4 else { return nil }
-        for i in 3..<input.count where input[i] == 10 && input[i - 1] == 13 && input[i - 2] == 10 && input[i - 3] == 13 { return i }
+        guard input.count >= 2 else { return nil }
+        for i in 1..<input.count where input[i] == 10 {
+            if input[i - 1] == 10 { return i }
+            if i >= 2 && input[i - 1] == 13 && input[i - 2] == 10 { return i }
+        }
         return nil
+    }
+
+    /// Closed to make room: a 503 (what fits in the socket at once), then the close.
+    func refuse() {
+        let reply = Array("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many requests at once\n".utf8)
+        _ = Socket.send(fd, reply[...])
+        Socket.shutdownWrite(fd)
+        worker.drop(self)
     }
 
     private func answer(_ bytes: [UInt8]) {
