@@ -265,3 +265,95 @@ def test_metrics_serve_a_scrape_through_slowloris_and_held_connections(daemon, e
     # The evictions were logged, once per 5 s with the count, not once each.
     assert d.logtext().count("metrics: 16 requests under way") <= 6
     assert d.stop() == 0
+
+
+FLOOD_AS_STRANGER = r"""
+import socket, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+n, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        s.recv(200)
+        n += 1
+    except OSError:
+        pass
+    s.close()
+print(n)
+"""
+
+
+def lines(d, text):
+    return [l for l in d.loglines() if text in l]
+
+
+def counted(d, text):
+    """How many occurrences the lines containing `text` stand for: 1 for a line of its own, 1 + N
+    for a summary "(and N more like it ...)"."""
+    total = 0
+    for l in lines(d, text):
+        m = re.search(r"\(and (\d+) more like it in the last", l)
+        total += 1 + (int(m.group(1)) if m else 0)
+    return total
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect to the control socket as another user")
+def test_log_lines_a_peer_can_repeat_are_rate_limited(daemon, echo, tmp_path):
+    """Before: control_mode = "0666" and a disallowed uid connecting in a loop wrote 14,049
+    WARNING lines in 5 s. Every line a peer or a local user can cause per connection is now one
+    line at once, then one per 5 s that counts the rest; nothing is lost from the count."""
+    import shutil
+    import tempfile
+    up = echo()
+    reachable = tempfile.mkdtemp(prefix="tcpopsd-flood-")
+    os.chmod(reachable, 0o755)
+    dead1, dead2 = free_port(), free_port()
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    full, ap, strict, down = free_port(), free_port(), free_port(), free_port()
+    d = daemon(daemon={"workers": 1, "control_mode": "0666", "control_socket": f"{reachable}/control.sock"},
+               events={"callback": [str(hook)]},
+               listeners=[listener("full", full, up.address, max_connections=4),
+                          listener("ap", ap, up.address, accept_proxy=True, accept_proxy_from=["127.0.0.0/8"]),
+                          listener("strict", strict, up.address, accept_proxy=True, accept_proxy_from=["192.0.2.0/24"]),
+                          listener("down", down, [f"127.0.0.1:{dead1}", f"127.0.0.1:{dead2}"], connect_attempts=2)])
+    hook.unlink()  # every event's hook now fails to start
+    t0 = time.monotonic()
+    # 1. A stranger connects to the control socket in a loop (3 s).
+    stranger = subprocess.run(["setpriv", "--reuid=12345", "--regid=12345", "--clear-groups", "python3", "-c", FLOOD_AS_STRANGER,
+                               f"{reachable}/control.sock", "3"], capture_output=True, text=True, timeout=30)
+    refusals = int(stranger.stdout.strip())
+    # 2. Floods of the relay's refusals: full listener, bad headers, untrusted sources, dead upstreams.
+    held = [connect(full) for _ in range(2)]
+    for s in held:
+        assert echoed(s, b"x") == b"x"
+    for _ in range(200):
+        refused(full)
+    bad = []
+    for _ in range(200):
+        s = connect(ap)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        bad.append(s)
+    for _ in range(200):
+        refused(strict, V1)
+    for _ in range(100):
+        assert refused(down)  # both upstreams refused: 100 "trying" lines, 200 events, 200 hooks that cannot start
+    for s in bad:
+        closed_without_relay(s)
+    # One line at once, then one per 5-s window that had more (a slow machine may take more than one).
+    most = 2 + int((time.monotonic() - t0) / 5)
+    time.sleep(5.5)  # the summaries
+    cases = {"control socket: refused a client": refusals, "listener max_connections (4) reached": 200,
+             "without a valid PROXY header": 200, "accept_proxy_from: refused a connection": 200,
+             "failed (connect: ECONNREFUSED): trying": 100, "hook could not start": 200}
+    for text, n in cases.items():
+        print(f"\n{text}: {n} occurrences, {len(lines(d, text))} line(s)")
+        assert n >= 100, (text, n)
+        assert len(lines(d, text)) <= most, (text, lines(d, text)[:3])
+        wait_for(lambda: counted(d, text) == n, timeout=3, what=f"{text}: all {n} counted")
+    for s in held + bad:
+        s.close()
+    assert d.stop() == 0
+    shutil.rmtree(reachable, ignore_errors=True)

@@ -116,7 +116,10 @@ final class ControlWorker {
     /// An fd held in reserve (/dev/null): at the fd limit it is closed so that one more control
     /// client can be accepted, and taken again once that client is gone.
     private var reserve: Int32 = -1
-    private var lastEvictionLog: UInt64 = 0
+    /// Lines a local user can repeat per connection: one each per 5 s, with the count.
+    private lazy var refusalLog = LogLimiter(loop: loop, logger: logger)
+    private lazy var evictionLog = LogLimiter(loop: loop, logger: logger)
+    private lazy var cutOffLog = LogLimiter(loop: loop, logger: logger)
 
     let metrics: DaemonMetrics?
 
@@ -200,7 +203,7 @@ final class ControlWorker {
             metrics?.controlClients.set(to: Double(clients.count))
             active += 1
             if let why = refusal(fd) {
-                logger.log(.warning, "control socket: refused a client: \(why)")
+                refusalLog.log(.warning, "control socket: refused a client: \(why)")
                 c.closeAfterFlush(error: "permission denied: \(why)")
                 continue
             }
@@ -249,10 +252,7 @@ final class ControlWorker {
         guard let oldest = idle.min(by: { ($0.input.isEmpty ? 0 : 1, $0.requestSince) < ($1.input.isEmpty ? 0 : 1, $1.requestSince) }) else {
             return false
         }
-        if loop.now - lastEvictionLog >= 5_000_000_000 {
-            lastEvictionLog = loop.now
-            logger.log(.notice, "control socket: \(ControlWorker.maxClients) clients: closing the longest idle to make room")
-        }
+        evictionLog.log(.notice, "control socket: \(ControlWorker.maxClients) clients: closing the longest idle to make room")
         oldest.closeAfterFlush(error: "closed to make room for another control client (\(ControlWorker.maxClients) at most)")
         return true
     }
@@ -339,7 +339,7 @@ final class ControlWorker {
             let line = event.jsonLine()
             for c in clients.values where c.subscribed && !c.closing {
                 if c.backlog > ControlWorker.subscriberBacklog {
-                    logger.log(.warning, "control socket: events subscriber fell \(c.backlog) bytes behind: cut off")
+                    cutOffLog.log(.warning, "control socket: events subscriber fell \(c.backlog) bytes behind: cut off")
                     c.cutOff()
                     continue
                 }

@@ -170,6 +170,8 @@ private final class Worker {
     var head = 0
     var running: [Int32: RunningHook] = [:]  // by pidfd
     var stopDeadline: UInt64?
+    /// A hook that cannot start would otherwise say so for every event.
+    lazy var startFailureLog = LogLimiter(loop: loop, logger: logger)
 
     init(loop: EventLoop, logger: Logger) {
         self.loop = loop
@@ -244,7 +246,7 @@ private final class Worker {
             child = try Spawn.run(argv: job.argv, environment: job.environment)
         } catch {
             owner?.record(.failed)
-            logger.log(.error, "hook could not start: \(error)", id: .hookFinished, fields(job))
+            startFailureLog.log(.error, "hook could not start: \(error)", id: .hookFinished, fields(job))
             return
         }
         owner?.record(.started)

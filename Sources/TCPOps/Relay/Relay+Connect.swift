@@ -32,7 +32,7 @@ extension Relay {
             }
             // TCP_NODELAY comes from the listening socket (ListenerGroup sets it there).
         } catch {
-            ctx.logger.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
+            ctx.socketOptionsLog.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
         }
         // Read at once: bytes that come while the upstream connects are held (one read's worth).
         guard relay.register(client, mask: Events.read) else { return true }
@@ -94,7 +94,7 @@ extension Relay {
             }
             Socket.setNoDelay(fd)
         } catch {
-            ctx.logger.log(.warning, "cannot set options on an upstream connection: \(error)", fields(up))
+            ctx.socketOptionsLog.log(.warning, "cannot set options on an upstream connection: \(error)", fields(up))
         }
         guard register(up, mask: Events.write) else { return true }
         if connectedAtOnce {
@@ -126,8 +126,8 @@ extension Relay {
         closeSocket(failed)
         ctx.untrack(failed)
         failed.relay = nil
-        ctx.logger.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"
-                       + (next.upstream.isName ? " (\(next.upstream))" : ""), fields(client))
+        ctx.upstreamAttemptLog.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"
+                                   + (next.upstream.isName ? " (\(next.upstream))" : ""), fields(client))
         attempt += 1
         connectUpstream()
     }

@@ -31,7 +31,7 @@ extension Connection {
             try Socket.setKeepalive(fd, k)
             return nil
         } catch {
-            r.ctx.logger.log(.warning, "keepalive on conid \(conid): \(error)", r.fields(self))
+            r.ctx.controlLog.log(.warning, "keepalive on conid \(conid): \(error)", r.fields(self))
             return .failed(error)
         }
     }
