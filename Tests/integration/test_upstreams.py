@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -127,3 +128,48 @@ def test_a_name_that_resolves_to_a_listener_of_ours_is_refused(tmp_path):
     cfg.write_text(render_config({"control_socket": str(tmp_path / "c.sock")}, listeners=[listener("self", port, f"me.test:{port}")]))
     p = subprocess.run(hosts_wrapper(hosts) + [BIN, "--check-config", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 78 and "relays to itself" in p.stderr and "me.test resolves to 127.0.0.1" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=netns_available() or "")
+def test_one_client_tries_a_bounded_number_of_upstreams(daemon, tmp_path):
+    """Issue 18, item 6. Before: 50 black-holed upstream addresses with connect_timeout = 0.2 made
+    one client wait 10 s, and 20 clients raised 1,050 connect-timeout events. Now at most
+    connect_attempts (default 3) addresses are tried for a client, within connect_deadline of its
+    accept; then tcpopsd closes the client (a FIN; no event for it), and the relay's end says why."""
+    ns = NetNS()
+    try:
+        ns.cut()  # SYNs to the namespace vanish: every attempt times out
+        holes = [f"{ns.ns_ip}:{p}" for p in range(9000, 9050)]
+        port, slow = free_port(), free_port()
+        d = daemon(listeners=[listener("holes", port, holes, connect_timeout=0.2),
+                              listener("deadline", slow, holes, connect_timeout=0.2, connect_attempts=50, connect_deadline=0.5)],
+                   events=hooked(tmp_path))
+        clients = [connect(port) for _ in range(20)]
+        t0 = time.monotonic()
+        for c in clients:
+            c.settimeout(10)
+            assert c.recv(10) == b""  # closed by tcpopsd
+        waited = time.monotonic() - t0
+        assert waited < 2.5, f"20 clients closed after {waited:.2f} s (3 attempts of 0.2 s each)"
+        timeouts = lambda: [r for r in d.events() if r["TCPOPS_REASON"] == "connect-timeout"]
+        wait_for(lambda: len(timeouts()) == 60, what="60 connect-timeout events (3 per client)")
+        time.sleep(0.5)
+        assert len(timeouts()) == 60
+        assert not [r for r in d.events() if r["TCPOPS_SIDE"] == "client"]  # tcpopsd closed the clients
+        assert d.logtext().count("connect_attempts (3) reached") == 20
+        # connect_deadline: 50 attempts allowed, but all within 0.5 s of the accept.
+        c = connect(slow)
+        t0 = time.monotonic()
+        c.settimeout(10)
+        assert c.recv(10) == b""
+        took = time.monotonic() - t0
+        assert 0.4 <= took < 1.5, took
+        wait_for(lambda: "connect_deadline (0.5 s) reached" in d.logtext(), what="the deadline named")
+        # 0.2 + 0.2 + 0.1 s: three attempts, the last cut by the deadline (a slow machine: two).
+        wait_for(lambda: len(timeouts()) >= 62, what="the deadline's attempts' events")
+        time.sleep(0.5)
+        assert 62 <= len(timeouts()) <= 63, len(timeouts())
+        print(f"\nbounded attempts: 20 clients closed within {waited:.2f} s, 60 connect-timeout events; deadline: {took:.2f} s")
+        assert d.stop() == 0
+    finally:
+        ns.close()

@@ -1,6 +1,8 @@
 // How a relay begins: the accepted client gets the listener's options, then the upstream is
 // connected, candidate after candidate (the listener's upstreams in order, each address of a name
-// in turn) until one answers. A failed attempt raises its own event under its own conid.
+// in turn) until one answers. A failed attempt raises its own event under its own conid. One
+// client's attempts are bounded: at most connect_attempts of them, all within connect_deadline of
+// its accept; then tcpopsd closes the client (no event for it: tcpopsd closed it).
 import Glibc
 import TCPOpsConfig
 import TCPOpsLoop
@@ -100,24 +102,41 @@ extension Relay {
         if connectedAtOnce {
             connected()
         } else {
-            setPhaseTimer(at: now + listener.connectTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
+            // This attempt's connect_timeout, or what is left of the client's connect_deadline.
+            let deadline = connectDeadline
+            let attemptEnds = now + listener.connectTimeout.nanoseconds
+            setPhaseTimer(at: min(attemptEnds, deadline)) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
                 guard !self.ended, self.upstream.state == .connecting else { return }
                 self.phaseTimer = 0
-                self.attemptFailed(.connectTimeout, why: "no answer within \(self.listener.connectTimeout) s")
+                self.attemptFailed(.connectTimeout, why: attemptEnds <= deadline ? "no answer within \(self.listener.connectTimeout.secondsText)"
+                                   : "no answer before connect_deadline (\(self.listener.connectDeadline.secondsText))")
             }
         }
         updateInterest()
         return true
     }
 
+    /// When the client's upstream attempts must be over: connect_deadline from its accept (for an
+    /// accept_proxy listener the header's wait is part of it; a balancer sends it at once).
+    var connectDeadline: UInt64 { client.openedAt + listener.connectDeadline.nanoseconds }
+
     /// The current attempt could not connect: its conid raises its event, and the next candidate
-    /// is tried; after the last, the relay ends (the client is closed by tcpopsd).
+    /// is tried; after the last, or past connect_attempts or connect_deadline, the relay ends (the
+    /// client is closed by tcpopsd).
     func attemptFailed(_ reason: CloseReason, why: String) {
         guard !ended else { return }
         let failed = upstream!
         metrics.connectFailures[reason.rawValue]?.increment()
         guard let next = listener.candidate(Int(attempt) + 1) else {
             end(failed: failed, reason: reason, why: why)
+            return
+        }
+        guard Int(attempt) + 1 < listener.connectAttempts else {
+            end(failed: failed, reason: reason, why: "\(why); connect_attempts (\(listener.connectAttempts)) reached")
+            return
+        }
+        guard ctx.loop.now < connectDeadline else {
+            end(failed: failed, reason: reason, why: "\(why); connect_deadline (\(listener.connectDeadline.secondsText)) reached")
             return
         }
         cancelPhaseTimer()
