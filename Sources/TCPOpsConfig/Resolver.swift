@@ -20,15 +20,29 @@ public enum ConfigResolver {
         public var unusable: [String: String] = [:]
     }
 
+    /// How long `--check-config` waits for the resolver, all names together.
+    public static let checkTimeout = 3.0
+
     /// Resolves every upstream name, then checks for relays to this daemon's own listeners.
+    /// `--check-config` (mode .check) waits at most `checkTimeout` for the resolver.
     public static func resolve(_ config: Configuration, mode: Mode) throws(ConfigError) -> Outcome {
         var out = Outcome(config: config)
         var problems: [ConfigError.Problem] = []
+        var answers: [String: Result<[SocketAddress], ResolveError>] = [:]
+        if case .check = mode {
+            var names: [(host: String, port: UInt16)] = []
+            for l in config.listeners {
+                for u in l.upstreams where u.isName && !names.contains(where: { $0.host == u.host && $0.port == u.port }) {
+                    names.append((u.host, u.port))
+                }
+            }
+            for (n, r) in zip(names, Resolve.all(names, within: checkTimeout)) { answers["\(n.host):\(n.port)"] = r }
+        }
         for li in out.config.listeners.indices {
             let l = out.config.listeners[li]
             for ui in l.upstreams.indices where l.upstreams[ui].isName {
                 let u = l.upstreams[ui]
-                switch Resolve.addresses(u.host, port: u.port) {
+                switch answers["\(u.host):\(u.port)"] ?? Resolve.addresses(u.host, port: u.port) {
                 case .success(let a):
                     out.config.listeners[li].upstreams[ui].addresses = a
                 case .failure(let e):

@@ -33,6 +33,40 @@ public enum Resolve {
     }
 }
 
+extension Resolve {
+    /// Resolves every name at once, each in a thread of its own, and waits at most `seconds` for
+    /// them all: a resolver that hangs (its whole timeout times its attempts: 40 s was seen) must
+    /// not hold up `--check-config`, which `systemctl reload` runs. A name that has not answered by
+    /// then fails with "no answer within ..." (its thread is left to finish on its own: the caller
+    /// is about to exit, or does not wait for it).
+    public static func all(_ names: [(host: String, port: UInt16)], within seconds: Double) -> [Result<[SocketAddress], ResolveError>] {
+        let results = Locked([Result<[SocketAddress], ResolveError>?](repeating: nil, count: names.count))
+        for (i, n) in names.enumerated() {
+            let thread = PosixThread(name: "tcpops-resolve")
+            let (host, port) = (n.host, n.port)
+            do {
+                try thread.start {
+                    let r = addresses(host, port: port)
+                    results.withLock { $0[i] = r }
+                }
+                thread.detach()
+            } catch {
+                results.withLock { $0[i] = addresses(host, port: port) }  // no thread to be had: here, unbounded
+            }
+        }
+        let deadline = Clock.monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while results.withLock({ $0.contains { $0 == nil } }) && Clock.monotonicNanoseconds() < deadline {
+            usleep(5000)
+        }
+        let text = seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
+        return results.withLock { r in
+            r.enumerated().map { i, x in
+                x ?? .failure(ResolveError(host: names[i].host, reason: "no answer within \(text) (the resolver does not answer)"))
+            }
+        }
+    }
+}
+
 public struct ResolveError: Error, Sendable, CustomStringConvertible {
     public let host: String
     public let reason: String

@@ -173,3 +173,33 @@ def test_one_client_tries_a_bounded_number_of_upstreams(daemon, tmp_path):
         assert d.stop() == 0
     finally:
         ns.close()
+
+
+@needs_ns
+def test_check_config_does_not_hang_on_a_resolver_that_never_answers(tmp_path):
+    """Issue 18, item 7. `--check-config`, which `systemctl reload` runs (ExecReload=), waited for
+    the resolver's whole timeout on a name whose resolution hangs (40 s was seen), and the reload
+    with it. Now every name is resolved at once and waited for at most 3 s: one that has not
+    answered is a warning, as one that does not resolve is."""
+    import socket as _socket
+    silent = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.77", 53))  # a nameserver that reads every query and never answers
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\noptions timeout:10 attempts:4\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(render_config({"control_socket": str(tmp_path / "c.sock")},
+                                 listeners=[listener("a", free_port(), "hang1.example:5070"),
+                                            listener("b", free_port(), ["hang2.example:5070", "localhost:5070"])]))
+    wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               f'mount --bind {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && exec "$0" "$@"']
+    t0 = time.monotonic()
+    p = subprocess.run(wrapper + [BIN, "--check-config", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    silent.close()
+    print(f"\n--check-config with a silent resolver: {took:.2f} s")
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    assert took < 6, f"--check-config took {took:.1f} s"
+    assert p.stderr.count("no answer within 3 s") == 2, p.stderr
+    assert "hang1.example" in p.stderr and "hang2.example" in p.stderr
