@@ -140,8 +140,8 @@ private struct Walker {
 
     /// The longest duration any key takes (365 days), and the shortest besides 0 (1 ms: timers
     /// and TCP_USER_TIMEOUT work in milliseconds).
-    package static let maxDuration = 31_536_000.0
-    package static let minDuration = 0.001
+    package static let maxDuration = Durations.max
+    package static let minDuration = Durations.min
 
     /// Seconds, as an integer or a decimal; 0 (where allowed) or from 1 ms to 365 days.
     package mutating func duration(_ t: TOMLTable, _ table: String, _ key: String, allowZero: Bool = true) -> Double? {
@@ -258,6 +258,35 @@ private struct Walker {
         }
     }
 
+    /// Why a Unix socket could never be made at `path` by this user, or nil: its folder is made
+    /// when missing, so the nearest part of the path that exists must be a folder this user may
+    /// write in (`--check-config` runs as the daemon's user under the unit: ExecStartPre=).
+    package static func socketPlaceProblem(_ path: String) -> String? {
+        var dir = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        var missing = false
+        while !dir.isEmpty {
+            var st = stat()
+            if stat(dir, &st) == 0 {
+                guard (st.st_mode & S_IFMT) == S_IFDIR else { return "\(dir) is not a folder" }
+                guard access(dir, W_OK | X_OK) == 0 else {
+                    return missing ? "its folder would have to be made in \(dir), where this user may not write"
+                                   : "this user may not make a socket in \(dir)"
+                }
+                return nil
+            }
+            if errno == ENOTDIR { return "a part of \(dir) is not a folder" }
+            missing = true
+            dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
+        }
+        return nil
+    }
+
+    /// Two listening addresses that cannot both be bound: the same port in the same family, the
+    /// same address or a wildcard (0.0.0.0 or ::, which takes the port on every address).
+    package static func overlap(_ a: SocketAddress, _ b: SocketAddress) -> Bool {
+        a.family == b.family && a.port == b.port && (a == b || a.isWildcard || b.isWildcard)
+    }
+
     /// A DNS name: labels of letters, digits and '-', separated by dots, not all digits.
     package static func isHostName(_ s: String) -> Bool {
         guard !s.isEmpty, s.utf8.count <= 253, !s.allSatisfy({ $0.isNumber || $0 == "." }) else { return false }
@@ -352,16 +381,18 @@ private struct Walker {
                 fail(t["name"]?.line ?? t.line, "\(label(id, "name")): duplicate listener name \"\(l.name)\" (first used by [[listener]] #\(first + 1))")
                 continue
             }
-            if let other = addresses[l.listen] {
-                fail(t["listen"]?.line ?? t.line, "\(label(id, "listen")): \(l.listen) is already used by listener \"\(other)\"")
+            if let (at, other) = addresses.first(where: { Walker.overlap($0.key, l.listen) }) {
+                let how = at == l.listen ? "is already used by" : "overlaps \(at) of"
+                fail(t["listen"]?.line ?? t.line, "\(label(id, "listen")): \(l.listen) \(how) listener \"\(other)\"\(at == l.listen ? "" : " (a wildcard address takes the port on every address of its family)")")
                 continue
             }
             names[l.name] = i
             addresses[l.listen] = l.name
             config.listeners.append(l)
         }
-        if let m = config.metrics.listen, let other = addresses[m], case .table(let t)? = root["metrics"]?.value {
-            fail(t["listen"]?.line ?? t.line, "[metrics] key 'listen': \(m) is already used by listener \"\(other)\"")
+        if let m = config.metrics.listen, let (at, other) = addresses.first(where: { Walker.overlap($0.key, m) }),
+           case .table(let t)? = root["metrics"]?.value {
+            fail(t["listen"]?.line ?? t.line, "[metrics] key 'listen': \(m) \(at == m ? "is already used by" : "overlaps \(at) of") listener \"\(other)\"")
         }
         if list.items.isEmpty { fail(lv.line, "no [[listener]] is configured (at least one is needed)") }
         return config
@@ -380,7 +411,13 @@ private struct Walker {
             }
         }
         if let s = string(t, tb, "control_socket"), let line = t["control_socket"]?.line {
-            if s.hasPrefix("/") && s.utf8.count < 108 { d.controlSocket = s } else {
+            if s.hasPrefix("/") && s.utf8.count < 108 {
+                if let why = Walker.socketPlaceProblem(s) {
+                    fail(line, "\(label(tb, "control_socket")): \"\(s)\": \(why)")
+                } else {
+                    d.controlSocket = s
+                }
+            } else {
                 fail(line, "\(label(tb, "control_socket")): \"\(s)\" must be an absolute path shorter than 108 bytes")
             }
         }

@@ -10,10 +10,14 @@ public enum UnixSocket {
         public let gid: UInt32
     }
 
+    /// The longest path a Unix socket address holds (sun_path's 108 bytes, one for the NUL).
+    public static let maxPath = 107
+
+    /// Callers check the length first (`connect` and `listen` do): a longer path is never cut.
     package static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var sa = sockaddr_un()
         sa.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8.prefix(107))
+        let bytes = Array(path.utf8.prefix(maxPath))
         withUnsafeMutableBytes(of: &sa.sun_path) { raw in
             raw.copyBytes(from: bytes)
             raw[bytes.count] = 0
@@ -26,6 +30,7 @@ public enum UnixSocket {
     /// Listens on `path` with `mode` and group `gid`. A stale socket file is replaced; one that a
     /// live process still answers on is not (EADDRINUSE).
     public static func listen(path: String, mode: UInt32, gid: UInt32?) throws(SystemError) -> Int32 {
+        guard path.utf8.count <= maxPath else { throw SystemError("bind(\(path))", ENAMETOOLONG) }
         let dir = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if !dir.isEmpty && access(dir, F_OK) != 0 {
             try sys("mkdir(\(dir))") { mkdir(dir, 0o755) }
@@ -55,6 +60,7 @@ public enum UnixSocket {
     /// Connects (blocking) to a control socket. With a `timeout` (seconds, 0 = none), connect, send
     /// and every read give up after it with EAGAIN (a full backlog, a daemon that does not answer).
     public static func connect(path: String, timeout: Double = 0) throws(SystemError) -> Int32 {
+        guard path.utf8.count <= maxPath else { throw SystemError("connect(\(path))", ENAMETOOLONG) }
         let fd = try sys("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0) }
         do {
             if timeout > 0 {

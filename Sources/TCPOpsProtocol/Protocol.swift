@@ -10,6 +10,20 @@ public enum ControlProtocol {
     public static let defaultSocket = "/run/tcpopsd/control.sock"
 }
 
+/// The one rule for a duration in seconds, in the file and in control requests alike: 0 (where it
+/// means "none"), or from 1 ms (timers and TCP_USER_TIMEOUT work in milliseconds) to 365 days.
+public enum Durations {
+    public static let min = 0.001
+    public static let max = 31_536_000.0
+
+    /// Whether `s` is a duration that rule allows.
+    public static func valid(_ s: Double, allowZero: Bool = true) -> Bool {
+        s.isFinite && (s == 0 ? allowZero : s >= min && s <= max)
+    }
+
+    public static let rangeText = "0 (none) or from 0.001 (1 ms) to 31536000 (365 days)"
+}
+
 public struct ControlRequest: Sendable {
     public var id: Int64?
     public var cmd: String
@@ -88,6 +102,10 @@ public struct ControlRequest: Sendable {
 
         package mutating func int64(_ key: String) -> Int64? {
             guard let v = value(key) else { return nil }
+            if case .uint = v, v.int64 == nil {
+                if problem == nil { problem = "'\(key)' is out of range (an integer from \(Int64.min) to \(Int64.max))" }
+                return nil
+            }
             guard let i = v.int64 else { wrong(key, "an integer", v); return nil }
             return i
         }

@@ -143,7 +143,7 @@ struct Lifetime: ParsableCommand {
     func run() throws {
         let (c, v) = try conidAndValues(values, names: ["SECONDS"], usage: "lifetime CONID SECONDS")
         guard let s = Double(v[0]), s.isFinite else { throw ValidationError("SECONDS must be a number, not \"\(v[0])\"") }
-        guard s >= 0, s <= 31_536_000 else { throw ValidationError("SECONDS \(v[0]) is out of range (0 to 31536000)") }
+        guard Durations.valid(s) else { throw ValidationError("SECONDS \(v[0]) is out of range: \(Durations.rangeText)") }
         var r = ControlRequest(cmd: "lifetime")
         r.conid = c
         r.seconds = s

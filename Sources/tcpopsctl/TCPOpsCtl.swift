@@ -63,6 +63,10 @@ enum CtlExit {
 /// A connection to tcpopsd's control socket, or exit 69 saying why there is none.
 func connectOrExit(_ common: Common) throws -> ControlClient {
     guard common.timeout >= 0, common.timeout.isFinite else { throw ValidationError("--timeout must be 0 or more seconds") }
+    // A Unix socket's address holds 107 bytes: a longer path would be cut and name another socket.
+    guard common.path.utf8.count <= UnixSocket.maxPath, !common.path.isEmpty else {
+        throw ValidationError("the control socket path \"\(common.path)\" is \(common.path.utf8.count) bytes; a Unix socket path holds 1 to \(UnixSocket.maxPath)")
+    }
     do {
         return try ControlClient(socket: common.path, timeout: common.timeout)
     } catch {

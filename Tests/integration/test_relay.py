@@ -4,6 +4,8 @@ import os
 import socket
 import threading
 
+import pytest
+
 from helpers import EchoServer, connect, free_port, listener, recv_all, wait_for, write_hook, find_client_event
 
 
@@ -102,4 +104,50 @@ def test_half_close_client_talks_after_upstream_fin(daemon, tmp_path):
     assert received and received[0] == payload
     s.close()
     srv.close()
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("reads_late", [False, True])
+def test_after_a_side_breaks_its_bytes_are_delivered_for_at_most_5_s(daemon, tmp_path, reads_late):
+    """Issue 18, item 8: a client that resets while bytes it sent wait for an upstream that does not
+    read. Its tcp:reset is raised at once; the relay lives on only to deliver what tcpopsd holds,
+    for at most 5 s, then ends (logged, the upstream closed by tcpopsd). An upstream that reads in
+    time gets every byte tcpopsd had read, then its FIN."""
+    import json
+    import time
+    from helpers import AcceptOnce, hooked, reset_close
+    up = AcceptOnce(rcvbuf=4096)
+    port = free_port()
+    name = f"drain{int(reads_late)}"
+    d = daemon(listeners=[listener(name, port, up.address)], events=hooked(tmp_path))
+    mine = lambda: [r for r in d.events() if r["TCPOPS_LISTENER"] == name]
+    c = connect(port)
+    u = up.wait()
+    c.setblocking(False)
+    try:
+        for _ in range(1000):
+            c.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    time.sleep(0.5)
+    reset_close(c)
+    t0 = time.monotonic()
+    wait_for(lambda: [r for r in mine() if r["TCPOPS_EVENT"] == "tcp:reset" and r["TCPOPS_SIDE"] == "client"], timeout=3,
+             what="the client's tcp:reset at once")
+    rows = json.loads(d.ctl("list", "--json").stdout)
+    assert sorted((r["side"], r["state"]) for r in rows) == [("client", -3), ("upstream", 1)], rows
+    if reads_late:
+        time.sleep(1)
+        got = recv_all(u, timeout=10)  # everything tcpopsd read from the client, then its FIN
+        wait_for(lambda: json.loads(d.ctl("list", "--json").stdout) == [], timeout=5, what="the relay's end")
+        client_in = int([r for r in mine() if r["TCPOPS_SIDE"] == "client"][0]["TCPOPS_BYTES_IN"])
+        assert len(got) == client_in > 0, (len(got), client_in)
+        assert "still undelivered" not in d.logtext()
+    else:
+        wait_for(lambda: json.loads(d.ctl("list", "--json").stdout) == [], timeout=8, what="the relay's end")
+        took = time.monotonic() - t0
+        assert 4 <= took < 7, took
+        wait_for(lambda: "still undelivered after 5 s" in d.logtext(), what="the end logged with why")
+    u.close()
+    up.close()
     assert d.stop() == 0

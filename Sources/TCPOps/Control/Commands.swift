@@ -162,7 +162,7 @@ public final class ControlTarget {
             return ({ ctx in ctx.connection(id).map { self.keepalive($0, nil) } }, one(flag(false)))
         case "lifetime":
             let id = try conid(r)
-            guard let s = r.seconds, s.isFinite, s >= 0, s <= 31_536_000 else { throw Failure("'seconds' must be from 0 to 31536000") }
+            guard let s = r.seconds, Durations.valid(s) else { throw Failure("'seconds' must be \(Durations.rangeText)") }
             return ({ ctx in ctx.connection(id).map { self.flag($0.setLifetime(seconds: s)) } }, one(flag(false)))
         case "closed-event":
             let id = try conid(r)
