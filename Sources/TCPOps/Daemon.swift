@@ -39,6 +39,9 @@ public final class Daemon {
     private var metricsAddress: SocketAddress?
     private var stopping = false
     private var stopStartedAt: UInt64 = 0
+    /// When a stop must be over (monotonic ns): shutdown_timeout after the signal, and half a second
+    /// for the last log entries and notify messages. nil until a stop began.
+    public private(set) var exitDeadline: UInt64?
     private var lastStatus = ""
     /// The thread reading and resolving the file for a reload under way, and whether another
     /// SIGHUP came meanwhile.
@@ -453,6 +456,7 @@ public final class Daemon {
         }
         stopping = true
         stopStartedAt = loop.now
+        exitDeadline = Clock.monotonicNanoseconds() + config.daemon.shutdownTimeout.nanoseconds + 500_000_000
         Notify.send("STOPPING=1\nSTATUS=\(statusLine())")
         for l in listeners.values { l.close() }
         listeners.removeAll()

@@ -87,17 +87,20 @@ struct TCPOpsD: ParsableCommand {
             throw ExitCode(ExitStatus.osResource)
         }
         let logger = Logger(target: logTarget, level: configuration.daemon.logLevel)
-        // What is still queued for the journal (or stderr) and for systemd goes out before exit,
-        // for at most a second: a receiver that stopped reading must not keep tcpopsd alive.
+        var daemon: Daemon?
+        // What is still queued for the journal (or stderr) and for systemd goes out before exit, for
+        // what is left of shutdown_timeout and half a second (at least a quarter of a second; a
+        // second when no stop began): a receiver that stopped reading must not keep tcpopsd alive.
         defer {
-            let deadline = Clock.monotonicNanoseconds() + 1_000_000_000
+            let now = Clock.monotonicNanoseconds()
+            let deadline = max(now + 250_000_000, daemon?.exitDeadline ?? now + 1_000_000_000)
             Notify.flush(deadline: deadline)
             logger.flush(deadline: deadline)
         }
         do {
             if let stale = StopHint.path() { Files.remove(stale) }  // a mark a stop left that no SIGTERM took
-            let daemon = try Daemon(config: configuration, logger: logger)
-            try daemon.run()
+            daemon = try Daemon(config: configuration, logger: logger)
+            try daemon?.run()
         } catch {
             logger.log(.error, "\(error)")
             if logger.writesToJournal { writeStderr("tcpopsd: \(error)\n") }
