@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import Daemon, connect, free_port, is_root, listener, wait_for
+from helpers import Daemon, EchoServer, connect, free_port, is_root, listener, wait_for
 
 SOFT = "/proc/sys/fs/pipe-user-pages-soft"
 BASE = os.urandom(1 << 20)
@@ -41,41 +41,20 @@ def expected(index, size):
     return bytes(out[:size])
 
 
-class FastUpstream:
+class FastUpstream(EchoServer):
     """Each connection: an 8-byte index, then `size` bytes, `chunk` bytes every 2 ms (or as fast
     as the relay takes them), then close."""
 
     def __init__(self, size, chunk=12000):
         self.size = size
         self.chunk = chunk
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
         self.next = 0
-        self.lock = threading.Lock()
-        self.closed = False
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()  # (its accept thread starts here: the fields above come first)
 
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                i = self.next
-                self.next += 1
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c, i), daemon=True).start()
-
-    def _serve(self, c, i):
+    def _serve(self, c):
+        with self.lock:
+            i = self.next
+            self.next += 1
         data = expected(i, self.size)
         try:
             c.sendall(struct.pack("!Q", i))
@@ -90,21 +69,11 @@ class FastUpstream:
         finally:
             c.close()
 
-    def close(self):
-        self.closed = True
-        self.sock.close()
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.close()
-                except OSError:
-                    pass
-
 
 class FloodUpstream(FastUpstream):
     """Sends 1 MiB blocks as fast as they are taken, until the connection breaks."""
 
-    def _serve(self, c, i):
+    def _serve(self, c):
         try:
             while True:
                 c.sendall(BASE)
