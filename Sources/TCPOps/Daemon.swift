@@ -51,7 +51,8 @@ public final class Daemon {
     public init(config: Configuration, logger: Logger) throws(DaemonError) {
         self.config = config
         self.logger = logger
-        shared = RelayShared(maxConnections: config.daemon.maxConnections, closedEventMode: config.events.closedEvent)
+        shared = RelayShared(maxConnections: config.daemon.maxConnections, closedEventMode: config.events.closedEvent,
+                             opened: config.events.opened)
         let count = config.daemon.workerCount
         do {
             loop = try EventLoop()
@@ -624,7 +625,7 @@ public final class Daemon {
         }
         config = next
         logger.setLevel(next.daemon.logLevel)
-        shared.apply(maxConnections: next.daemon.maxConnections, closedEventMode: next.events.closedEvent)
+        shared.apply(maxConnections: next.daemon.maxConnections, closedEventMode: next.events.closedEvent, opened: next.events.opened)
         if next.daemon.workerCount != workers.count {
             logger.log(.notice, "workers: \(workers.count) event loop(s) run; a change takes effect at the next start")
         }

@@ -444,7 +444,8 @@ private struct Walker {
     package mutating func events(_ t: TOMLTable) -> EventSettings {
         let tb = "events"
         var e = EventSettings()
-        checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route"])
+        checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route", "opened"])
+        if let b = bool(t, tb, "opened") { e.opened = b }
         if let n = int(t, tb, "closed_event", range: 0...2) { e.closedEvent = n }
         if let a = argv(t, tb, "callback") { e.callback = a }
         if let s = duration(t, tb, "hook_timeout", allowZero: false) { e.hookTimeout = s }

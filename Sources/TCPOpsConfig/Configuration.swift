@@ -66,6 +66,8 @@ public struct EventSettings: Sendable, Equatable {
     public var hookTimeout = 10.0
     public var maxRunningHooks = 16
     public var queueLimit = 10_000
+    /// tcp:opened when a relay is established (opt-in: off, it costs nothing).
+    public var opened = false
 }
 
 /// One upstream as the file names it: an address, or a host name resolved to addresses (tried in
@@ -321,7 +323,7 @@ public struct Configuration: Sendable, Equatable {
     public init(path: String) { self.path = path }
 
     public static let defaultPath = "/etc/tcpopsd/tcpopsd.toml"
-    public static let eventNames = ["tcp:closed", "tcp:reset", "tcp:timeout"]
+    public static let eventNames = ["tcp:closed", "tcp:reset", "tcp:timeout", "tcp:opened"]
 }
 
 /// Every problem found in one file, each as `PATH:LINE: message`.

@@ -48,6 +48,12 @@ public struct SocketAddress: Equatable, Hashable, Sendable, CustomStringConverti
         }
     }
 
+    /// Whether `text` is an IPv6 address (which needs brackets before a port).
+    public static func isIPv6Text(_ text: String) -> Bool {
+        var v6 = in6_addr()
+        return inet_pton(AF_INET6, text, &v6) == 1
+    }
+
     /// Parses a host with an optional port, as `tcpopsctl conid` takes it: "a.b.c.d", "a.b.c.d:port",
     /// "v6" (bare, no port), "[v6]" or "[v6]:port". The port is nil when left out.
     public static func parseHost(_ text: String) throws(ParseError) -> (family: Family, bytes: [UInt8], port: UInt16?) {

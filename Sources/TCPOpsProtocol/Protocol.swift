@@ -33,7 +33,12 @@ public struct ControlRequest: Sendable {
     public var count: Int?
     public var interval: Int?
     public var seconds: Double?
-    public var host: String?
+    /// conid: the address(es) whose connections are wanted, "ip" or "ip:port" (a host name's
+    /// addresses, resolved by the client: the daemon never waits on DNS).
+    public var hosts: [String]?
+    /// Every command that names one connection: instead of `conid`, the client's address(es),
+    /// "ip:port" (the remote the service sees; several: the addresses of one host name).
+    public var remotes: [String]?
     public var port: Int?
     public var all: Bool?
     /// send: the bytes, base64.
@@ -72,7 +77,8 @@ public struct ControlRequest: Sendable {
         r.count = fields.int("count")
         r.interval = fields.int("interval")
         r.seconds = fields.double("seconds")
-        r.host = fields.string("host")
+        r.hosts = fields.strings("host")
+        r.remotes = fields.strings("remote")
         r.port = fields.int("port")
         r.all = fields.bool("all")
         r.data = fields.string("data")
@@ -144,6 +150,27 @@ public struct ControlRequest: Sendable {
             return s
         }
 
+        /// A string, or an array of strings (never empty).
+        package mutating func strings(_ key: String) -> [String]? {
+            guard let v = value(key) else { return nil }
+            switch v {
+            case .string(let s): return [s]
+            case .array(let items) where !items.isEmpty && items.count <= 64:
+                var out: [String] = []
+                for item in items {
+                    guard case .string(let s) = item else { wrong(key, "a string or an array of strings", v); return nil }
+                    out.append(s)
+                }
+                return out
+            case .array(let items) where items.isEmpty:
+                if problem == nil { problem = "'\(key)' is an empty array" }
+                return nil
+            default:
+                wrong(key, "a string or an array of at most 64 strings", v)
+                return nil
+            }
+        }
+
         package mutating func bool(_ key: String) -> Bool? {
             guard let v = value(key) else { return nil }
             guard case .bool(let b) = v else { wrong(key, "true or false", v); return nil }
@@ -162,7 +189,8 @@ public struct ControlRequest: Sendable {
         if let count { o.append(("count", .int(Int64(count)))) }
         if let interval { o.append(("interval", .int(Int64(interval)))) }
         if let seconds { o.append(("seconds", .double(seconds))) }
-        if let host { o.append(("host", .string(host))) }
+        if let hosts { o.append(("host", hosts.count == 1 ? .string(hosts[0]) : .array(hosts.map { .string($0) }))) }
+        if let remotes { o.append(("remote", remotes.count == 1 ? .string(remotes[0]) : .array(remotes.map { .string($0) }))) }
         if let port { o.append(("port", .int(Int64(port)))) }
         if let all { o.append(("all", .bool(all))) }
         if let data { o.append(("data", .string(data))) }

@@ -92,12 +92,12 @@ struct State: ParsableCommand {
 /// The values of a command that takes `CONID VALUE...`: the CONID is never inferred from how many
 /// values were given (a missing value would shift the others: "keepalive-enable 1 30 3" must not
 /// mean conid $TCPOPS_CONID, idle 1).
-func conidAndValues(_ args: [String], names: [String], usage: String) throws -> (UInt64, [String]) {
+func conidAndValues(_ args: [String], names: [String], usage: String) throws -> (Target, [String]) {
     guard args.count == names.count + 1 else {
         let missing = args.count < names.count + 1 ? "missing \((["CONID"] + names)[args.count...].joined(separator: " "))" : "too many values"
         throw ValidationError("\(missing); usage: tcpopsctl \(usage) (in a hook, give \"$TCPOPS_CONID\" as the CONID)")
     }
-    return (try parseConid(args[0]), Array(args.dropFirst()))
+    return (try parseTarget(args[0]), Array(args.dropFirst()))
 }
 
 /// An integer value in a range, or a usage error naming it.
@@ -116,7 +116,7 @@ struct KeepaliveEnable: ParsableCommand {
     func run() throws {
         let (c, v) = try conidAndValues(values, names: ["IDLE", "COUNT", "INTERVAL"], usage: "keepalive-enable CONID IDLE COUNT INTERVAL")
         var r = ControlRequest(cmd: "keepalive-enable")
-        r.conid = c
+        try name(c, in: &r)
         r.idle = try integer(v[0], "IDLE", 1...32767)
         r.count = try integer(v[1], "COUNT", 1...127)
         r.interval = try integer(v[2], "INTERVAL", 1...32767)
@@ -145,7 +145,7 @@ struct Lifetime: ParsableCommand {
         guard let s = Double(v[0]), s.isFinite else { throw ValidationError("SECONDS must be a number, not \"\(v[0])\"") }
         guard Durations.valid(s) else { throw ValidationError("SECONDS \(v[0]) is out of range: \(Durations.rangeText)") }
         var r = ControlRequest(cmd: "lifetime")
-        r.conid = c
+        try name(c, in: &r)
         r.seconds = s
         try flagCommand(common, r)
     }
@@ -171,7 +171,11 @@ struct Conid: ParsableCommand {
 
     func run() throws {
         var r = ControlRequest(cmd: "conid")
-        r.host = address
+        let (host, port) = try hostAndPort(address, portRequired: false)
+        r.hosts = try addressesOf(host).map { ip in
+            guard let port else { return ip }
+            return SocketAddress.isIPv6Text(ip) ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+        }
         r.all = all
         let a = try ask(common, r)
         let result = a["result"] ?? .int(-1)
@@ -209,7 +213,7 @@ struct Send: ParsableCommand {
         guard !bytes.isEmpty else { throw ValidationError("nothing to send") }
         guard bytes.count <= 48 * 1024 else { throw ValidationError("at most 49152 bytes a send (the request line limit is 64 KiB)") }
         var r = ControlRequest(cmd: "send")
-        r.conid = try parseConid(conid)
+        try name(try parseTarget(conid), in: &r)
         r.data = Base64.encode(bytes)
         try flagCommand(common, r)
     }

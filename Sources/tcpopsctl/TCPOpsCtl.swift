@@ -117,22 +117,79 @@ func ask(_ common: Common, _ request: ControlRequest) throws -> JSON {
 
 /// `[CONID]` of the commands that take nothing else: the argument, else $TCPOPS_CONID (so a hook
 /// acts on the connection that raised its event).
-func resolveConid(_ given: String?) throws -> UInt64 {
+func resolveConid(_ given: String?) throws -> Target {
     guard let text = given ?? environment("TCPOPS_CONID"), !text.isEmpty else {
         throw ValidationError("no CONID given and TCPOPS_CONID is not set")
     }
-    return try parseConid(text)
+    return try parseTarget(text)
 }
 
-func parseConid(_ text: String) throws -> UInt64 {
-    guard let c = UInt64(text), c > 0 else { throw ValidationError("CONID must be a positive integer, not \"\(text)\"") }
-    return c
+/// How a command names its connection: by conid, or by the client's address HOST:PORT (the
+/// address the service behind sees, as Kamailio's $si:$sp), so that a script needs one call.
+enum Target {
+    case conid(UInt64)
+    case address(host: String, port: UInt16)
+}
+
+func parseTarget(_ text: String) throws -> Target {
+    if text.allSatisfy(\.isNumber) {
+        guard let c = UInt64(text), c > 0 else { throw ValidationError("CONID must be a positive integer, not \"\(text)\"") }
+        return .conid(c)
+    }
+    let (host, port) = try hostAndPort(text, portRequired: true)
+    return .address(host: host, port: port!)
+}
+
+/// "a.b.c.d[:port]", "[v6][:port]", "v6" (no port), "name[:port]". The port, when there is one,
+/// must be 1 to 65535.
+func hostAndPort(_ text: String, portRequired: Bool) throws -> (String, UInt16?) {
+    let usage = "a CONID, or a client's address HOST:PORT (IPv4, [IPv6] or a host name)"
+    var host = Substring(text), portText: Substring?
+    if text.hasPrefix("[") {
+        guard let close = text.firstIndex(of: "]") else { throw ValidationError("\"\(text)\" is not \(usage)") }
+        host = text[text.index(after: text.startIndex)..<close]
+        let rest = text[text.index(after: close)...]
+        if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty { throw ValidationError("\"\(text)\" is not \(usage)") }
+    } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+    }
+    guard !host.isEmpty else { throw ValidationError("\"\(text)\" is not \(usage)") }
+    if let portText {
+        guard let p = Int(portText), (1...65535).contains(p) else { throw ValidationError("\"\(text)\": port \"\(portText)\" must be 1 to 65535") }
+        return (String(host), UInt16(p))
+    }
+    if portRequired { throw ValidationError("\"\(text)\" is not \(usage): a connection's address needs its port") }
+    return (String(host), nil)
+}
+
+/// The addresses a host stands for, as "ip" (IPv6 bare): itself when it is an address, else what
+/// the resolver says. A name that does not resolve ends tcpopsctl with status 1 (no such
+/// connection can exist), saying so.
+func addressesOf(_ host: String) throws -> [String] {
+    if (try? SocketAddress.parseHost(host)) != nil { return [host] }
+    switch Resolve.addresses(host, port: 1) {
+    case .success(let list): return list.prefix(64).map(\.ip)
+    case .failure(let e):
+        writeStderr("tcpopsctl: \(e)\n")
+        throw ExitCode(CtlExit.negative)
+    }
+}
+
+/// Names `target` in `r`: its conid, or its client's address(es) ("ip:port"), which tcpopsd
+/// resolves to the one connection that has it (two or more: an error naming them).
+func name(_ target: Target, in r: inout ControlRequest) throws {
+    switch target {
+    case .conid(let c): r.conid = c
+    case .address(let host, let port):
+        r.remotes = try addressesOf(host).map { SocketAddress.isIPv6Text($0) ? "[\($0)]:\(port)" : "\($0):\(port)" }
+    }
 }
 
 /// A request that names one connection.
 func conidRequest(_ cmd: String, _ conid: String?) throws -> ControlRequest {
     var r = ControlRequest(cmd: cmd)
-    r.conid = try resolveConid(conid)
+    try name(try resolveConid(conid), in: &r)
     return r
 }
 

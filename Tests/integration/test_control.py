@@ -284,8 +284,12 @@ def test_conid_lookup_any_port_and_all(daemon, echo):
     assert p.stdout.split() == [str(x) for x in sip]
     p = d.ctl("conid", "127.0.0.9")
     assert p.returncode == 1
-    p = d.ctl("conid", "not-an-ip")
-    assert p.returncode == 2
+    # Host names are taken (as Kamailio's tcp_get_conid does): one that does not resolve matches
+    # no connection (1, saying why); what is no host at all is a usage error.
+    p = d.ctl("conid", "not-an-ip.invalid")
+    assert p.returncode == 1 and "does not resolve" in p.stderr, (p.returncode, p.stderr)
+    p = d.ctl("conid", "127.0.0.3:port")
+    assert p.returncode == 64, (p.returncode, p.stderr)
     for c in clients + [s]:
         c.close()
     assert d.stop() == 0

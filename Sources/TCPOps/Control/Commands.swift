@@ -25,6 +25,10 @@ public final class ControlTarget {
 
     /// Runs `r` and tells `reply` the answer line (on the main thread; at once with one worker).
     public func execute(_ r: ControlRequest, reply: @escaping (String) -> Void) {
+        if let remotes = r.remotes, r.conid == nil, ControlTarget.oneConnection.contains(r.cmd) {
+            executeByAddress(r, remotes, reply: reply)
+            return
+        }
         let each: (RelayContext) throws -> Part
         let combine: ([Part]) throws -> [(String, JSON)]
         do {
@@ -33,6 +37,51 @@ public final class ControlTarget {
             reply(answer(r, error))
             return
         }
+        gather(r, each, then: { [self] parts in
+            do {
+                reply(ControlAnswer.ok(r.id, try combine(parts)))
+            } catch {
+                reply(answer(r, error))
+            }
+        }, failed: reply)
+    }
+
+    /// A command that names its connection by the client's address: the connection is found
+    /// first (every worker looks), then the command runs on its conid. No match answers as an
+    /// unknown conid does (gone, -1); more than one is an error naming them, and nothing is done:
+    /// a script that steers "the connection from 10.0.0.7:5060" must not steer another.
+    private func executeByAddress(_ r: ControlRequest, _ remotes: [String], reply: @escaping (String) -> Void) {
+        let wanted: [(family: SocketAddress.Family, bytes: [UInt8], port: UInt16?)]
+        do {
+            wanted = try ControlTarget.addresses(remotes, port: nil)
+            guard wanted.allSatisfy({ $0.port != nil }) else { throw Failure("'remote' must be \"ip:port\" (a connection's address)") }
+        } catch {
+            reply(answer(r, error))
+            return
+        }
+        gather(r, { ctx in [("found", .array(ControlTarget.clients(ctx, matching: wanted).map { .uint($0) }))] }, then: { [self] parts in
+            var conids: [UInt64] = []
+            for p in parts {
+                guard case .array(let list)? = p?.first?.1 else { continue }
+                for case .uint(let c) in list { conids.append(c) }
+            }
+            conids.sort()
+            guard conids.count <= 1 else {
+                reply(ControlAnswer.error(r.id, "\(conids.count) connections have the remote address \(remotes.joined(separator: " or ")) "
+                                          + "(conids \(conids.map(String.init).joined(separator: ", "))): name one by its conid"))
+                return
+            }
+            var byConid = r
+            byConid.remotes = nil
+            byConid.conid = conids.first ?? 0  // 0 is no conid: answered as gone
+            execute(byConid, reply: reply)
+        }, failed: reply)
+    }
+
+    /// Runs `each` on every worker, then `then` with their parts on the main thread; `failed` gets
+    /// the error answer line instead when a worker threw or did not answer in time.
+    private func gather(_ r: ControlRequest, _ each: @escaping (RelayContext) throws -> Part, then: @escaping ([Part]) -> Void,
+                        failed reply: @escaping (String) -> Void) {
         struct Gathered {
             var parts: [Part] = []
             var answered: Set<Int> = []
@@ -74,11 +123,7 @@ public final class ControlTarget {
                 reply(answer(r, f))
                 return
             }
-            do {
-                reply(ControlAnswer.ok(r.id, try combine(all.parts)))
-            } catch {
-                reply(answer(r, error))
-            }
+            then(all.parts)
         })
     }
 
@@ -104,6 +149,31 @@ public final class ControlTarget {
         guard let c = r.conid else { throw Failure("missing 'conid' (no CONID given and TCPOPS_CONID not set)") }
         return c
     }
+
+    /// The addresses of a `host` or `remote` member: "ip" or "ip:port" ("[v6]:port"); `port`
+    /// applies where an address has none.
+    static func addresses(_ texts: [String], port: UInt16?) throws -> [(family: SocketAddress.Family, bytes: [UInt8], port: UInt16?)] {
+        try texts.map { text in
+            do {
+                let a = try SocketAddress.parseHost(text)
+                return (a.family, a.bytes, a.port ?? port)
+            } catch {
+                throw Failure("\"\(text)\": \(error)")
+            }
+        }
+    }
+
+    /// The conids of this worker's client connections whose remote address (the one a PROXY header
+    /// gave, where one did) is one of `wanted`. Only clients: an upstream's remote is the upstream.
+    static func clients(_ ctx: RelayContext, matching wanted: [(family: SocketAddress.Family, bytes: [UInt8], port: UInt16?)]) -> [UInt64] {
+        ctx.trackedConnections.filter { c in
+            guard c.side == .client, let remote = c.remote else { return false }
+            return wanted.contains { remote.family == $0.family && remote.bytes == $0.bytes && ($0.port == nil || remote.port == $0.port) }
+        }.map(\.conid)
+    }
+
+    /// Commands that act on one connection, named by `conid` or by the client's address (`remote`).
+    static let oneConnection: Set<String> = ["alive", "state", "keepalive-enable", "keepalive-disable", "lifetime", "closed-event", "send", "close"]
 
     /// The 1 / -1 answer of the tcpops functions.
     private func flag(_ done: Bool) -> [(String, JSON)] { [("result", .int(done ? 1 : -1))] }
@@ -168,23 +238,11 @@ public final class ControlTarget {
             let id = try conid(r)
             return ({ ctx in ctx.connection(id).map { self.flag($0.enableEvents()) } }, one(flag(false)))
         case "conid":
-            guard let host = r.host else { throw Failure("missing 'host'") }
+            guard let hosts = r.hosts else { throw Failure("missing 'host'") }
             if let p = r.port, !(1...65535).contains(p) { throw Failure("port \(p) is out of range") }
-            let wanted: (family: SocketAddress.Family, bytes: [UInt8], port: UInt16?)
-            do {
-                wanted = try SocketAddress.parseHost(host)
-            } catch {
-                throw Failure("\"\(host)\": \(error)")
-            }
             // Without a port, any port matches (the newest connection from that host first).
-            let port = wanted.port ?? r.port.map { UInt16($0) }
-            return ({ ctx in
-                let found = ctx.trackedConnections.filter { c in
-                    guard let remote = c.remote else { return false }
-                    return remote.family == wanted.family && remote.bytes == wanted.bytes && (port == nil || remote.port == port)
-                }.map(\.conid)
-                return [("found", .array(found.map { .uint($0) }))]
-            }, { parts in
+            let wanted = try ControlTarget.addresses(hosts, port: r.port.map { UInt16($0) })
+            return ({ ctx in [("found", .array(ControlTarget.clients(ctx, matching: wanted).map { .uint($0) }))] }, { parts in
                 var found: [UInt64] = []
                 for p in parts {
                     guard case .array(let list)? = p?.first?.1 else { continue }

@@ -53,12 +53,13 @@ public final class EventDispatcher: TurnEndHandler {
 }
 
 extension EventKind {
-    /// 0, 1, 2 in `allCases` order.
+    /// 0, 1, 2, 3 in `allCases` order.
     var index: Int {
         switch self {
         case .closed: return 0
         case .reset: return 1
         case .timeout: return 2
+        case .opened: return 3
         }
     }
 }

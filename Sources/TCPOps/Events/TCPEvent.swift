@@ -8,12 +8,16 @@ public enum EventKind: String, Sendable, CaseIterable {
     case closed = "tcp:closed"
     case reset = "tcp:reset"
     case timeout = "tcp:timeout"
+    /// A relay established (`[events] opened = true`): both conids and the client's addresses
+    /// known. To hooks and the stream; the journal has it only at debug.
+    case opened = "tcp:opened"
 
     var messageID: MessageID {
         switch self {
         case .closed: return .eventClosed
         case .reset: return .eventReset
         case .timeout: return .eventTimeout
+        case .opened: return .connectionOpened
         }
     }
 }
@@ -30,6 +34,8 @@ public enum CloseReason: String, Sendable, CaseIterable {
     case lifetime
     /// tcpopsd closed it itself: no event.
     case local
+    /// Not a close: the reason tcp:opened gives (the upstream accepted the relay's connect).
+    case established
 
     /// The event this reason raises; nil for closes tcpopsd starts (other than lifetime).
     public var event: EventKind? {
@@ -38,12 +44,13 @@ public enum CloseReason: String, Sendable, CaseIterable {
         case .rst, .refused: return .reset
         case .keepalive, .unreachable, .connectTimeout, .lifetime: return .timeout
         case .local: return nil
+        case .established: return .opened
         }
     }
 
     public var origin: CloseOrigin {
         switch self {
-        case .fin, .rst, .refused: return .peer
+        case .fin, .rst, .refused, .established: return .peer
         case .keepalive, .unreachable: return .network
         case .connectTimeout, .lifetime: return .timer
         case .local: return .local

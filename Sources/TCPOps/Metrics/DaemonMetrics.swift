@@ -128,6 +128,7 @@ public final class ListenerMetrics: Sendable {
         case .connectTimeout: r = 5
         case .lifetime: r = 6
         case .local: r = 7
+        case .established: r = 8
         }
         return r * 2 + (side == .client ? 0 : 1)
     }

@@ -86,6 +86,9 @@ extension Relay {
         }
         let up = Connection(conid: conid, side: .upstream, fd: fd, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
         up.remote = address
+        // connect() bound the socket: its local address is the kernel's to tell (asked only when
+        // wanted, as for an event of a failed attempt).
+        up.localUnasked = true
         up.relay = self
         upstream = up
         ctx.track(up)
@@ -158,5 +161,14 @@ extension Relay {
         upstream.localUnasked = true  // getsockname when the address is wanted (an event, list)
         cancelPhaseTimer()
         sendProxyHeader()
+        // [events] opened: off (the default), this load is all it costs.
+        if ctx.shared.openedEvents.load(ordering: .relaxed) && !client.balancerOwn {
+            metrics.event(.opened, .established, .client)
+            var e = TCPEvent(kind: .opened, reason: .established, conid: client.conid, peerConid: upstream.conid, side: .client,
+                             listener: listener.name, local: client.local, remote: client.remote,
+                             durationMs: (ctx.loop.now &- client.openedAt) / 1_000_000, bytesIn: client.bytesIn, bytesOut: client.bytesOut)
+            e.tcp = Socket.tcpInfo(client.fd)
+            ctx.events.emit(e)
+        }
     }
 }

@@ -36,10 +36,13 @@ extension Connection {
         }
     }
 
-    /// tcp_set_connection_lifetime: idle lifetime in seconds from now on; 0 removes it.
+    /// tcp_set_connection_lifetime: idle lifetime in seconds from now on; 0 removes it. The idle
+    /// clock restarts at the call, as Kamailio sets `timeout = now + lifetime`: a connection idle
+    /// for a while that is given a lifetime gets all of it (idle_ms starts again from 0 too).
     public func setLifetime(seconds: Double) -> Bool {
         guard let r = liveRelay, seconds >= 0, seconds.isFinite else { return false }
         lifetime = seconds.nanoseconds
+        lastActivity = r.ctx.loop.now
         r.armLifetime(self)
         return true
     }

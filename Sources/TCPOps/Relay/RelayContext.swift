@@ -16,15 +16,19 @@ public final class RelayShared: Sendable {
     let awaitingHeader = Atomic<Int>(0)
     let maxConnections: Atomic<Int>
     let closedEventMode: Atomic<Int>
+    /// [events] opened: raise tcp:opened when a relay is established.
+    let openedEvents: Atomic<Bool>
 
-    public init(maxConnections: Int, closedEventMode: Int) {
+    public init(maxConnections: Int, closedEventMode: Int, opened: Bool = false) {
         self.maxConnections = Atomic(maxConnections)
         self.closedEventMode = Atomic(closedEventMode)
+        openedEvents = Atomic(opened)
     }
 
-    public func apply(maxConnections: Int, closedEventMode: Int) {
+    public func apply(maxConnections: Int, closedEventMode: Int, opened: Bool = false) {
         self.maxConnections.store(maxConnections, ordering: .relaxed)
         self.closedEventMode.store(closedEventMode, ordering: .relaxed)
+        openedEvents.store(opened, ordering: .relaxed)
     }
 
     /// Conids up to `last` were handed out by a previous process: never again.

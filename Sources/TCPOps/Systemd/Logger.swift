@@ -89,10 +89,16 @@ public final class Logger: Sendable {
         }
     }
 
-    /// Queues a turn's events (notice level) in one go; their text is made on the writer thread.
+    /// Queues a turn's events (notice level; tcp:opened at debug) in one go; their text is made on
+    /// the writer thread.
     public func logEvents(_ events: [TCPEvent]) {
         guard enabled(.notice), !events.isEmpty else { return }
-        let entries = events.map { Entry(level: .notice, message: "", id: nil, fields: [], event: $0) }
+        let debug = enabled(.debug)
+        let entries = events.compactMap { e -> Entry? in
+            if e.kind == .opened { return debug ? Entry(level: .debug, message: "", id: nil, fields: [], event: e) : nil }
+            return Entry(level: .notice, message: "", id: nil, fields: [], event: e)
+        }
+        guard !entries.isEmpty else { return }
         if let writer {
             writer.submit(contentsOf: entries)
         } else {
