@@ -1,6 +1,7 @@
 """Issue 19: the tcpops way of working end to end. Kamailio (Debian's 5.6) stands behind tcpopsd
 with contrib/kamailio/kamailio.cfg as it is shipped (paths and ports put in): tcpopsd relays each
-phone's TCP connection to it with a PROXY v2 header, and Kamailio's script steers the phone's
+phone's TCP connection to it with a PROXY header (v1: Kamailio 5.6 reads v2's ports byte-swapped,
+kamailio#3683; seen here: $sp 41361 for port 37281), and Kamailio's script steers the phone's
 connection by its address ($si:$sp) through tcpopsctl, as Kamailio's own tcpops functions would:
 lifetime from the REGISTER's Expires, keepalive on. SIPp phones register with different Expires
 and stay connected, idle: each connection gets its own lifetime and keepalive, and the one whose
