@@ -10,9 +10,22 @@ public enum DaemonError: Error, CustomStringConvertible {
     case control(path: String, SystemError)
     case metrics(address: SocketAddress, SystemError)
     case resource(SystemError)
+    /// systemd passed a socket named for a listener but bound elsewhere: the unit and the file
+    /// disagree (exit 78, as a bad file).
+    case passedSocket(listener: String, configured: SocketAddress, passed: SocketAddress?)
+
+    /// The exit status this error ends tcpopsd with: 78 where the configuration is at fault, else 71.
+    public var exitStatus: Int32 {
+        if case .passedSocket = self { return 78 }
+        return 71
+    }
 
     public var description: String {
         switch self {
+        case let .passedSocket(name, configured, passed):
+            return "listener \"\(name)\" listens on \(configured), but the socket systemd passed as \"\(name)\" "
+                + "(FileDescriptorName=) is bound to \(passed?.description ?? "an unknown address"): make the socket unit's "
+                + "ListenStream= and the listener's listen agree"
         case let .bind(name, address, e): return "cannot listen on \(address) for listener \"\(name)\": \(e)"
         case let .control(path, e): return "cannot create the control socket \(path): \(e)"
         case let .metrics(address, e): return "cannot listen on \(address) for [metrics]: \(e)"
@@ -105,6 +118,15 @@ public final class Daemon {
             throw .resource(error)
         }
         for l in config.listeners {
+            // By name (FileDescriptorName=), and then the addresses must agree: a socket used under
+            // another address than the file says would be a listener the log misnames. Else by
+            // address.
+            if let named = passed.first(where: { $0.name == l.name }), named.address != l.listen {
+                for l in listeners.values { l.close() }
+                for p in passed { closeFD(p.fd) }
+                teardown()
+                throw .passedSocket(listener: l.name, configured: l.listen, passed: named.address)
+            }
             let match = passed.firstIndex { $0.name == l.name } ?? passed.firstIndex { $0.address == l.listen }
             let inherited = match.map { passed.remove(at: $0) }
             do {

@@ -104,7 +104,7 @@ struct TCPOpsD: ParsableCommand {
         } catch {
             logger.log(.error, "\(error)")
             if logger.writesToJournal { writeStderr("tcpopsd: \(error)\n") }
-            throw ExitCode(ExitStatus.osResource)
+            throw ExitCode(error.exitStatus)
         }
     }
 }

@@ -43,8 +43,8 @@ def test_socket_activation_matches_listener(tmp_path, echo, by):
     up = echo()
     port = free_port()
     if by == "name":
-        # The listener's own address differs: only the FileDescriptorName ties them together.
-        listeners = [listener("sip", free_port(), up.address)]
+        # The FileDescriptorName ties them together (and the addresses agree: see below).
+        listeners = [listener("other", free_port(), up.address), listener("sip", port, up.address)]
         fdname = "sip"
     else:
         listeners = [listener("other", free_port(), up.address), listener("byaddr", port, up.address)]
@@ -63,6 +63,34 @@ def test_socket_activation_matches_listener(tmp_path, echo, by):
         if by == "address":
             other_port = int(listeners[0]["listen"].split(":")[1])
             connect(other_port).close()  # the unmatched listener was bound as usual
+
+
+def test_a_passed_socket_named_for_a_listener_must_have_its_address(tmp_path, echo):
+    """Issue 19: the socket unit and the file could disagree silently: a socket named like a
+    listener but bound to another address was used while the log said the file's address (and a
+    listener later given that address failed with EADDRINUSE, 71, not a word about the socket). Now
+    the start fails as for a bad file (78), naming both addresses."""
+    if not shutil.which("systemd-socket-activate"):
+        pytest.skip("systemd-socket-activate is not installed")
+    up = echo()
+    port, other = free_port(), free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(render_config({"control_socket": str(tmp_path / "c.sock")}, listeners=[listener("sip", other, up.address)]))
+    # As systemd would start it: the passed socket as fd 3, LISTEN_FDNAMES naming it "sip".
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    fd = s.fileno()
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "sip"}
+    env.pop("LISTEN_PID", None)
+    r = subprocess.run(["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', BIN, "--config", str(cfg), "--log-target", "stderr"],
+                       capture_output=True, text=True, env=env, timeout=30, pass_fds=(3,), preexec_fn=lambda: os.dup2(fd, 3))
+    s.close()
+    assert r.returncode == 78, (r.returncode, r.stdout, r.stderr)
+    text = r.stdout + r.stderr
+    assert f'listener "sip" listens on 127.0.0.1:{other}, but the socket systemd passed as "sip"' in text, text
+    assert f"is bound to 127.0.0.1:{port}" in text, text
 
 
 def test_unmatched_passed_socket_is_closed_with_a_warning(tmp_path, echo):
