@@ -99,7 +99,11 @@ install: release
 	install -D -m 0755 .build/release/tcpopsctl $(DESTDIR)$(PREFIX)/bin/tcpopsctl
 	install -D -m 0644 systemd/tcpopsd.service $(DESTDIR)/etc/systemd/system/tcpopsd.service
 	install -D -m 0644 systemd/tcpopsd.socket $(DESTDIR)/etc/systemd/system/tcpopsd.socket
-	[ -e $(DESTDIR)/etc/tcpopsd/tcpopsd.toml ] || install -D -m 0644 config/tcpopsd.toml $(DESTDIR)/etc/tcpopsd/tcpopsd.toml
+	@# The production example, only where there is no configuration yet (never replaced); the demo
+	@# that `make run` uses is an example beside it.
+	[ -e $(DESTDIR)/etc/tcpopsd/tcpopsd.toml ] || install -D -m 0644 config/production.toml $(DESTDIR)/etc/tcpopsd/tcpopsd.toml
+	install -D -m 0644 config/production.toml $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/examples/production.toml
+	install -D -m 0644 config/tcpopsd.toml $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/examples/demo.toml
 	rm -rf .build/man && mkdir -p .build/man/1 .build/man/8
 	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 1 --output-directory .build/man/1 >/dev/null
 	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 8 --output-directory .build/man/8 >/dev/null

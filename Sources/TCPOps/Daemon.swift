@@ -52,6 +52,8 @@ public final class Daemon {
     private var metricsAddress: SocketAddress?
     private var stopping = false
     private var stopStartedAt: UInt64 = 0
+    /// The open-files limit after raising it at start (max_connections' default fits it).
+    private var fdLimit: UInt64 = 0
     /// When a stop must be over (monotonic ns): shutdown_timeout after the signal, and half a second
     /// for the last log entries and notify messages. nil until a stop began.
     public private(set) var exitDeadline: UInt64?
@@ -93,9 +95,12 @@ public final class Daemon {
             throw .resource(error)
         }
         let fdLimit = FileLimit.raiseToHard()
+        self.fdLimit = fdLimit
+        shared.apply(maxConnections: config.daemon.maxConnections(fdLimit: fdLimit), closedEventMode: config.events.closedEvent,
+                     opened: config.events.opened)
         // Each tracked connection is one fd; a relay with bytes in flight holds a pipe (two more).
-        if UInt64(config.daemon.maxConnections) + 64 > fdLimit {
-            logger.log(.warning, "max_connections \(config.daemon.maxConnections) exceeds what the open-files limit (\(fdLimit)) allows; "
+        if let given = config.daemon.maxConnectionsGiven, UInt64(given) + 64 > fdLimit {
+            logger.log(.warning, "max_connections \(given) exceeds what the open-files limit (\(fdLimit)) allows; "
                        + "past about \(fdLimit > 64 ? fdLimit - 64 : 0) connections, accepting pauses until fds are free",
                        [("TCPOPS_FD_LIMIT", String(fdLimit))])
         }
@@ -647,7 +652,8 @@ public final class Daemon {
         }
         config = next
         logger.setLevel(next.daemon.logLevel)
-        shared.apply(maxConnections: next.daemon.maxConnections, closedEventMode: next.events.closedEvent, opened: next.events.opened)
+        shared.apply(maxConnections: next.daemon.maxConnections(fdLimit: fdLimit), closedEventMode: next.events.closedEvent,
+                     opened: next.events.opened)
         if next.daemon.workerCount != workers.count {
             logger.log(.notice, "workers: \(workers.count) event loop(s) run; a change takes effect at the next start")
         }

@@ -41,7 +41,24 @@ public struct DaemonSettings: Sendable, Equatable {
     public var controlSocket = "/run/tcpopsd/control.sock"
     public var controlMode: UInt32 = 0o660
     public var controlGroup: String? = nil
-    public var maxConnections = 100_000
+    /// The file's max_connections; nil: not given, then `maxConnections(fdLimit:)` fits the
+    /// open-files limit (a default that every start warned about was no default).
+    public var maxConnectionsGiven: Int? = nil
+    /// What bounds the connections when the file says nothing and nothing is known of the fd limit.
+    public static let defaultMaxConnections = 100_000
+    public var maxConnections: Int {
+        get { maxConnectionsGiven ?? DaemonSettings.defaultMaxConnections }
+        set { maxConnectionsGiven = newValue }
+    }
+
+    /// max_connections as it applies under an open-files limit of `fdLimit`: the file's, or when
+    /// it says nothing, 100,000 or what the limit allows (an fd a connection, 64 kept for the
+    /// rest), whichever is less.
+    public func maxConnections(fdLimit: UInt64) -> Int {
+        if let n = maxConnectionsGiven { return n }
+        let allowed = fdLimit > 66 ? Int(min(fdLimit - 64, UInt64(DaemonSettings.defaultMaxConnections))) : 2
+        return min(DaemonSettings.defaultMaxConnections, allowed)
+    }
     public var logLevel = LogLevel.info
     public var shutdownTimeout = 10.0
     /// Event loops (threads) relaying; nil: "auto", one per CPU the process may run on.

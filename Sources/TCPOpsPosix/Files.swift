@@ -26,6 +26,14 @@ public enum Files {
         return Array(out[..<got])
     }
 
+    /// The path of the running executable (/proc/self/exe), if it can be read.
+    public static func ownExecutable() -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// Removes `path`; true when it was there.
     @discardableResult
     public static func remove(_ path: String) -> Bool { unlink(path) == 0 }

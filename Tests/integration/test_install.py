@@ -55,3 +55,62 @@ def test_completions_docs_and_binaries(staged):
     example = staged.parent.parent / "etc/tcpopsd/tcpopsd.toml"
     p = subprocess.run([str(staged / "bin/tcpopsd"), "--check-config", "--config", str(example)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_the_installed_configuration_is_safe_to_enable(staged):
+    """Issue 19: `make install` used to install the demo (lifetime 3 s, a shell hook on every event,
+    an upstream where nothing listens) as /etc/tcpopsd/tcpopsd.toml. Now the production example:
+    commented, no hooks, timers that find dead peers in minutes, max_connections within the fd
+    limit; and an existing file is never replaced."""
+    import tomllib
+    etc = staged.parent.parent / "etc/tcpopsd/tcpopsd.toml"
+    text = etc.read_text()
+    assert text == open(os.path.join(ROOT, "config/production.toml")).read()
+    conf = tomllib.loads(text)
+    assert "callback" not in conf.get("events", {}) and "route" not in conf.get("events", {})
+    for l in conf["listener"]:
+        assert l.get("lifetime", 0) == 0 or l["lifetime"] >= 60, l
+        assert "keepalive" in l and l.get("user_timeout", 0) >= 30, l
+    assert conf["daemon"].get("max_connections", 0) <= 65536 - 64
+    assert (staged / "share/doc/tcpopsd/examples/demo.toml").exists()
+    # A second install keeps what the operator wrote.
+    etc.write_text(text + "# edited by the operator\n")
+    p = subprocess.run(["make", "-C", ROOT, "install", f"DESTDIR={staged.parent.parent}"], capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert etc.read_text().endswith("# edited by the operator\n")
+
+
+def test_the_docs_hook_example_runs_as_written(staged, tmp_path):
+    """The hook example of docs/tcpopsctl.md, verbatim, against the installed binaries: hooks used
+    to get PATH=/usr/sbin:/usr/bin:/sbin:/bin while tcpopsctl is installed in /usr/local/bin, and
+    the example failed with "tcpopsctl: not found"."""
+    import re
+    import socket
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from helpers import Daemon, EchoServer, connect, free_port, listener, wait_for
+    doc = open(os.path.join(ROOT, "docs/tcpopsctl.md")).read()
+    script = re.search(r"## From a hook\n```sh\n(.*?)```", doc, re.S).group(1)
+    hook = tmp_path / "on-close"
+    hook.write_text(script)
+    hook.chmod(0o755)
+    up = EchoServer(mode="hold")  # keeps its side open after the client's FIN: the hook must end it
+    port = free_port()
+    import helpers
+    old = helpers.BIN
+    helpers.BIN = str(staged / "bin/tcpopsd")  # the installed binary, with tcpopsctl beside it
+    try:
+        d = Daemon(tmp_path, listeners=[listener("hooked", port, up.address)], routes={"tcp:closed": [str(hook)]})
+        d.start()
+        c = connect(port)
+        c.sendall(b"bye")
+        c.shutdown(socket.SHUT_WR)  # tcp:closed for the client: the hook sees eof and closes the relay
+        c.settimeout(10)
+        while c.recv(100):  # what the upstream holds never comes; tcpopsd's close ends it
+            pass
+        wait_for(lambda: "hook exited with status 0" in d.logtext(), what="the hook's clean exit")
+        assert "not found" not in d.logtext(), d.logtext()[-2000:]
+        assert d.stop() == 0
+    finally:
+        helpers.BIN = old
+        up.close()

@@ -92,12 +92,22 @@ public final class HookRunner: Sendable {
     /// Hook runs waiting for a slot now (at most queue_limit).
     public var queued: Int { waiting.load(ordering: .relaxed) }
 
+    /// Hooks' PATH: the folder tcpopsd itself runs from first (tcpopsctl is installed beside it, or
+    /// built beside it: a hook's `tcpopsctl lifetime "$TCPOPS_CONID" 30` finds it), then the system's.
+    static let path: String = {
+        let system = "/usr/sbin:/usr/bin:/sbin:/bin"
+        guard let exe = Files.ownExecutable(), let slash = exe.lastIndex(of: "/") else { return "PATH=\(system)" }
+        let dir = String(exe[..<slash])
+        if dir.isEmpty || system.split(separator: ":").contains(Substring(dir)) { return "PATH=\(system)" }
+        return "PATH=\(dir):\(system)"
+    }()
+
     /// Queues the hooks of one event. Called on the relay's loop; never blocks on a child.
     public func submit(_ event: TCPEvent) {
         let s = settings.withLock { $0 }
         let commands = s.commands(for: event.kind)
         guard !commands.isEmpty else { return }
-        let env = event.hookEnvironment + ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TCPOPS_CONTROL_SOCKET=\(s.controlSocket)"]
+        let env = event.hookEnvironment + [HookRunner.path, "TCPOPS_CONTROL_SOCKET=\(s.controlSocket)"]
         for argv in commands {
             if waiting.load(ordering: .relaxed) >= s.queueLimit {
                 let total = counters.withLock { c -> UInt64 in
@@ -109,7 +119,7 @@ public final class HookRunner: Sendable {
                 if now - lastDropLog.load(ordering: .relaxed) >= 1_000_000_000 || total == 1 {
                     lastDropLog.store(now, ordering: .relaxed)
                     logger.log(.warning, "hook queue full (queue_limit \(s.queueLimit)): event dropped", id: .hookDropped,
-                               [("TCPOPS_EVENT", event.kind.rawValue), ("TCPOPS_CONID", String(event.conid)),
+                               [("TCPOPS_HOOK_EVENT", event.kind.rawValue), ("TCPOPS_CONID", String(event.conid)),
                                 ("TCPOPS_HOOKS_DROPPED", String(total))])
                 }
                 continue
@@ -264,7 +274,10 @@ private final class Worker {
     }
 
     func fields(_ job: HookRunner.Job) -> [Logger.Field] {
-        [("TCPOPS_HOOK", job.argv.joined(separator: " ")), ("TCPOPS_EVENT", job.event.rawValue), ("TCPOPS_CONID", String(job.conid))]
+        // TCPOPS_HOOK_EVENT, not TCPOPS_EVENT: `journalctl TCPOPS_EVENT=tcp:reset` finds the events
+        // themselves, not also each hook's output and exit (TCPOPS_CONID=N still finds everything
+        // about connection N, its hooks too).
+        [("TCPOPS_HOOK", job.argv.joined(separator: " ")), ("TCPOPS_HOOK_EVENT", job.event.rawValue), ("TCPOPS_CONID", String(job.conid))]
     }
 
     func finished(_ hook: RunningHook) {
