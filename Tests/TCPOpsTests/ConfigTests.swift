@@ -226,4 +226,17 @@ import Testing
         let a = try SocketAddress.parse("203.0.113.1:1"), b = try SocketAddress.parse("127.0.0.1:9"), c = try SocketAddress.parse("127.0.0.2:9")
         #expect(all.contains(a) && one.contains(b) && !one.contains(c))
     }
+
+    /// Left out, max_connections fits the open-files limit (a default that every start warned
+    /// about was no default); given, it is what the file says.
+    @Test func maxConnectionsDefaultFitsTheFdLimit() throws {
+        let d = try ConfigLoader.parse(minimal, path: "t.toml").daemon
+        #expect(d.maxConnectionsGiven == nil)
+        #expect(d.maxConnections(fdLimit: 20_000) == 19_936)
+        #expect(d.maxConnections(fdLimit: 65_536) == 65_472)
+        #expect(d.maxConnections(fdLimit: 1 << 20) == 100_000)
+        #expect(d.maxConnections(fdLimit: 10) == 2)
+        let given = try ConfigLoader.parse("[daemon]\nmax_connections = 500\n" + minimal, path: "t.toml").daemon
+        #expect(given.maxConnections(fdLimit: 20_000) == 500 && given.maxConnectionsGiven == 500)
+    }
 }

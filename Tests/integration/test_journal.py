@@ -47,10 +47,15 @@ def journal_entries(*matches):
     return [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
 
 
-def test_reset_event_in_journal_with_fields(journal, daemon, echo):
+def test_reset_event_in_journal_with_fields(journal, daemon, echo, tmp_path):
     up = echo(mode="hold")
     port = free_port()
-    d = daemon(listeners=[listener("journaled", port, up.address)], log_target="journal")
+    # A hook that prints: its output and exit entries must not answer TCPOPS_EVENT=tcp:reset (they
+    # did: three entries per reset; issue 19).
+    hook = tmp_path / "talk.sh"
+    hook.write_text("#!/bin/sh\necho said something\n")
+    hook.chmod(0o755)
+    d = daemon(listeners=[listener("journaled", port, up.address)], log_target="journal", routes={"tcp:reset": [str(hook)]})
     s = connect(port)
     cport = s.getsockname()[1]
     s.sendall(b"0123456789")
@@ -62,7 +67,13 @@ def test_reset_event_in_journal_with_fields(journal, daemon, echo):
         return [e for e in journal_entries("TCPOPS_EVENT=tcp:reset", f"_PID={pid}") if e.get("TCPOPS_REMOTE") == f"127.0.0.1:{cport}"]
 
     entries = wait_for(found, timeout=10, what="journal entry")
-    assert len(entries) == 1
+    conid = entries[0]["TCPOPS_CONID"]
+    hooks = wait_for(lambda: [e for e in journal_entries(f"TCPOPS_CONID={conid}", f"_PID={pid}") if "TCPOPS_HOOK" in e and
+                              "TCPOPS_HOOK_STATUS" in e], timeout=10, what="the hook's exit entry")
+    assert hooks[0]["TCPOPS_HOOK_EVENT"] == "tcp:reset" and "TCPOPS_EVENT" not in hooks[0]
+    assert any(e.get("MESSAGE") == "hook output: said something" for e in journal_entries(f"TCPOPS_CONID={conid}", f"_PID={pid}"))
+    entries = [e for e in journal_entries("TCPOPS_EVENT=tcp:reset", f"_PID={pid}")]
+    assert len(entries) == 1, [e.get("MESSAGE") for e in entries]
     e = entries[0]
     assert e["SYSLOG_IDENTIFIER"] == "tcpopsd"
     assert e["TCPOPS_REASON"] == "rst" and e["TCPOPS_SIDE"] == "client" and e["TCPOPS_LISTENER"] == "journaled"
