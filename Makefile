@@ -2,12 +2,12 @@
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 PYTHON ?= python3
 DEBIAN_PACKAGES = libsystemd-dev pkg-config iproute2 nftables socat iperf3 systemd systemd-container debootstrap \
-                  haproxy kamailio sip-tester jq prometheus strace systemd-journal-remote
+                  haproxy kamailio sip-tester jq prometheus strace systemd-journal-remote dpkg-dev lintian mandoc
 PREFIX ?= /usr/local
 # --version names the git revision when built from a checkout.
 export TCPOPS_GIT_REVISION := $(shell git rev-parse --short=10 HEAD 2>/dev/null)
 
-.PHONY: all deps build release run test unit integration fuzz fuzz-build fuzz-smoke test-sanitize soak bench install clean
+.PHONY: all deps build release run test unit integration fuzz fuzz-build fuzz-smoke test-sanitize soak bench install install-files deb clean
 
 all: build
 
@@ -90,40 +90,48 @@ bench: release
 	fi
 	$(PYTHON) Benchmarks/bench.py --tcpopsd .build/release/tcpopsd
 
-# Binaries, units, the example configuration, the manual pages (tcpopsctl(1) and tcpopsd(8) from
-# the argument parsers, tcpopsd.toml(5) written by hand), tcpopsctl's shell completions, the journal
-# message catalog (journalctl -x) and the contract's pages, in their usual places (DESTDIR for staging).
+# Binaries, units, the example configuration, the manual pages (written by hand in man/), tcpopsctl's
+# shell completions, the journal message catalog (journalctl -x) and the contract's pages, in their
+# usual places (DESTDIR for staging; PREFIX /usr/local). `install-files` copies what BUILDDIR holds
+# without building (the Debian package uses it with PREFIX=/usr).
 MANDIR = $(PREFIX)/share/man
-install: release
-	install -D -m 0755 .build/release/tcpopsd $(DESTDIR)$(PREFIX)/bin/tcpopsd
-	install -D -m 0755 .build/release/tcpopsctl $(DESTDIR)$(PREFIX)/bin/tcpopsctl
-	install -D -m 0644 systemd/tcpopsd.service $(DESTDIR)/etc/systemd/system/tcpopsd.service
-	install -D -m 0644 systemd/tcpopsd.socket $(DESTDIR)/etc/systemd/system/tcpopsd.socket
+BUILDDIR ?= .build/release
+UNITDIR ?= /etc/systemd/system
+ZSHDIR ?= $(PREFIX)/share/zsh/site-functions
+install: release install-files
+	@[ -n "$(DESTDIR)" ] || systemctl daemon-reload 2>/dev/null || true
+	@[ -n "$(DESTDIR)" ] || mandb -q 2>/dev/null || true
+	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog 2>/dev/null || true
+
+install-files:
+	install -D -m 0755 $(BUILDDIR)/tcpopsd $(DESTDIR)$(PREFIX)/bin/tcpopsd
+	install -D -m 0755 $(BUILDDIR)/tcpopsctl $(DESTDIR)$(PREFIX)/bin/tcpopsctl
+	@# The units name the binaries and the docs where this PREFIX puts them.
+	mkdir -p $(DESTDIR)$(UNITDIR)
+	for u in tcpopsd.service tcpopsd.socket; do \
+	  sed -e 's|/usr/local/|$(PREFIX)/|g' systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	@# The production example, only where there is no configuration yet (never replaced); the demo
 	@# that `make run` uses is an example beside it.
 	[ -e $(DESTDIR)/etc/tcpopsd/tcpopsd.toml ] || install -D -m 0644 config/production.toml $(DESTDIR)/etc/tcpopsd/tcpopsd.toml
 	install -D -m 0644 config/production.toml $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/examples/production.toml
 	install -D -m 0644 config/tcpopsd.toml $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/examples/demo.toml
-	rm -rf .build/man && mkdir -p .build/man/1 .build/man/8
-	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 1 --output-directory .build/man/1 >/dev/null
-	$(SWIFT) package --allow-writing-to-directory .build/man generate-manual --section 8 --output-directory .build/man/8 >/dev/null
-	@# The generator writes paragraph breaks as empty lines (.Pp in mdoc) and gives tcpopsd, which
-	@# has none, a "subcommand" in its synopsis.
-	mkdir -p $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
-	sed -e 's/^$$/.Pp/' .build/man/1/tcpopsctl.1 > $(DESTDIR)$(MANDIR)/man1/tcpopsctl.1
-	sed -e 's/^$$/.Pp/' -e '/^\.Ar subcommand$$/d' .build/man/8/tcpopsd.8 > $(DESTDIR)$(MANDIR)/man8/tcpopsd.8
+	install -D -m 0644 man/tcpopsctl.1 $(DESTDIR)$(MANDIR)/man1/tcpopsctl.1
 	install -D -m 0644 man/tcpopsd.toml.5 $(DESTDIR)$(MANDIR)/man5/tcpopsd.toml.5
-	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	install -D -m 0644 man/tcpopsd.8 $(DESTDIR)$(MANDIR)/man8/tcpopsd.8
+	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(ZSHDIR) \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
-	.build/release/tcpopsctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tcpopsctl
-	.build/release/tcpopsctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_tcpopsctl
-	.build/release/tcpopsctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tcpopsctl.fish
+	$(BUILDDIR)/tcpopsctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tcpopsctl
+	$(BUILDDIR)/tcpopsctl --generate-completion-script zsh > $(DESTDIR)$(ZSHDIR)/_tcpopsctl
+	$(BUILDDIR)/tcpopsctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tcpopsctl.fish
 	install -D -m 0644 docs/catalog/tcpopsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/tcpopsd.catalog
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/README.md
 	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/tcpopsd/
-	@[ -n "$(DESTDIR)" ] || systemctl daemon-reload 2>/dev/null || true
-	@[ -n "$(DESTDIR)" ] || mandb -q 2>/dev/null || true
-	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog 2>/dev/null || true
+
+# A Debian package of the release build (packaging/deb.sh: PREFIX=/usr, the units in
+# /lib/systemd/system, the configuration a conffile, maintainer scripts as Debian's own), checked
+# by lintian. DEB_VERSION defaults to the version tcpopsd --version prints.
+deb: release
+	packaging/deb.sh $(CURDIR)/.build/release $(CURDIR)/.build/deb $(DEB_VERSION)
 
 clean:
 	rm -rf .build

@@ -53,18 +53,21 @@ def _add_packages(image, packages):
 
 
 class Container:
-    def __init__(self, name, image=CACHE, netns=None, uuid=None):
+    def __init__(self, name, image=CACHE, netns=None, uuid=None, clean=False, binds=()):
         """A container booted from `image`; in the network namespace /run/netns/`netns` when given
         (its own addresses), else on the host's network; with machine ID `uuid` when given (an
-        image with an empty /etc/machine-id takes it)."""
+        image with an empty /etc/machine-id takes it). `clean`: a Debian 12 as installed, without
+        this build or the Swift toolchain mounted in; `binds`: (host folder, where) pairs, read-only."""
         self.name = name
         self.log = open(f"/tmp/{name}.nspawn.log", "wb")
         net = [f"--network-namespace-path=/run/netns/{netns}"] if netns else []
         if uuid:
             net.append(f"--uuid={uuid}")
+        mounts = [] if clean else ["--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd"]
+        mounts += [f"--bind-ro={host}:{inside}" for host, inside in binds]
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", image, "-b", "--keep-unit", "--register=no", "-M", name, "--volatile=overlay",
-             "--bind-ro=/opt/swift", f"--bind-ro={BUILD}:/opt/tcpopsd", *net],
+             *mounts, *net],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.pid = wait_for(self._init_pid, timeout=30, what="the container's init")

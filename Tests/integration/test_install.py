@@ -18,7 +18,18 @@ def staged(tmp_path_factory):
     return dest / "usr" / "local"
 
 
+def lint(page):
+    """mandoc -Tlint and groff -ww: no warning at all (the pages are written by hand)."""
+    if shutil.which("mandoc"):
+        p = subprocess.run(["mandoc", "-Tlint", "-W", "warning", str(page)], capture_output=True, text=True)
+        assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+    p = subprocess.run(["groff", "-ww", "-mandoc", "-Tutf8", "-z", str(page)], capture_output=True, text=True,
+                       env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+
+
 def render(page):
+    lint(page)
     p = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True, env={**os.environ, "MANWIDTH": "100"})
     assert p.returncode == 0, p.stderr
     assert "warning" not in p.stderr.lower(), p.stderr
@@ -29,12 +40,21 @@ def test_man_pages(staged):
     if not shutil.which("man"):
         pytest.skip("man is not installed")
     d = render(staged / "share/man/man8/tcpopsd.8")
-    assert "tcpopsd —" in d and "--check-config" in d and "Exit status" in d and "tcpopsd subcommand" not in d
+    assert "tcpopsd —" in d and "--check-config" in d and "EXIT STATUS" in d and "tcpopsd subcommand" not in d
+    for section in ("SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES", "FILES", "SEE ALSO"):
+        assert section in d, section
     c = render(staged / "share/man/man1/tcpopsctl.1")
     assert "keepalive-enable" in c and "--json" in c and "TCPOPS_CONID" in c
+    for section in ("SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES", "SEE ALSO"):
+        assert section in c, section
+    assert "-1 gone" in c and "69" in c  # the state table and the exit statuses, not "0 on success, >0 if an error"
     t = render(staged / "share/man/man5/tcpopsd.toml.5")
     for key in ("max_connections", "upstream_user_timeout", "proxy_protocol", "accept_proxy", "event_sides", "queue_limit"):
         assert key in t, key
+    # Values with several quoted parts render as written (nested quoting mangled five of them).
+    for line in ('listen = "a.b.c.d:port" | "[v6]:port"', 'upstream = "host:port" | ["host:port", ...]',
+                 'event_sides = ["client", "upstream"]', 'proxy_protocol = "v1" | "v2"', 'accept_proxy_from = ["10.0.0.0/8", ...]'):
+        assert line in t, line
 
 
 def test_completions_docs_and_binaries(staged):
