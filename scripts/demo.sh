@@ -17,8 +17,20 @@ if ! mkdir -p "$(dirname "$SOCKET")" 2>/dev/null || [ ! -w "$(dirname "$SOCKET")
 fi
 
 pids=()
+daemon=
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+# Ctrl-C reaches every process of the terminal's group, tcpopsd too: it drains and stops on that one
+# signal. A second one (cleanup's kill) would close its relays at once and hide the drain; so on
+# INT the script only waits for tcpopsd, then stops the rest and exits 0 (make reports no error).
+interrupted() {
+  trap - INT
+  if [ -n "$daemon" ]; then wait "$daemon" 2>/dev/null || true; fi
+  pids=("${pids[@]/$daemon}")
+  cleanup
+  exit 0
+}
+trap cleanup EXIT TERM
+trap interrupted INT
 
 # Waits until something listens on 127.0.0.1:PORT, or says who is missing and gives up.
 wait_for_port() {

@@ -479,7 +479,7 @@ public final class Daemon {
     private func beginStop(_ signo: Int32) {
         if stopping {
             logger.log(.notice, "second stop signal: closing \(relaysNow) relays now", id: .stopping)
-            for w in workers { w.post { $0.ctx.closeAll() } }
+            for w in workers { w.post { $0.ctx.closeAll(why: "a second stop signal") } }
             return
         }
         stopping = true
@@ -511,7 +511,7 @@ public final class Daemon {
     }
 
     private func drain(_ signo: Int32) {
-        logger.log(.notice, "stopping on signal \(signo): draining \(relaysNow) relays for up to \(config.daemon.shutdownTimeout) s", id: .stopping)
+        logger.log(.notice, "stopping on signal \(signo): draining \(relaysNow) relays for up to \(config.daemon.shutdownTimeout.secondsText)", id: .stopping)
         waitForDrain()
         loop.timers.schedule(at: loop.now + config.daemon.shutdownTimeout.nanoseconds) { [unowned self] in
             self.logger.log(.notice, "shutdown_timeout reached: closing \(self.relaysNow) relays", id: .stopping)

@@ -264,8 +264,8 @@ public final class RelayContext {
     }
 
     /// Closes every relay (shutdown after the drain time): no events, reason local.
-    public func closeAll() {
-        for r in liveRelays { r.end(failed: nil, reason: .local, why: "shutdown_timeout reached") }
+    public func closeAll(why: String = "shutdown_timeout reached") {
+        for r in liveRelays { r.end(failed: nil, reason: .local, why: why) }
     }
 
     public func shutdown() { pipes.drain() }
