@@ -23,8 +23,9 @@ struct List: ParsableCommand {
         let table = rows.map { row -> [String] in
             var ka: String
             if let k = row["keepalive"], k != .null { ka = "\(cell(k["idle"]))/\(cell(k["count"]))/\(cell(k["interval"]))" } else { ka = "off" }
-            // TCP_USER_TIMEOUT set too: it, not the probe count, ends a silent peer.
-            if row["user_timeout_overrides_keepalive"] == .bool(true) { ka += ",ut=\(cell(row["user_timeout_ms"]))ms" }
+            // TCP_USER_TIMEOUT set (with keepalive or without): it ends a peer that stops acknowledging,
+            // and with keepalive it, not the probe count, ends a silent one.
+            if let ut = row["user_timeout_ms"]?.int64, ut > 0 { ka += ",ut=\(ut)ms" }
             return [cell(row["conid"]), cell(row["peer_conid"]), cell(row["side"]), cell(row["listener"]),
                     "\(cell(row["state"])) \(cell(row["state_name"]))", cell(row["local"]), cell(row["remote"]),
                     cell(row["age_ms"]), cell(row["idle_ms"]), cell(row["bytes_in"]), cell(row["bytes_out"]),
@@ -278,7 +279,10 @@ struct EventsCommand: ParsableCommand {
             printLine(line)
             left -= 1
         }
-        if follow { throw ExitCode(CtlExit.unavailable) }  // the stream ended: tcpopsd went away
+        if follow {  // the stream ended: tcpopsd went away
+            writeStderr("tcpopsctl: the event stream ended: tcpopsd at \(common.path) stopped or closed the connection\n")
+            throw ExitCode(CtlExit.unavailable)
+        }
     }
 }
 
@@ -307,8 +311,9 @@ struct Stats: ParsableCommand {
             return
         }
         for key in ["connections_open", "relays_open", "accepted", "rejected", "relayed_bytes"] { printLine("\(key) \(cell(s[key]))") }
-        for kind in ["tcp:closed", "tcp:reset", "tcp:timeout"] { printLine("events.\(kind) \(cell(s["events"]?[kind]))") }
+        for kind in ["tcp:closed", "tcp:reset", "tcp:timeout", "tcp:opened"] { printLine("events.\(kind) \(cell(s["events"]?[kind]))") }
         for key in ["run", "failed", "killed", "dropped", "queued"] { printLine("hooks.\(key) \(cell(s["hooks"]?[key]))") }
         printLine("subscribers \(cell(s["subscribers"]))")
+        printLine("workers \(cell(s["workers"]))")
     }
 }

@@ -12,7 +12,8 @@ struct Common: ParsableArguments {
     @Flag(name: .long, help: "Print the result as JSON (an object, an array or a number; events: one object a line).")
     var json = false
 
-    @Option(name: .long, help: "Give up after this many seconds without an answer (0: wait forever).")
+    // .unconditional: "--timeout -1" is a value (refused with its range), not a missing one.
+    @Option(name: .long, parsing: .unconditional, help: "Give up after this many seconds without an answer (0: wait forever).")
     var timeout: Double = 10
 
     var path: String {
@@ -62,7 +63,9 @@ enum CtlExit {
 
 /// A connection to tcpopsd's control socket, or exit 69 saying why there is none.
 func connectOrExit(_ common: Common) throws -> ControlClient {
-    guard common.timeout >= 0, common.timeout.isFinite else { throw ValidationError("--timeout must be 0 or more seconds") }
+    guard common.timeout >= 0, common.timeout.isFinite else {
+        throw ValidationError("--timeout \(common.timeout) is out of range: 0 (wait for ever) or more seconds")
+    }
     // A Unix socket's address holds 107 bytes: a longer path would be cut and name another socket.
     guard common.path.utf8.count <= UnixSocket.maxPath, !common.path.isEmpty else {
         throw ValidationError("the control socket path \"\(common.path)\" is \(common.path.utf8.count) bytes; a Unix socket path holds 1 to \(UnixSocket.maxPath)")
@@ -220,13 +223,13 @@ struct TCPOpsCtl: ParsableCommand {
         commandName: "tcpopsctl",
         abstract: "Query and steer tcpopsd's connections (the tcpops functions, at runtime).",
         discussion: """
-        The global options (--socket, --json, --timeout) may stand before or after the command.
-        Commands that take only a connection accept it as [CONID]; left out, it is $TCPOPS_CONID, so
-        a hook acts on its own connection. Commands that take values (keepalive-enable, lifetime,
-        send) need the CONID first, always: in a hook, pass "$TCPOPS_CONID".
-        Exit status: 0 success; 1 the function answered -1 (no such connection, state not
-        positive, no match); 2 tcpopsd answered with an error; 64 bad command line; 69 tcpopsd
-        unreachable or silent.
+        Global options, before or after the command: --socket PATH (the control socket; default $TCPOPS_CONTROL_SOCKET, then /run/tcpopsd/control.sock), --json (print the result as JSON), --timeout SECONDS (give up after this long without an answer; default 10, 0 waits for ever).
+
+        A CONID is a connection id; the client's address HOST:PORT may stand instead (the address the service behind tcpopsd sees). Commands that take only a connection accept it as [CONID]; left out, it is $TCPOPS_CONID, so a hook acts on its own connection. Commands that take values (keepalive-enable, lifetime, send) need the CONID first, always: in a hook, pass "$TCPOPS_CONID".
+
+        Exit status: 0 success; 1 the function answered -1 (no such connection, state not positive, no match); 2 tcpopsd answered with an error; 64 bad command line; 69 tcpopsd unreachable or silent.
+
+        See tcpopsctl(1).
         """,
         version: TCPOpsVersion.line("tcpopsctl"),
         subcommands: [List.self, Alive.self, State.self, KeepaliveEnable.self, KeepaliveDisable.self, Lifetime.self,
@@ -234,6 +237,24 @@ struct TCPOpsCtl: ParsableCommand {
     )
 
     static func main() {
-        main(Common.reorder(Array(CommandLine.arguments.dropFirst())))
+        let arguments = Common.reorder(Array(CommandLine.arguments.dropFirst()))
+        var command: ParsableCommand
+        do {
+            command = try parseAsRoot(arguments)
+        } catch {
+            exit(withError: error)  // the parser knows which command it was reading
+        }
+        do {
+            try command.run()
+        } catch let e as ValidationError {
+            // A value found wrong while the command runs: that command's usage, not the list of
+            // every command.
+            let name = type(of: command)._commandName
+            writeStderr("Error: \(e.message)\nUsage: \(usageString(for: type(of: command)))\n"
+                        + "  See 'tcpopsctl \(name) --help' for more information.\n")
+            Glibc.exit(CtlExit.usage)
+        } catch {
+            exit(withError: error)
+        }
     }
 }

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -187,3 +188,31 @@ def test_bad_addresses_and_log_targets_are_explained(tmp_path):
                             f"mount -t tmpfs tmpfs /run/systemd/journal && exec {BIN} --config {cfg} --log-target journal"],
                            capture_output=True, text=True, timeout=20)
         assert p.returncode == 71 and "no journal socket" in p.stderr, (p.returncode, p.stderr)
+
+
+def test_the_rough_edges_a_newcomer_hit(daemon, echo):
+    """Issue 19: stats without the workers line its docs show; `--timeout -1` said "Missing value";
+    a value found wrong printed every command's usage, not the command's own; a connection with only
+    TCP_USER_TIMEOUT showed KEEPALIVE off with no sign of it; `events --follow` exited 69 without a
+    word when tcpopsd stopped."""
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("edges", port, up.address, user_timeout=30)])
+    s = connect(port)
+    assert echoed(s, b"x") == b"x"
+    stats = d.ctl("stats").stdout.splitlines()
+    assert any(l.startswith("workers ") and int(l.split()[1]) >= 1 for l in stats), stats
+    p = d.ctl("stats", "--timeout", "-1")
+    assert p.returncode == 64 and "--timeout -1.0 is out of range" in p.stderr, (p.returncode, p.stderr)
+    p = d.ctl("lifetime", "1", "abc")
+    assert p.returncode == 64 and "Usage: tcpopsctl lifetime" in p.stderr and "SUBCOMMANDS" not in p.stderr, p.stderr
+    table = d.ctl("list").stdout
+    client = [l for l in table.splitlines() if " client " in l][0]
+    assert "off,ut=30000ms" in client, table
+    follow = subprocess.Popen([CTL, "events", "--follow", "--socket", d.control], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    time.sleep(0.5)
+    s.close()
+    assert d.stop() == 0
+    out, err = follow.communicate(timeout=15)
+    assert follow.returncode == 69 and "the event stream ended" in err, (follow.returncode, err)
