@@ -216,3 +216,25 @@ def test_the_rough_edges_a_newcomer_hit(daemon, echo):
     assert d.stop() == 0
     out, err = follow.communicate(timeout=15)
     assert follow.returncode == 69 and "the event stream ended" in err, (follow.returncode, err)
+
+
+def test_terminal_lines_are_short(daemon, echo, tmp_path):
+    """Issue 19: on a terminal an event was a ~400-character line (every TCP_INFO field) and each hook
+    line repeated the hook's whole argv. The journal keeps every field; stderr keeps what a reader
+    needs."""
+    from helpers import hooked, reset_close
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener("short", port, up.address)], events=hooked(tmp_path))
+    s = connect(port)
+    assert echoed(s, b"x") == b"x"
+    reset_close(s)
+    wait_for(lambda: "hook exited" in d.logtext(), what="a hook's line")
+    lines = d.loglines()
+    event = [l for l in lines if l.startswith("NOTICE tcp:reset on conid")][0]
+    assert len(event) < 200 and "tcp_rtt" not in event and "errno=ECONNRESET" in event and "bytes_in=1" in event, event
+    hook = [l for l in lines if "hook exited" in l][0]
+    assert "hook.sh" not in hook and "hook_event=tcp:" in hook and len(hook) < 160, hook
+    ended = [l for l in lines if "relay ended" in l]
+    assert all(len(l) < 260 for l in ended), ended
+    assert d.stop() == 0

@@ -149,7 +149,10 @@ public final class Logger: Sendable {
         }
         if let r = e.ended {
             if journal && sendToJournal(r, scratch) { return }
-            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields))
+            // On a terminal, what says how it ended; the journal has every field.
+            let short: Set<String> = ["TCPOPS_LISTENER", "TCPOPS_REMOTE", "TCPOPS_DURATION_MS", "TCPOPS_REASON", "TCPOPS_ORIGIN",
+                                      "TCPOPS_BYTES_TO_UPSTREAM", "TCPOPS_BYTES_TO_CLIENT"]
+            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields.filter { short.contains($0.0) }))
             return
         }
         if journal && sendToJournal(e, scratch) { return }
@@ -188,24 +191,23 @@ public final class Logger: Sendable {
         return scratch.send()
     }
 
-    /// An event's stderr line: `NOTICE message event=... reason=... ...` (keys without TCPOPS_,
-    /// lowercase; event values have no spaces or quotes, so none is quoted).
+    /// An event's stderr line, short enough for a terminal: `NOTICE tcp:reset on conid 7 (client
+    /// 127.0.0.1:5060, reason rst) peer_conid=8 listener=sip bytes_in=10 bytes_out=0
+    /// duration_ms=302 errno=ECONNRESET` (the errno only when there is one). The journal, the hooks
+    /// and `events --json` have every field, the TCP_INFO snapshot too.
     private static func writeLine(_ e: TCPEvent, _ scratch: Scratch) {
         scratch.reset()
         var t = ByteText(capacity: 0)
         swap(&t, &scratch.text)
         defer { swap(&t, &scratch.text) }
-        t.put("NOTICE ")
+        t.put(e.kind == .opened ? "DEBUG " : "NOTICE ")
         e.putMessage(&t)
-        e.forEachField(&t, { t, key in
-            t.put(byte: UInt8(ascii: " "))
-            key.withUTF8Buffer { k in
-                for b in k.dropFirst(k.starts(with: "TCPOPS_".utf8) ? 7 : 0) {
-                    t.put(byte: b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b + 32 : b)
-                }
-            }
-            t.put(byte: UInt8(ascii: "="))
-        }, { _ in })
+        if let p = e.peerConid { t.put(" peer_conid="); t.put(p) }
+        t.put(" listener="); t.put(e.listener)
+        t.put(" bytes_in="); t.put(e.bytesIn)
+        t.put(" bytes_out="); t.put(e.bytesOut)
+        t.put(" duration_ms="); t.put(e.durationMs)
+        if e.errno != 0 { t.put(" errno="); t.put(errnoName(e.errno)) }
         t.put(byte: UInt8(ascii: "\n"))
         _ = t.bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
@@ -231,7 +233,8 @@ public final class Logger: Sendable {
         var line = e.level.name.uppercased()
         line += " "
         line += e.message
-        for (k, v) in e.fields {
+        // A hook's argv is in the journal's TCPOPS_HOOK; on a terminal it would repeat on every line.
+        for (k, v) in e.fields where k != "TCPOPS_HOOK" {
             var key = k
             if key.hasPrefix("TCPOPS_") { key = String(key.dropFirst(7)) }
             line += " \(key.lowercased())="
