@@ -14,12 +14,38 @@ BIN = os.environ.get("TCPOPSD", os.path.join(ROOT, ".build", "debug", "tcpopsd")
 CTL = os.environ.get("TCPOPSCTL", os.path.join(ROOT, ".build", "debug", "tcpopsctl"))
 
 
+_handed_out = set()
+
+
+def _ephemeral_range():
+    try:
+        lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port nothing listens on now, below the kernel's ephemeral range: a port the kernel hands
+    out to a connect() (the test's own clients churning, say) could be taken between this call and
+    the bind that wants it (EADDRINUSE was seen so on a busy machine). Never the same twice in one run."""
+    import random
+    lo, _ = _ephemeral_range()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(1000):
+        p = random.randrange(10000, max(10001, lo))
+        if p in _handed_out:
+            continue
+        s = socket.socket(family)
+        try:
+            s.bind((host, p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _handed_out.add(p)
+        return p
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
