@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helpers import (echoed, hooked, EchoServer, connect, find_client_event, free_port, listener, reset_close, wait_for,
-                     write_hook, events_for)
+                     write_hook, events_for, BIN)
 
 SPEC_VARS = ["TCPOPS_EVENT", "TCPOPS_REASON", "TCPOPS_CONID", "TCPOPS_PEER_CONID", "TCPOPS_SIDE", "TCPOPS_LISTENER",
              "TCPOPS_PROTO", "TCPOPS_LOCAL_IP", "TCPOPS_LOCAL_PORT", "TCPOPS_REMOTE_IP", "TCPOPS_REMOTE_PORT",
@@ -46,7 +46,8 @@ def test_fin_raises_one_closed_with_full_environment(daemon, echo, tmp_path):
     assert r["TCPOPS_REMOTE_IP"] == "127.0.0.1" and r["TCPOPS_REMOTE_PORT"] == str(cport)
     assert r["TCPOPS_BYTES_IN"] == "1234" and r["TCPOPS_BYTES_OUT"] == "1234"
     assert 150 <= int(r["TCPOPS_DURATION_MS"]) < 5000
-    assert r["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin"
+    # tcpopsd's own folder first (tcpopsctl is beside it), then the system's.
+    assert r["PATH"] == os.path.dirname(os.path.realpath(BIN)) + ":/usr/sbin:/usr/bin:/sbin:/bin"
     assert r["TCPOPS_CONTROL_SOCKET"] == os.path.join(str(tmp_path), "control.sock")
     conid, peer = int(r["TCPOPS_CONID"]), int(r["TCPOPS_PEER_CONID"])
     assert conid > 0 and peer > 0 and conid != peer

@@ -39,7 +39,8 @@ def exhaust(d, port, limit):
 def test_relay_copies_when_no_pipe_can_be_had(tmp_path, echo):
     up = echo()
     port = free_port()
-    d = Daemon(tmp_path, listeners=[listener("nopipe", port, up.address)], preexec=limited(40))
+    d = Daemon(tmp_path, listeners=[listener("nopipe", port, up.address)], preexec=limited(40),
+               daemon={"max_connections": 1000})  # above what 40 fds allow: the fds run out first
     d.start()
     first = connect(port)
     assert roundtrip(first, b"small, copied")  # no pipe taken yet: the pool is empty
@@ -75,7 +76,8 @@ def test_control_socket_at_the_fd_limit(tmp_path, echo):
     gives up after --timeout with exit 69 and a message."""
     up = echo()
     port = free_port()
-    d = Daemon(tmp_path, listeners=[listener("full", port, up.address)], preexec=limited(40))
+    d = Daemon(tmp_path, listeners=[listener("full", port, up.address)], preexec=limited(40),
+               daemon={"max_connections": 1000})  # above what 40 fds allow: the fds run out first
     d.start()
     held = exhaust(d, port, 40)
     # The reserve lets this one in, even now.

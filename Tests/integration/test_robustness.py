@@ -27,8 +27,9 @@ def echo_roundtrip(s, payload=b"ping", timeout=10):
 def test_out_of_fds_pauses_accept_and_recovers(tmp_path, echo):
     up = echo()
     port = free_port()
-    # Soft and hard limit 48 for tcpopsd alone (it raises its soft limit to the hard one).
-    d = Daemon(tmp_path, listeners=[listener("fd", port, up.address)],
+    # Soft and hard limit 48 for tcpopsd alone (it raises its soft limit to the hard one). Left
+    # out, max_connections would fit the limit; given above it, the fds run out first.
+    d = Daemon(tmp_path, listeners=[listener("fd", port, up.address)], daemon={"max_connections": 1000},
                preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
     d.start()
     assert "exceeds what the open-files limit (48) allows" in d.logtext()

@@ -151,7 +151,7 @@ public final class Logger: Sendable {
             if journal && sendToJournal(r, scratch) { return }
             // On a terminal, what says how it ended; the journal has every field.
             let short: Set<String> = ["TCPOPS_LISTENER", "TCPOPS_REMOTE", "TCPOPS_DURATION_MS", "TCPOPS_REASON", "TCPOPS_ORIGIN",
-                                      "TCPOPS_BYTES_TO_UPSTREAM", "TCPOPS_BYTES_TO_CLIENT"]
+                                      "TCPOPS_CLIENT_REASON", "TCPOPS_UPSTREAM_REASON", "TCPOPS_BYTES_TO_UPSTREAM", "TCPOPS_BYTES_TO_CLIENT"]
             writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields.filter { short.contains($0.0) }))
             return
         }
