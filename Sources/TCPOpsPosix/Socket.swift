@@ -97,9 +97,10 @@ package enum Socket {
         }
     }
 
-    /// Reads and clears the socket's pending error (0 if none).
+    /// Reads and clears the socket's pending error (0 if none); if asking fails, the errno of that
+    /// failure (our call's: never taken for the peer's).
     package static func pendingError(_ fd: Int32) -> Int32 {
-        (try? getInt(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
+        do { return try getInt(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR") } catch { return error.errno }
     }
 
     /// Sets keepalive, or turns it off (nil); `fresh`: a new socket, already off, needs no call for nil.

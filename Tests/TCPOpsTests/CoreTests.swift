@@ -34,6 +34,20 @@ import Testing
         #expect(CloseReason.classify(errno: EHOSTUNREACH) == .unreachable)
     }
 
+    /// An error of our own calls, or of this host, is nobody's reset: no reason, and the log says whose.
+    @Test func errorsThatAreNotThePeersHaveNoReason() {
+        for e in [EBADF, EFAULT, EINVAL, ENOTSOCK] {
+            #expect(CloseReason.classify(errno: e) == nil)
+            #expect(CloseReason.classify(errno: e, connecting: true) == nil)
+            #expect(SocketErrorOrigin(errno: e) == .bug)
+            #expect(SocketErrorOrigin(errno: e).describe(e).contains("a bug in tcpopsd"))
+        }
+        for e in [EADDRNOTAVAIL, EPERM, ENOBUFS, ENOMEM] {
+            #expect(CloseReason.classify(errno: e, connecting: true) == nil)
+            #expect(SocketErrorOrigin(errno: e) == .host)
+        }
+    }
+
     @Test func reasonToEvent() {
         #expect(CloseReason.fin.event == .closed)
         #expect(CloseReason.refused.event == .reset)

@@ -74,8 +74,8 @@ import Testing
         ]
         for r in samples {
             let made = byteFields(r)
-            #expect(made.map(\.0) == r.fields.map(\.0))
-            #expect(made.map(\.1) == r.fields.map(\.1))
+            #expect(made.map(\.0) == r.journalFields.map(\.0))
+            #expect(made.map(\.1) == r.journalFields.map(\.1))
             var m = ByteText()
             r.putMessage(&m)
             #expect(m.string == r.message)

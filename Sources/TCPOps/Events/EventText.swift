@@ -101,76 +101,12 @@ extension TCPEvent {
         t.put(")")
     }
 
-    /// Each journal field (SPEC names, in `journalFields`' order) as KEY, value: `field` is called
-    /// with the key and writes the value itself. The TCP_INFO fields are empty where unknown.
-    func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
-        field(&t, "TCPOPS_EVENT"); t.put(kind.rawValue); end(&t)
-        field(&t, "TCPOPS_REASON"); t.put(reason.rawValue); end(&t)
-        field(&t, "TCPOPS_CONID"); t.put(conid); end(&t)
-        if let peerConid { field(&t, "TCPOPS_PEER_CONID"); t.put(peerConid); end(&t) }
-        field(&t, "TCPOPS_SIDE"); t.put(side.rawValue); end(&t)
-        putConnectionFields(&t, listener: listener, local: local, remote: remote, durationMs: durationMs, bytesIn: bytesIn,
-                            bytesOut: bytesOut, field, end)
-        field(&t, "TCPOPS_ORIGIN"); t.put(reason.origin.rawValue); end(&t)
-        field(&t, "TCPOPS_ERRNO"); if errno != 0 { t.put(errnoName(errno)) }; end(&t)
-        forEachTCPField { key, _, value in
-            field(&t, key)
-            if let value { t.put(value) }
-            end(&t)
-        }
-    }
-
-    /// The TCP_INFO snapshot's fields in order: journal key, the JSON line's `,"key":`, value
-    /// (nil where unknown).
-    func forEachTCPField(_ body: (_ journalKey: StaticString, _ jsonKey: StaticString, _ value: UInt32?) -> Void) {
-        body("TCPOPS_TCP_RTT_US", ",\"tcp_rtt_us\":", tcp?.rttMicros)
-        body("TCPOPS_TCP_RTTVAR_US", ",\"tcp_rttvar_us\":", tcp?.rttvarMicros)
-        body("TCPOPS_TCP_RETRANSMITS", ",\"tcp_retransmits\":", tcp?.retransmits)
-        body("TCPOPS_TCP_UNACKED", ",\"tcp_unacked\":", tcp?.unacked)
-        body("TCPOPS_TCP_LOST", ",\"tcp_lost\":", tcp?.lost)
-        body("TCPOPS_TCP_LAST_DATA_RECV_MS", ",\"tcp_last_data_recv_ms\":", tcp?.lastDataReceivedMs)
-        body("TCPOPS_TCP_LAST_ACK_RECV_MS", ",\"tcp_last_ack_recv_ms\":", tcp?.lastAckReceivedMs)
-        body("TCPOPS_TCP_PMTU", ",\"tcp_pmtu\":", tcp?.pmtu)
-        body("TCPOPS_TCP_SND_CWND", ",\"tcp_snd_cwnd\":", tcp?.sendCwnd)
-    }
-
-    /// The event line of `tcpopsctl events` (same keys and order as `json(seq:unixMicros:)`).
+    /// The event line of `tcpopsctl events` (the JSON value's keys, in its order).
     public func jsonLine() -> String {
         var t = ByteText(capacity: 640)
-        t.put("{\"seq\":"); t.put(seq)
-        t.put(",\"time_us\":"); t.put(unixMicros)
-        t.put(",\"event\":\""); t.put(kind.rawValue)
-        t.put("\",\"reason\":\""); t.put(reason.rawValue)
-        t.put("\",\"conid\":"); t.put(conid)
-        t.put(",\"peer_conid\":"); if let peerConid { t.put(peerConid) } else { t.put("null") }
-        t.put(",\"side\":\""); t.put(side.rawValue)
-        t.put("\",\"listener\":"); t.putJSON(listener)
-        t.put(",\"local\":"); if let local { t.put(byte: 34); t.put(local); t.put(byte: 34) } else { t.put("null") }
-        t.put(",\"remote\":"); if let remote { t.put(byte: 34); t.put(remote); t.put(byte: 34) } else { t.put("null") }
-        t.put(",\"duration_ms\":"); t.put(durationMs)
-        t.put(",\"bytes_in\":"); t.put(bytesIn)
-        t.put(",\"bytes_out\":"); t.put(bytesOut)
-        t.put(",\"origin\":\""); t.put(reason.origin.rawValue)
-        t.put("\",\"errno\":\""); if errno != 0 { t.put(errnoName(errno)) }
-        t.put("\"")
-        forEachTCPField { _, key, value in
-            t.put(key)
-            if let value { t.put(value) } else { t.put("null") }
-        }
+        t.put("{")
+        putJSONMembers(&t)
         t.put("}")
         return t.string
     }
-}
-
-/// The fields every per-connection entry carries, TCPOPS_LISTENER to TCPOPS_BYTES_OUT, in that
-/// order (an event's and a relay's end; see TCPEvent.forEachField for `field` and `end`).
-func putConnectionFields(_ t: inout ByteText, listener: String, local: SocketAddress?, remote: SocketAddress?, durationMs: UInt64,
-                         bytesIn: UInt64, bytesOut: UInt64, _ field: (inout ByteText, StaticString) -> Void,
-                         _ end: (inout ByteText) -> Void) {
-        field(&t, "TCPOPS_LISTENER"); t.put(listener); end(&t)
-        if let local { field(&t, "TCPOPS_LOCAL"); t.put(local); end(&t) }
-        if let remote { field(&t, "TCPOPS_REMOTE"); t.put(remote); end(&t) }
-        field(&t, "TCPOPS_DURATION_MS"); t.put(durationMs); end(&t)
-        field(&t, "TCPOPS_BYTES_IN"); t.put(bytesIn); end(&t)
-        field(&t, "TCPOPS_BYTES_OUT"); t.put(bytesOut); end(&t)
 }

@@ -1,5 +1,5 @@
-// The event value and the closed list of reasons a connection ends. One CloseReason feeds the
-// journal, the hook environment and (later) the control output alike.
+// The event value and the closed list of reasons a connection ends. Its fields, and their names in
+// the journal, the hooks and the event stream, are in EventSchema.swift.
 import Glibc
 import TCPOpsConfig
 import TCPOpsPosix
@@ -57,13 +57,44 @@ public enum CloseReason: String, Sendable, CaseIterable {
         }
     }
 
-    /// Sorts a socket error. ETIMEDOUT comes from keepalive probes or TCP_USER_TIMEOUT.
-    public static func classify(errno e: Int32, connecting: Bool = false) -> CloseReason {
+    /// `allCases` once (the synthesized property makes an array at each use).
+    private static let ordered = CloseReason.allCases
+
+    /// The reason's place in `allCases`.
+    static func index(_ r: CloseReason) -> Int { ordered.firstIndex(of: r)! }
+
+    /// Sorts a socket error: what the peer or the network did, or nil when the error is not
+    /// theirs (our own call was wrong, or this host refused: `SocketErrorOrigin`). No default: an
+    /// errno nobody listed here is never reported as a peer's reset.
+    public static func classify(errno e: Int32, connecting: Bool = false) -> CloseReason? {
         switch e {
         case ECONNREFUSED: return .refused
         case ETIMEDOUT: return connecting ? .connectTimeout : .keepalive
         case EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, ENETDOWN: return .unreachable
-        default: return .rst  // ECONNRESET, EPIPE, ECONNABORTED and any other broken-connection error
+        // ENOTCONN: a splice from a socket the peer's reset or a timeout already closed.
+        case ECONNRESET, EPIPE, ECONNABORTED, ENETRESET, EPROTO, ENOTCONN: return .rst
+        default: return nil
+        }
+    }
+}
+
+/// An error that is not the peer's: tcpopsd's own bug (a call on a socket it should not have made
+/// that way), or this host (out of ports, buffers or memory; a local firewall rule).
+public enum SocketErrorOrigin {
+    case bug, host
+
+    public init(errno e: Int32) {
+        switch e {
+        case EBADF, EFAULT, EINVAL, ENOTSOCK, EISCONN, EALREADY, EOPNOTSUPP, EAFNOSUPPORT, EDESTADDRREQ: self = .bug
+        default: self = .host
+        }
+    }
+
+    /// How the log says it.
+    public func describe(_ e: Int32) -> String {
+        switch self {
+        case .bug: return "\(errnoName(e)) from tcpopsd's own call: a bug in tcpopsd, not the peer's doing"
+        case .host: return "\(errnoName(e)) from this host, not the peer"
         }
     }
 }
@@ -88,61 +119,9 @@ public struct TCPEvent: Sendable {
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0
 
-    /// Journal fields, SPEC names, as values: the reference the byte-level rendering
-    /// (EventText.swift, what the journal gets) is tested against.
-    public var journalFields: [Logger.Field] {
-        var f: [Logger.Field] = [
-            ("TCPOPS_EVENT", kind.rawValue), ("TCPOPS_REASON", reason.rawValue), ("TCPOPS_CONID", String(conid)),
-        ]
-        if let p = peerConid { f.append(("TCPOPS_PEER_CONID", String(p))) }
-        f.append(("TCPOPS_SIDE", side.rawValue))
-        f.append(("TCPOPS_LISTENER", listener))
-        if let local { f.append(("TCPOPS_LOCAL", local.description)) }
-        if let remote { f.append(("TCPOPS_REMOTE", remote.description)) }
-        f.append(("TCPOPS_DURATION_MS", String(durationMs)))
-        f.append(("TCPOPS_BYTES_IN", String(bytesIn)))
-        f.append(("TCPOPS_BYTES_OUT", String(bytesOut)))
-        for (k, v) in explanation { f.append((k, v)) }
-        return f
-    }
-
     /// The name of the errno the kernel reported, or "".
     public var errnoText: String { errno == 0 ? "" : errnoName(errno) }
 
-    /// Why it closed: TCPOPS_ORIGIN, TCPOPS_ERRNO and the TCP_INFO snapshot (empty values when
-    /// there was none), in the order hooks and the journal get them.
-    public var explanation: [(String, String)] {
-        var f: [(String, String)] = [("TCPOPS_ORIGIN", reason.origin.rawValue), ("TCPOPS_ERRNO", errnoText)]
-        for (name, value) in TCPEvent.tcpFields(tcp) { f.append(("TCPOPS_TCP_" + name.uppercased(), value.map(String.init) ?? "")) }
-        return f
-    }
-
-    /// The TCP_INFO fields by their lowercase names (`rtt_us`, ...), nil where unknown.
-    static func tcpFields(_ t: TCPInfo?) -> [(String, UInt32?)] {
-        [("rtt_us", t?.rttMicros), ("rttvar_us", t?.rttvarMicros), ("retransmits", t?.retransmits), ("unacked", t?.unacked),
-         ("lost", t?.lost), ("last_data_recv_ms", t?.lastDataReceivedMs), ("last_ack_recv_ms", t?.lastAckReceivedMs),
-         ("pmtu", t?.pmtu), ("snd_cwnd", t?.sendCwnd)]
-    }
-
-    /// The hook environment (SPEC "Hooks"), without PATH and TCPOPS_CONTROL_SOCKET.
-    public var hookEnvironment: [String] {
-        [
-            "TCPOPS_EVENT=\(kind.rawValue)",
-            "TCPOPS_REASON=\(reason.rawValue)",
-            "TCPOPS_CONID=\(conid)",
-            "TCPOPS_PEER_CONID=\(peerConid.map(String.init) ?? "")",
-            "TCPOPS_SIDE=\(side.rawValue)",
-            "TCPOPS_LISTENER=\(listener)",
-            "TCPOPS_PROTO=tcp",
-            "TCPOPS_LOCAL_IP=\(local?.ip ?? "")",
-            "TCPOPS_LOCAL_PORT=\(local.map { String($0.port) } ?? "")",
-            "TCPOPS_REMOTE_IP=\(remote?.ip ?? "")",
-            "TCPOPS_REMOTE_PORT=\(remote.map { String($0.port) } ?? "")",
-            "TCPOPS_DURATION_MS=\(durationMs)",
-            "TCPOPS_BYTES_IN=\(bytesIn)",
-            "TCPOPS_BYTES_OUT=\(bytesOut)",
-        ] + explanation.map { "\($0.0)=\($0.1)" }
-    }
 }
 
 /// closed_event: 0 none, 1 all, 2 only where enabled (listener closed_event = true or by hand);

@@ -116,21 +116,10 @@ public final class ListenerMetrics: Sendable {
         self.events = events
     }
 
-    /// Computed, not looked up: `allCases` is an array made at each use.
+    /// Each reason's place in `CloseReason.allCases` (made once), twice for the two sides: a new
+    /// reason needs no edit here.
     static func eventIndex(_ reason: CloseReason, _ side: Side) -> Int {
-        let r: Int
-        switch reason {
-        case .fin: r = 0
-        case .rst: r = 1
-        case .refused: r = 2
-        case .keepalive: r = 3
-        case .unreachable: r = 4
-        case .connectTimeout: r = 5
-        case .lifetime: r = 6
-        case .local: r = 7
-        case .established: r = 8
-        }
-        return r * 2 + (side == .client ? 0 : 1)
+        CloseReason.index(reason) * 2 + (side == .client ? 0 : 1)
     }
 
     /// (The event kind follows from the reason.)

@@ -81,7 +81,7 @@ extension Relay {
             }
             // Refused (or unreachable) at once: this attempt's conid raises its event.
             up.closeErrno = error.errno
-            attemptFailed(CloseReason.classify(errno: error.errno, connecting: true), why: "\(error)")
+            connectFailed(error.errno, why: "\(error)")
             return true
         }
         let up = Connection(conid: conid, side: .upstream, fd: fd, state: .connecting, now: now, eventsEnabled: listener.closedEvent)
@@ -127,6 +127,19 @@ extension Relay {
     /// The current attempt could not connect: its conid raises its event, and the next candidate
     /// is tried; after the last, or past connect_attempts or connect_deadline, the relay ends (the
     /// client is closed by tcpopsd).
+    /// A connect failed with `e`: the attempt fails as the peer's or the network's doing, or, when
+    /// the error is not theirs (this host is out of ports, a local rule refused it, or our own
+    /// bug), it is logged as such and the next address is tried with no event for this one.
+    func connectFailed(_ e: Int32, why: String) {
+        guard let reason = CloseReason.classify(errno: e, connecting: true) else {
+            let origin = SocketErrorOrigin(errno: e)
+            ctx.ownErrorLog.log(origin == .bug ? .error : .warning, "conid \(upstream.conid): connect: \(origin.describe(e))", fields(client))
+            attemptFailed(.local, why: "connect: \(errnoName(e))")
+            return
+        }
+        attemptFailed(reason, why: why)
+    }
+
     func attemptFailed(_ reason: CloseReason, why: String) {
         guard !ended else { return }
         let failed = upstream!

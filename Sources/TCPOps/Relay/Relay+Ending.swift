@@ -8,7 +8,14 @@ extension Relay {
     /// A side's socket failed with `e`: classified, remembered for its event, and failed.
     func fail(_ conn: Connection, errno e: Int32) {
         conn.closeErrno = e
-        fail(conn, CloseReason.classify(errno: e), why: errnoName(e))
+        guard let reason = CloseReason.classify(errno: e) else {
+            // Not the peer's doing: no event claims it was; the relay ends as tcpopsd's close.
+            let why = SocketErrorOrigin(errno: e).describe(e)
+            ctx.ownErrorLog.log(.error, "conid \(conn.conid): \(why); its relay ends", fields(conn))
+            end(failed: nil, reason: .local, why: why)
+            return
+        }
+        fail(conn, reason, why: errnoName(e))
     }
 
     /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that

@@ -104,7 +104,7 @@ public final class Relay: TurnEndHandler {
             let err = events & (Events.error | Events.hangup) != 0 ? Socket.pendingError(upstream.fd) : 0
             if err != 0 {
                 upstream.closeErrno = err
-                attemptFailed(CloseReason.classify(errno: err, connecting: true), why: "connect: \(errnoName(err))")
+                connectFailed(err, why: "connect: \(errnoName(err))")
                 return
             }
             connected()

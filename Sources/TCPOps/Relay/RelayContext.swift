@@ -93,8 +93,6 @@ public final class RelayContext {
     public var relayedBytes: UInt64 = 0 {
         didSet { counters.relayedBytes.store(relayedBytes, ordering: .relaxed) }
     }
-    /// Names of the listeners now configured (for `list --listener`).
-    public var listenerNames: Set<String> = []
     /// accept_proxy connections closed for a missing or bad PROXY header, and when one was last logged.
     public var proxyRejected: UInt64 = 0
     /// Lines a peer could repeat per connection, one each per 5 s (with the count).
@@ -102,11 +100,11 @@ public final class RelayContext {
     lazy var upstreamAttemptLog = LogLimiter(loop: loop, logger: logger)
     lazy var socketOptionsLog = LogLimiter(loop: loop, logger: logger)
     lazy var controlLog = LogLimiter(loop: loop, logger: logger)
+    /// Socket errors that are not a peer's (our bug, or this host).
+    lazy var ownErrorLog = LogLimiter(loop: loop, logger: logger)
     /// Reads that wanted a splice pipe and copied instead, for want of fds.
     public private(set) var pipeShortages: UInt64 = 0
     private var lastPipeShortageLog: UInt64 = 0
-    /// Called when the last relay has ended (used to finish a drain).
-    public var onIdle: (() -> Void)?
 
     /// One buffer for the copy path of small reads (the loop is single-threaded).
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Direction.copyLimit, alignment: 16)
@@ -247,7 +245,6 @@ public final class RelayContext {
         }
         r.metrics.relaysOpen.decrement()
         counters.relays.subtract(1, ordering: .relaxed)
-        if relays == 0 { onIdle?() }
     }
 
     /// max_connections bounds the connections of all workers together (but those awaiting a

@@ -56,7 +56,6 @@ public final class RelayWorker {
         listeners.removeAll()
         dispatcher.turnEnded()
         ctx.shutdown()
-        ctx.onIdle = nil
         loop.close()
     }
 

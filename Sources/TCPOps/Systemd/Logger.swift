@@ -150,9 +150,7 @@ public final class Logger: Sendable {
         if let r = e.ended {
             if journal && sendToJournal(r, scratch) { return }
             // On a terminal, what says how it ended; the journal has every field.
-            let short: Set<String> = ["TCPOPS_LISTENER", "TCPOPS_REMOTE", "TCPOPS_DURATION_MS", "TCPOPS_REASON", "TCPOPS_ORIGIN",
-                                      "TCPOPS_CLIENT_REASON", "TCPOPS_UPSTREAM_REASON", "TCPOPS_BYTES_TO_UPSTREAM", "TCPOPS_BYTES_TO_CLIENT"]
-            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.fields.filter { short.contains($0.0) }))
+            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.terminalFields))
             return
         }
         if journal && sendToJournal(e, scratch) { return }
@@ -192,8 +190,8 @@ public final class Logger: Sendable {
     }
 
     /// An event's stderr line, short enough for a terminal: `NOTICE tcp:reset on conid 7 (client
-    /// 127.0.0.1:5060, reason rst) peer_conid=8 listener=sip bytes_in=10 bytes_out=0
-    /// duration_ms=302 errno=ECONNRESET` (the errno only when there is one). The journal, the hooks
+    /// 127.0.0.1:5060, reason rst) peer_conid=8 listener=sip duration_ms=302 bytes_in=10
+    /// bytes_out=0 errno=ECONNRESET` (the errno only when there is one). The journal, the hooks
     /// and `events --json` have every field, the TCP_INFO snapshot too.
     private static func writeLine(_ e: TCPEvent, _ scratch: Scratch) {
         scratch.reset()
@@ -202,12 +200,7 @@ public final class Logger: Sendable {
         defer { swap(&t, &scratch.text) }
         t.put(e.kind == .opened ? "DEBUG " : "NOTICE ")
         e.putMessage(&t)
-        if let p = e.peerConid { t.put(" peer_conid="); t.put(p) }
-        t.put(" listener="); t.put(e.listener)
-        t.put(" bytes_in="); t.put(e.bytesIn)
-        t.put(" bytes_out="); t.put(e.bytesOut)
-        t.put(" duration_ms="); t.put(e.durationMs)
-        if e.errno != 0 { t.put(" errno="); t.put(errnoName(e.errno)) }
+        e.putTerminalFields(&t)
         t.put(byte: UInt8(ascii: "\n"))
         _ = t.bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
