@@ -59,20 +59,19 @@ public enum ConfigLoader {
     }
 
     package static func readFile(_ path: String) -> Result<[UInt8], SystemError> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(SystemError("open", errno)) }
-        defer { closeFD(fd) }
-        var bytes: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .failure(SystemError("read", errno))
+        do throws(SystemError) {
+            let fd = try sys("open") { open(path, O_RDONLY | O_CLOEXEC) }
+            defer { closeFD(fd) }
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = try sys("read") { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+                if n == 0 { return .success(bytes) }
+                bytes.append(contentsOf: buf[0..<n])
+                if bytes.count > 16 << 20 { return .failure(SystemError("read: larger than 16 MiB", EFBIG)) }
             }
-            if n == 0 { return .success(bytes) }
-            bytes.append(contentsOf: buf[0..<n])
-            if bytes.count > 16 << 20 { return .failure(SystemError("read: larger than 16 MiB", EFBIG)) }
+        } catch {
+            return .failure(error)
         }
     }
 }
@@ -266,7 +265,15 @@ private struct Walker {
         var missing = false
         while !dir.isEmpty {
             var st = stat()
-            if stat(dir, &st) == 0 {
+            let found: Bool
+            do throws(SystemError) {
+                try sys("stat") { stat(dir, &st) }
+                found = true
+            } catch {
+                if error.errno == ENOTDIR { return "a part of \(dir) is not a folder" }
+                found = false
+            }
+            if found {
                 guard (st.st_mode & S_IFMT) == S_IFDIR else { return "\(dir) is not a folder" }
                 guard access(dir, W_OK | X_OK) == 0 else {
                     return missing ? "its folder would have to be made in \(dir), where this user may not write"
@@ -274,7 +281,6 @@ private struct Walker {
                 }
                 return nil
             }
-            if errno == ENOTDIR { return "a part of \(dir) is not a folder" }
             missing = true
             dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
         }

@@ -4,22 +4,17 @@ import Glibc
 public enum Files {
     /// Creates `path` empty (or empties it), mode 0644.
     public static func createEmpty(_ path: String) throws(SystemError) {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno) }
-        closeFD(fd)
+        closeFD(try sys("open \(path)") { Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) })
     }
 
     /// The first `limit` bytes of a small file (a /proc value, say).
     public static func read(_ path: String, limit: Int = 4096) throws(SystemError) -> [UInt8] {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open \(path)", errno) }
+        let fd = try sys("open \(path)") { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         defer { closeFD(fd) }
         var out = [UInt8](repeating: 0, count: limit)
         var got = 0
         while got < limit {
-            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, limit - got) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw SystemError("read \(path)", errno) }
+            let n = try sys("read \(path)") { out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, limit - got) } }
             if n == 0 { break }
             got += n
         }

@@ -99,14 +99,9 @@ package final class PipePool {
     package func load(_ p: Pipe, _ bytes: UnsafeRawBufferPointer) -> Int {
         var off = 0
         while off < bytes.count {
-            let n = write(p.write, bytes.baseAddress! + off, bytes.count - off)
-            if n > 0 {
-                off += n
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                break
-            }
+            // Full (EAGAIN) or failed: the caller keeps what the pipe did not take.
+            guard let n = try? sysNonBlocking("write", { write(p.write, bytes.baseAddress! + off, bytes.count - off) }), n > 0 else { break }
+            off += n
         }
         return off
     }

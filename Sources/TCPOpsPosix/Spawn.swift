@@ -50,14 +50,15 @@ public enum Spawn {
             closeFD(fds[0])
             throw SystemError("posix_spawn(\(argv[0]))", r)
         }
-        let pidfd = tcpops_pidfd_open(pid)
-        if pidfd < 0 {
-            let e = errno
+        let pidfd: Int32
+        do throws(SystemError) {
+            pidfd = try sys("pidfd_open") { tcpops_pidfd_open(pid) }
+        } catch {
             _ = kill(-pid, SIGKILL)
             var status: Int32 = 0
             _ = waitpid(pid, &status, 0)
             closeFD(fds[0])
-            throw SystemError("pidfd_open", e)
+            throw error
         }
         _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
         return Child(pid: pid, output: fds[0], pidfd: pidfd)
@@ -66,12 +67,7 @@ public enum Spawn {
     /// Reaps an exited child. Returns ("exited", code) or ("killed", signal), nil if still running.
     public static func reap(_ pid: pid_t) -> (exited: Bool, value: Int32)? {
         var status: Int32 = 0
-        while true {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid { break }
-            if r == -1 && errno == EINTR { continue }
-            return nil
-        }
+        guard (try? sys("waitpid") { waitpid(pid, &status, WNOHANG) }) == pid else { return nil }
         var value: Int32 = 0
         let how = tcpops_wait_status(status, &value)
         return (how == 1, value)
@@ -87,14 +83,15 @@ public enum Spawn {
     public static func readAvailable(_ fd: Int32, into out: inout [UInt8], limit: Int) -> Bool {
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n > 0 {
+            do throws(SystemError) {
+                guard let n = try sysNonBlocking("read", { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }) else {
+                    return true  // nothing more for now
+                }
+                if n == 0 { return false }
                 if out.count < limit { out.append(contentsOf: buf[0..<min(n, limit - out.count)]) }
-                continue
+            } catch {
+                return false
             }
-            if n == 0 { return false }
-            if errno == EINTR { continue }
-            return errno == EAGAIN
         }
     }
 }

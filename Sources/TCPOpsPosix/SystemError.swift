@@ -1,5 +1,6 @@
-// One place where errno is read: every syscall goes through these helpers, which retry EINTR and
-// turn a failure into a SystemError that names the call.
+// One place where errno is read: every syscall goes through these helpers (sys, sysNonBlocking),
+// which retry EINTR and turn a failure into a SystemError that names the call. (getaddrinfo's
+// EAI_SYSTEM in Resolve.swift is the one other reader.)
 import Glibc
 
 public struct SystemError: Error, CustomStringConvertible, Equatable {
@@ -58,6 +59,11 @@ public func errnoName(_ e: Int32) -> String {
     case EAFNOSUPPORT: return "EAFNOSUPPORT"
     case ESHUTDOWN: return "ESHUTDOWN"
     case EIO: return "EIO"
+    case EFAULT: return "EFAULT"
+    case ENETRESET: return "ENETRESET"
+    case EISCONN: return "EISCONN"
+    case EALREADY: return "EALREADY"
+    case EDESTADDRREQ: return "EDESTADDRREQ"
     default: return "errno \(e)"
     }
 }

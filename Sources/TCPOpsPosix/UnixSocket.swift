@@ -112,17 +112,15 @@ public enum UnixSocket {
     /// One non-blocking read into `buffer`'s end.
     package static func read(_ fd: Int32, appendingTo buffer: inout [UInt8], max: Int) -> IOResult {
         var chunk = [UInt8](repeating: 0, count: max)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n > 0 {
-                buffer.append(contentsOf: chunk[0..<n])
-                return .moved(n)
+        do throws(SystemError) {
+            guard let n = try sysNonBlocking("read", { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } }) else {
+                return .wouldBlock
             }
             if n == 0 { return .endOfFile }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN { return .wouldBlock }
-            return .failed(e)
+            buffer.append(contentsOf: chunk[0..<n])
+            return .moved(n)
+        } catch {
+            return .failed(error.errno)
         }
     }
 }

@@ -30,11 +30,8 @@ struct ControlClient {
         let line = r.line()
         var off = 0
         while off < line.count {
-            let n = line[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
+            guard let n = try? sys("send", { line[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } })
+            else { return false }
             off += n
         }
         return true
@@ -57,14 +54,17 @@ struct ControlClient {
             // No whole line left: drop what was returned, then read more after the rest.
             buffer.removeFirst(start)
             start = 0
-            let (n, e) = withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 1) { chunk -> (Int, Int32) in
-                let n = read(fd, chunk.baseAddress, chunk.count)
-                let e = errno
-                if n > 0 { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n])) }
-                return (n, e)
+            // nil: the receive timeout passed (EAGAIN); -1: the read failed.
+            let n: Int? = withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 1) { chunk -> Int? in
+                do throws(SystemError) {
+                    guard let n = try sysNonBlocking("read", { read(fd, chunk.baseAddress, chunk.count) }) else { return nil }
+                    if n > 0 { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n])) }
+                    return n
+                } catch {
+                    return -1
+                }
             }
-            if n < 0 && e == EINTR { continue }
-            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) { return .timeout }
+            guard let n else { return .timeout }
             if n <= 0 {
                 if buffer.isEmpty { return .end }
                 let line = String(decoding: buffer, as: UTF8.self)

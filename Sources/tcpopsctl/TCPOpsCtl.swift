@@ -210,9 +210,7 @@ func printLine(_ line: String) {
     bytes.append(10)
     var off = 0
     while off < bytes.count {
-        let n = bytes[off...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
+        guard let n = try? sys("write", { bytes[off...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) } }), n > 0 else { return }
         off += n
     }
 }
