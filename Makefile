@@ -80,6 +80,7 @@ soak: release
 
 # tcpopsd (default configuration: events on) beside HAProxy, nginx stream, systemd-socket-proxyd
 # and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~8 minutes.
+# Before/after a change, in one run: make bench BASELINE=path/to/old/tcpopsd ROUNDS=5 ONLY=tcpopsd-auto,tcpopsd-before
 BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd linux-perf
 bench: release
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -88,7 +89,7 @@ bench: release
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
-	$(PYTHON) Benchmarks/bench.py --tcpopsd .build/release/tcpopsd
+	$(PYTHON) Benchmarks/bench.py --tcpopsd .build/release/tcpopsd $(if $(BASELINE),--baseline $(BASELINE)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ONLY),--only $(ONLY))
 
 # Binaries, units, the example configuration, the manual pages (written by hand in man/), tcpopsctl's
 # shell completions, the journal message catalog (journalctl -x) and the contract's pages, in their

@@ -8,8 +8,12 @@ the journal: a standalone systemd-journald is started when none runs). The upstr
 and an epoll echo server (Benchmarks/connrate.c).
 
 Usage: Benchmarks/bench.py [--tcpopsd PATH] [--seconds S] [--only NAME,...] [--idle N]
+                           [--baseline PATH] [--rounds N]
+(--baseline: another tcpopsd build measured in the same run as tcpopsd-before; --rounds: every
+relay measured N times in alternating order, medians reported.)
 """
 import argparse
+import statistics
 import json
 import os
 import resource
@@ -499,6 +503,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--idle", type=int, default=9000)
     ap.add_argument("--only", default="")
+    ap.add_argument("--baseline", default=None,
+                    help="another tcpopsd binary (a build from before a change): measured in the same run as tcpopsd-before")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every relay this many times, in alternating order, and report the medians")
     args = ap.parse_args()
     ctl = args.tcpopsctl or os.path.join(os.path.dirname(args.tcpopsd), "tcpopsctl")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -524,6 +532,11 @@ def main():
     if subprocess.run([args.tcpopsd, "--config", probe, "--check-config"], capture_output=True).returncode == 0:
         relays[1] = TCPOpsd("tcpopsd-w1", work, args.tcpopsd, workers=1)
         relays.append(TCPOpsd("tcpopsd-auto", work, args.tcpopsd, workers="auto"))
+    if args.baseline:
+        # The same configuration as the row before it (tcpopsd-auto, or tcpopsd), from the other
+        # binary, placed before it: "before", then "after".
+        after = relays[-1]
+        relays.insert(len(relays) - 1, TCPOpsd("tcpopsd-before", work, args.baseline, workers=after.workers))
     # For comparison only (not its default): what the events cost.
     relays.append(TCPOpsd("tcpopsd-auto-no-events", work, args.tcpopsd, workers="auto" if len(relays) > 2 else None, events=False))
     if shutil.which("haproxy"):
@@ -542,44 +555,48 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().release}, {NCPU} CPUs, loadavg {os.getloadavg()[0]:.2f}; {version}; "
           f"tcpopsd with its default configuration (events on), logging to {'the journal' if os.path.exists('/run/systemd/journal/socket') else 'stderr'}")
     results = {}
+    rounds = {}
     T = args.seconds
     try:
-        for r in relays:
-            ok = r.start()
-            if ok is False:
-                print(f"{r.name}: did not start, skipped", file=sys.stderr)
-                r.stop()
-                continue
-            time.sleep(0.3)
-            res = {}
-            p_echo = r.ports[ECHO_PORT]
-            res["1 stream Gb/s"] = iperf(r.ports[IPERF_PORT], T, 1)
-            res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
-            res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
-            if r.pid:
-                res["syscalls/conn"], res["mallocs/conn"] = per_connection(tool, p_echo, min(T, 2), pid_for(r, p_echo), with_malloc)
-                settle()
-            res["p50 µs (1 conn)"], res["p99 µs (1 conn)"] = pingpong(tool, p_echo, min(T, 3), 1)
-            res["p50 µs (100 conns)"], res["p99 µs (100 conns)"] = pingpong(tool, p_echo, min(T, 3), 100)
-            if "idle" in r.ports and r.pid:
-                # A fresh process: memory freed by the runs before would otherwise be reused and
-                # hide what a relay costs (it did: 480 to 1,293 B for the same code).
-                r.stop()
-                settle()
-                r.start()
+        for n in range(max(1, args.rounds)):
+            # Interleaved: every other round runs the relays in the reverse order, so that drift on a
+            # shared machine (its load, its caches) falls on all of them alike.
+            for r in (relays if n % 2 == 0 else list(reversed(relays))):
+                ok = r.start()
+                if ok is False:
+                    print(f"{r.name}: did not start, skipped", file=sys.stderr)
+                    r.stop()
+                    continue
                 time.sleep(0.3)
-                res["B/idle relay"], res["idle held"], res["idle CPU %"] = hold_idle(r.ports["idle"], args.idle, pid_for(r, r.ports["idle"]), 10)
-            if "lifetime" in r.ports:
-                res["lifetime p99 late ms"] = lifetime_lateness(tool, r.ports["lifetime"], 2000)
+                res = {}
+                p_echo = r.ports[ECHO_PORT]
+                res["1 stream Gb/s"] = iperf(r.ports[IPERF_PORT], T, 1)
+                res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
+                res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
+                if r.pid:
+                    res["syscalls/conn"], res["mallocs/conn"] = per_connection(tool, p_echo, min(T, 2), pid_for(r, p_echo), with_malloc)
+                    settle()
+                res["p50 µs (1 conn)"], res["p99 µs (1 conn)"] = pingpong(tool, p_echo, min(T, 3), 1)
+                res["p50 µs (100 conns)"], res["p99 µs (100 conns)"] = pingpong(tool, p_echo, min(T, 3), 100)
+                if "idle" in r.ports and r.pid:
+                    # A fresh process: memory freed by the runs before would otherwise be reused and
+                    # hide what a relay costs (it did: 480 to 1,293 B for the same code).
+                    r.stop()
+                    settle()
+                    r.start()
+                    time.sleep(0.3)
+                    res["B/idle relay"], res["idle held"], res["idle CPU %"] = hold_idle(r.ports["idle"], args.idle, pid_for(r, r.ports["idle"]), 10)
+                if "lifetime" in r.ports:
+                    res["lifetime p99 late ms"] = lifetime_lateness(tool, r.ports["lifetime"], 2000)
+                    settle()
+                if isinstance(r, TCPOpsd) and r.events:
+                    rst = rst_to_event(ctl, r.control, r.ports[ECHO_PORT], 1000)
+                    if rst:
+                        res["RST→event p50 µs"], res["RST→event p99 µs"], _ = rst
+                r.stop()
                 settle()
-            if isinstance(r, TCPOpsd) and r.events:
-                rst = rst_to_event(ctl, r.control, r.ports[ECHO_PORT], 1000)
-                if rst:
-                    res["RST→event p50 µs"], res["RST→event p99 µs"], _ = rst
-            r.stop()
-            settle()
-            results[r.name] = res
-            print(f"{r.name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()), flush=True)
+                rounds.setdefault(r.name, []).append(res)
+                print(f"{r.name}{f' (round {n + 1})' if args.rounds > 1 else ''}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()), flush=True)
     finally:
         for r in relays:
             r.stop()
@@ -589,6 +606,14 @@ def main():
             jd.terminate()
         shutil.rmtree(work, ignore_errors=True)
 
+    # The median of each figure over the rounds (one round: the figure itself).
+    order = [r.name for r in relays if r.name in rounds]
+    for name in order:
+        runs = rounds[name]
+        keys = {k for res in runs for k in res}
+        results[name] = {k: statistics.median([res[k] for res in runs if k in res]) for k in keys}
+    if args.rounds > 1:
+        print(f"\n# medians of {args.rounds} interleaved rounds")
     direct = results.get("direct", {})
     rows = [("1 stream, Gb/s", "1 stream Gb/s", ".1f", True), ("8 streams, Gb/s", "8 streams Gb/s", ".1f", True),
             ("new connections/s", "conn/s", ",.0f", True), ("proxy CPU per connection, µs", "CPU µs/conn", ".0f", False),

@@ -53,13 +53,9 @@ public final class EventDispatcher: TurnEndHandler {
 }
 
 extension EventKind {
-    /// 0, 1, 2, 3 in `allCases` order.
-    var index: Int {
-        switch self {
-        case .closed: return 0
-        case .reset: return 1
-        case .timeout: return 2
-        case .opened: return 3
-        }
-    }
+    /// `allCases` once (the synthesized property makes an array at each use).
+    private static let ordered = EventKind.allCases
+
+    /// 0, 1, 2, ... in `allCases` order: a new kind needs no edit here.
+    var index: Int { EventKind.ordered.firstIndex(of: self)! }
 }

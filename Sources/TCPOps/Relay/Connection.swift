@@ -33,8 +33,9 @@ public final class Connection: EventHandler {
     /// When the lifetime runs out unless data moved since, and this connection's place in its
     /// worker's LifetimeTimers (-1: not armed).
     var lifetimeDeadline: UInt64 = 0
-    /// The relay owns both of its connections and they own it back; Relay.end() breaks the cycle.
-    var relay: Relay!
+    /// The relay owns both of its connections and they own it back; Relay.release() breaks the
+    /// cycle (nil from then on, and for a failed attempt's connection).
+    var relay: Relay?
     /// The local address: set at accept (or adoption); for an upstream, asked of the kernel
     /// (getsockname) the first time something wants it, not on every connect.
     public internal(set) var local: SocketAddress? {
@@ -116,8 +117,9 @@ public final class Connection: EventHandler {
     }
 
     public override func handleEvents(_ events: UInt32) {
-        relay.handle(self, events)
+        relay?.handle(self, events)
     }
 
-    public var peer: Connection { side == .client ? relay.upstream : relay.client }
+    /// The other side of its relay (nil while there is none: a PROXY header awaited, or gone).
+    public var peer: Connection? { side == .client ? relay?.upstream : relay?.client }
 }

@@ -98,20 +98,20 @@ extension Relay {
     func quiet() -> Bool {
         guard !ended else { return false }
         let connecting = upstream?.state == .connecting && client.state == .accepting
-        guard !draining, let up = upstream, connecting || (client.state == .ok && up.state == .ok), !toUpstream.eof, !toClient.eof,
+        guard phase == .connecting || phase == .relaying || phase == .quieting, let up = upstream, connecting || (client.state == .ok && up.state == .ok), !toUpstream.eof, !toClient.eof,
               client.fdOpen, up.fdOpen else {
             end(failed: nil, reason: .local,
                 why: "cannot be carried across the restart (state \(client.state.name)/\(upstream?.state.name ?? "awaiting its PROXY header"))")
             return false
         }
-        quieting = true
+        enter(.quieting)
         updateInterest()
         return true
     }
 
     /// Quiet and with nothing held: ready to be stored.
     var readyToCarry: Bool {
-        !ended && quieting && client.state == .ok && upstream?.state == .ok && toUpstream.drained && toClient.drained
+        phase == .quieting && client.state == .ok && upstream?.state == .ok && toUpstream.drained && toClient.drained
     }
 
     /// The two sockets and their names for the fd store.
@@ -120,7 +120,8 @@ extension Relay {
         // The addresses a PROXY header gave (the socket knows only the balancer's).
         var proxied: (remote: SocketAddress, local: SocketAddress)?
         if listener.acceptProxy, !client.balancerOwn, let r = client.remote, let l = client.local { proxied = (r, l) }
-        return [client, upstream!].map { c in
+        guard let upstream else { return [] }
+        return [client, upstream].map { c in
             (c.fd, CarriedSide(side: c.side, clientConid: client.conid, upstreamConid: upstream.conid, lifetimeMs: c.lifetime / 1_000_000,
                                idleMs: c.idleMilliseconds(now: now), events: c.eventsEnabled, listener: listener.name, proxied: proxied).name)
         }
@@ -128,18 +129,11 @@ extension Relay {
 
     /// Stored: close our copies quietly (systemd's copies keep the connections open; no FIN).
     func handedOver() {
-        guard !ended else { return }
-        ended = true
-        for c in [client, upstream!] {
-            c.closeReason = .local
-            closeSocket(c)
-            c.state = .gone
-        }
-        toUpstream.releasePipe(to: ctx.pipes)  // quiet and drained: empty, back to the pool
-        toClient.releasePipe(to: ctx.pipes)
-        ctx.removed(self)
-        client.relay = nil
-        upstream.relay = nil
+        guard phase != .ended, let upstream else { return }
+        enter(.ended)
+        retire(client, state: .gone)
+        retire(upstream, state: .gone)
+        release()  // quiet and drained: its pipes are empty, back to the pool
     }
 
     /// Rebuilds a relay from two stored sockets, under their old conids.

@@ -109,7 +109,7 @@ extension Relay {
             // closure captures only the relay: anything more would cost a context allocation a
             // connection.)
             setPhaseTimer(at: min(now + listener.connectTimeout.nanoseconds, connectDeadline)) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
-                guard !self.ended, self.upstream.state == .connecting else { return }
+                guard !self.ended, self.upstream?.state == .connecting else { return }
                 self.phaseTimer = 0
                 self.attemptFailed(.connectTimeout, why: self.ctx.loop.now < self.connectDeadline
                                    ? "no answer within \(self.listener.connectTimeout.secondsText)"
@@ -133,7 +133,7 @@ extension Relay {
     func connectFailed(_ e: Int32, why: String) {
         guard let reason = CloseReason.classify(errno: e, connecting: true) else {
             let origin = SocketErrorOrigin(errno: e)
-            ctx.ownErrorLog.log(origin == .bug ? .error : .warning, "conid \(upstream.conid): connect: \(origin.describe(e))", fields(client))
+            ctx.ownErrorLog.log(origin == .bug ? .error : .warning, "conid \(upstream?.conid ?? 0): connect: \(origin.describe(e))", fields(client))
             attemptFailed(.local, why: "connect: \(errnoName(e))")
             return
         }
@@ -141,8 +141,7 @@ extension Relay {
     }
 
     func attemptFailed(_ reason: CloseReason, why: String) {
-        guard !ended else { return }
-        let failed = upstream!
+        guard !ended, let failed = upstream else { return }
         metrics.connectFailures[reason.rawValue]?.increment()
         guard let next = listener.candidate(Int(attempt) + 1) else {
             end(failed: failed, reason: reason, why: why)
@@ -158,8 +157,7 @@ extension Relay {
         }
         cancelPhaseTimer()
         raise(failed, reason)
-        failed.state = .error
-        closeSocket(failed)
+        retire(failed, state: .error)
         ctx.untrack(failed)
         failed.relay = nil
         ctx.upstreamAttemptLog.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"
@@ -169,7 +167,9 @@ extension Relay {
     }
 
     func connected() {
+        guard let upstream else { return }
         upstream.state = .ok
+        if phase == .connecting { enter(.relaying) }  // (a quieting relay stays quiet)
         if client.state == .accepting { client.state = .ok }  // it may have sent FIN already (eof)
         upstream.localUnasked = true  // getsockname when the address is wanted (an event, list)
         cancelPhaseTimer()

@@ -62,7 +62,7 @@ extension Connection {
         let queued = way == .toClient ? r.toClient.inject(bytes, limit: Relay.injectLimit) : r.toUpstream.inject(bytes, limit: Relay.injectLimit)
         guard queued else { return false }
         r.shovel(way)
-        if !r.ended { r.updateInterest() }
+        r.settle()
         return true
     }
 

@@ -1,5 +1,6 @@
 // How a relay ends: a side that breaks raises its event and leaves what it sent to be delivered;
-// the end closes both sockets, gives the pipes back and logs the relay's totals.
+// the end retires both connections, releases the relay and logs its totals. `retire` and
+// `release` are the one teardown: a handover and a failed upstream attempt use them too.
 import Glibc
 import TCPOpsConfig
 import TCPOpsPosix
@@ -19,18 +20,22 @@ extension Relay {
     }
 
     /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that
-    /// tcpopsd already holds are still delivered to the other side, then the relay ends.
+    /// tcpopsd already holds are still delivered to the other side (phase draining), then the
+    /// relay ends (at the settle point, once the survivor has them all, or at `drainLimit`).
     func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
-        let other = conn.peer
+        guard let other = conn === client ? upstream : client else {
+            end(failed: conn, reason: reason, why: why)
+            return
+        }
         let way: Way = other === client ? .toClient : .toUpstream
-        guard !draining, !(way == .toClient ? toClient : toUpstream).drained, other.fdOpen, other.state == .ok || other.state == .eof else {
+        guard phase != .draining, !(way == .toClient ? toClient : toUpstream).drained, other.fdOpen,
+              other.state == .ok || other.state == .eof else {
             end(failed: conn, reason: reason, why: why)
             return
         }
         raise(conn, reason)
-        conn.state = .error
-        closeSocket(conn)
-        draining = true
+        retire(conn, state: .error)
+        enter(.draining)
         // Nothing more will come from the broken side.
         if way == .toClient { toClient.eof = true } else { toUpstream.eof = true }
         let held = (way == .toClient ? toClient : toUpstream).pending
@@ -42,22 +47,33 @@ extension Relay {
         ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
         drainWhy = why
         shovel(way)
-        if ended { return }
-        finishDrainIfDone()
-        if !ended { updateInterest() }
     }
 
-    /// Ends a draining relay once the surviving side has everything.
-    func finishDrainIfDone() {
-        if (client.fdOpen ? toClient : toUpstream).drained { end(failed: nil, reason: .local, why: drainWhy) }
+    /// The one teardown of a connection, whatever ends it (the relay's end, a handover, a failed
+    /// attempt, a side that broke): its close is classified (local unless it raised its event),
+    /// its lifetime disarmed, its socket forgotten by epoll and closed, its state set.
+    func retire(_ c: Connection, state: ConnectionState) {
+        if c.closeReason == nil { c.closeReason = .local }
+        if c.fdOpen {
+            c.fdOpen = false
+            ctx.lifetimes.disarm(c)
+            ctx.loop.forget(c.fd)
+            closeFD(c.fd)
+        }
+        c.state = state
     }
 
-    func closeSocket(_ c: Connection) {
-        guard c.fdOpen else { return }
-        c.fdOpen = false
-        ctx.lifetimes.disarm(c)
-        ctx.loop.forget(c.fd)
-        closeFD(c.fd)
+    /// The one teardown of the relay, after its connections were retired: its phase timer
+    /// cancelled, its pipes back in the pool, out of its worker's list, the cycles with its
+    /// connections broken.
+    func release() {
+        enter(.ended)
+        cancelPhaseTimer()
+        toUpstream.releasePipe(to: ctx.pipes)
+        toClient.releasePipe(to: ctx.pipes)
+        ctx.removed(self)
+        client.relay = nil
+        upstream?.relay = nil
     }
 
     /// Classifies `conn`'s close once and raises its event if the policy says so.
@@ -91,24 +107,14 @@ extension Relay {
     /// header): its end is a debug line, since a flood of them would be a flood of entries; a
     /// rate-limited warning counts them instead.
     func end(failed: Connection?, reason: CloseReason, why: String, quietly: Bool = false) {
-        guard !ended else { return }
-        ended = true
-        if awaitingProxy { proxyInput = nil }  // out of the awaiting count
+        guard phase != .ended else { return }
+        enter(.ended)
         if let failed {
             raise(failed, reason)
             if reason != .fin && reason != .lifetime { failed.state = .error }
         }
-        // (No upstream yet while a PROXY header is awaited.)
-        // (Each side in turn, without an array of them: this runs once per relay.)
-        func close(_ c: Connection) {
-            if c.closeReason == nil { c.closeReason = .local }
-            closeSocket(c)
-        }
-        close(client)
-        if let upstream { close(upstream) }
-        cancelPhaseTimer()
-        toUpstream.releasePipe(to: ctx.pipes)
-        toClient.releasePipe(to: ctx.pipes)
+        retire(client, state: client.state)
+        if let upstream { retire(upstream, state: upstream.state) }
         // At info when a side closed without an event of its own (tcpopsd closed it, or events are
         // off for it): the journal must say how each connection ended. When both sides raised
         // events, those already say it (reason, bytes), and the summary is debug.
@@ -126,9 +132,7 @@ extension Relay {
         metrics.duration.record(.nanoseconds(Int64(ctx.loop.now &- client.openedAt)))
         client.state = .gone
         upstream?.state = .gone
-        ctx.removed(self)
-        client.relay = nil
-        upstream?.relay = nil
+        release()
     }
 
     /// `c`'s log fields (warnings and debug entries about one connection).

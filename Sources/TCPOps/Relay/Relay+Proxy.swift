@@ -10,26 +10,26 @@ import TCPOpsProtocol
 
 extension Relay {
     func awaitProxyHeader() {
-        proxyInput = []
+        enter(.awaitingHeader)
         ctx.loop.modify(client.fd, mask: Events.read)
         setPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
-            guard !self.ended, self.awaitingProxy else { return }
+            guard self.phase == .awaitingHeader else { return }
             self.phaseTimer = 0
-            self.rejectProxy("no complete header within \(self.listener.proxyHeaderTimeout.secondsText) (\(self.proxyInput?.count ?? 0) bytes came)")
+            self.rejectProxy("no complete header within \(self.listener.proxyHeaderTimeout.secondsText) (\(self.proxyInput.count) bytes came)")
         }
     }
 
     /// Too many await their header on this listener, and this one waited longest: closed.
     func evictAwaiting() {
         ctx.proxyRejected += 1
-        proxyInput = nil
         end(failed: nil, reason: .local, why: "closed while awaiting its PROXY header: proxy_header_max_pending (\(listener.proxyHeaderMaxPending)) reached",
             quietly: true)
     }
 
     /// The client is readable while its header is awaited.
     func readProxyHeader() {
-        guard var input = proxyInput else { return }
+        guard phase == .awaitingHeader else { return }
+        var input = proxyInput
         let room = ProxyProtocol.maxHeader - input.count
         switch Socket.receive(client.fd, into: UnsafeMutableRawBufferPointer(rebasing: ctx.scratch[0..<room])) {
         case .moved(let n):
@@ -52,7 +52,7 @@ extension Relay {
             rejectProxy(why)
         case .header(let h):
             cancelPhaseTimer()
-            proxyInput = nil
+            enter(.connecting)
             // Now it becomes a relay: it needs room (the client is counted; its upstream will be).
             guard ctx.hasRoom(for: 1), RelayContext.listenerHasRoom(listener, metrics, for: 1) else {
                 ctx.rejected += 1
@@ -83,7 +83,6 @@ extension Relay {
         metrics.rejectedProxyHeader.increment()
         ctx.proxyRejectLog.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",
                                id: .connectionClosed, fields(client) + [("TCPOPS_PROXY_REJECTED", String(ctx.proxyRejected))])
-        proxyInput = nil
         end(failed: nil, reason: .local, why: "no valid PROXY header: \(why)", quietly: true)
     }
 

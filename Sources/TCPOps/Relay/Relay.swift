@@ -1,21 +1,49 @@
 // A relay: an accepted client, its upstream, and the two directions between them (Direction:
-// the bytes one way, moved by splice or copy). The relay keeps the connect phase, the timers and
-// one end; it pumps a direction when epoll says a side is ready and applies what the direction
-// reports (counters, the FIN event, a failed side). Epoll interest is recomputed from each
-// direction's state at the end of the loop turn, so backpressure falls out of state: a side is
-// read only while its direction's pipe has room and its destination is not blocked. The relay
-// ends when both directions passed their FIN on, or when either side fails, times out or is closed.
+// the bytes one way, moved by splice or copy). A relay is a phase machine:
+//
+//   awaitingHeader ──▶ connecting (attempt n) ──▶ relaying ──▶ ended
+//   (accept_proxy)        │  ▲ next attempt          │  ╲
+//                         └──┘                       │   ╲▶ draining (a side broke: deliver what
+//                                                    │        it sent, at most 5 s) ──▶ ended
+//                    connecting / relaying ──▶ quieting (a restart: nothing read, held bytes
+//                                                       written) ──▶ handed over (ended)
+//
+// Each call into a relay (epoll readiness, a timer, a control command) does its phase's work and
+// ends at one settle point (`settle`): an ended relay has nothing more to do; a draining one whose
+// survivor has every byte ends; one whose two directions passed their FIN on ends; any other
+// gets its epoll interest recomputed from its directions' state at the end of the loop turn, so
+// backpressure falls out of state. Every end goes through one teardown (`retire` for a
+// connection, `release` for the relay), whether the relay ended, was handed over at a restart,
+// or an upstream attempt failed.
 import Glibc
 import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 
 public final class Relay: TurnEndHandler {
+    /// Where the relay is in its life (see the top of this file).
+    enum Phase: UInt8 {
+        /// accept_proxy: the client's PROXY header is awaited; there is no upstream yet.
+        case awaitingHeader
+        /// The current attempt (`attempt`) is connecting; the client's bytes are held meanwhile.
+        case connecting
+        /// Both sides open: bytes move both ways.
+        case relaying
+        /// One side broke while bytes it sent still wait for the other: the relay lives on only to
+        /// deliver them (for at most `drainLimit`, the phase timer), then ends.
+        case draining
+        /// Handing over at a restart: nothing more is read, held bytes are still written (the
+        /// upstream may still be connecting).
+        case quieting
+        case ended
+    }
+
     // Stored properties widest first, the flags last (Swift lays them out in this order).
     let ctx: RelayContext
     let listener: ListenerSettings
     let client: Connection
-    var upstream: Connection!
+    /// nil only while the client's PROXY header is awaited (and after a relay ended there).
+    var upstream: Connection?
     var toUpstream = Direction()
     var toClient = Direction()
     /// Its listener's metrics (counted from the relay's loop, without a lookup).
@@ -25,7 +53,7 @@ public final class Relay: TurnEndHandler {
     /// that the others carry one pointer instead of 24 bytes.
     private final class Rare {
         var drainWhy = ""
-        var proxyInput: [UInt8]?
+        var proxyInput: [UInt8] = []
     }
     private var rare: Rare?
     private var rareMade: Rare {
@@ -39,18 +67,10 @@ public final class Relay: TurnEndHandler {
         get { rare?.drainWhy ?? "" }
         set { rareMade.drainWhy = newValue }
     }
-    /// accept_proxy: what came of the client's PROXY header so far (nil once it was read, or
-    /// when the listener does not ask for one).
-    var proxyInput: [UInt8]? {
-        get { rare?.proxyInput }
-        set {
-            let awaits = newValue != nil
-            if awaits != awaitingProxy {
-                if awaits { ctx.awaitingStarted(self) } else { ctx.awaitingEnded(self) }
-            }
-            awaitingProxy = awaits
-            if newValue != nil || rare != nil { rareMade.proxyInput = newValue }
-        }
+    /// accept_proxy: what came of the client's PROXY header so far (phase awaitingHeader).
+    var proxyInput: [UInt8] {
+        get { rare?.proxyInput ?? [] }
+        set { rareMade.proxyInput = newValue }
     }
     /// The deadline of the phase the relay is in, if it has one (0: none): the client's PROXY
     /// header, the upstream's connect, or the drain after a side broke. The phases follow one
@@ -60,16 +80,22 @@ public final class Relay: TurnEndHandler {
     var attempt: Int32 = 0
     /// Its place in its worker's relay list (RelayContext.added; -1 when not in it).
     var listSlot: Int32 = -1
-    var ended = false
-    /// One side broke while bytes it had sent still wait for the other: the relay lives on only
-    /// to deliver them (for at most `drainLimit`, the phase timer), then ends.
-    var draining = false
+    private(set) var phase: Phase = .connecting
     /// updateInterest was asked this turn: the masks are set at its end.
     var interestPending = false
-    /// Handing over: nothing more is read, held bytes are still written.
-    var quieting = false
-    /// accept_proxy: the client's PROXY header is still awaited (proxyInput is not nil).
-    private(set) var awaitingProxy = false
+
+    var ended: Bool { phase == .ended }
+
+    /// Moves to `next`; leaving awaitingHeader takes the relay out of its worker's awaiting count.
+    func enter(_ next: Phase) {
+        guard phase != next, phase != .ended else { return }
+        if phase == .awaitingHeader {
+            ctx.awaitingEnded(self)
+            rare?.proxyInput = []
+        }
+        if next == .awaitingHeader { ctx.awaitingStarted(self) }
+        phase = next
+    }
 
     init(ctx: RelayContext, listener: ListenerSettings, client: Connection, metrics: ListenerMetrics) {
         self.ctx = ctx
@@ -92,27 +118,59 @@ public final class Relay: TurnEndHandler {
     // MARK: events from the loop
 
     func handle(_ conn: Connection, _ events: UInt32) {
-        guard !ended else { return }
-        if awaitingProxy {
-            readProxyHeader()
-            return
+        switch phase {
+        case .ended: return
+        case .awaitingHeader: readProxyHeader()
+        case .connecting, .relaying, .draining, .quieting:
+            guard let upstream else { return }
+            if conn === upstream && upstream.state == .connecting {
+                connectProgress(upstream, events)
+            } else {
+                move(conn, upstream, events)
+            }
         }
-        if conn === upstream && upstream.state == .connecting {
-            guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
-            // A failed connect is reported with EPOLLERR (and EPOLLHUP); writable alone means
-            // it succeeded, and SO_ERROR need not be asked.
-            let err = events & (Events.error | Events.hangup) != 0 ? Socket.pendingError(upstream.fd) : 0
-            if err != 0 {
-                upstream.closeErrno = err
-                connectFailed(err, why: "connect: \(errnoName(err))")
+        settle()
+    }
+
+    /// The one point every call into the relay ends at (see the top of this file).
+    func settle() {
+        switch phase {
+        case .ended:
+            return
+        case .draining:
+            if (client.fdOpen ? toClient : toUpstream).drained {
+                end(failed: nil, reason: .local, why: drainWhy)
                 return
             }
-            connected()
-            shovel(.toUpstream)
-            if ended { return }
-            updateInterest()
+        case .relaying, .quieting:
+            if toUpstream.shut && toClient.shut {
+                end(failed: nil, reason: .fin, why: "both sides closed")
+                return
+            }
+        case .awaitingHeader:
+            return  // the client alone, read until its header is whole (its interest stays read)
+        case .connecting:
+            break
+        }
+        updateInterest()
+    }
+
+    /// The upstream's connect has news: a failed connect is reported with EPOLLERR (and
+    /// EPOLLHUP); writable alone means it succeeded, and SO_ERROR need not be asked.
+    private func connectProgress(_ upstream: Connection, _ events: UInt32) {
+        guard events & (Events.write | Events.error | Events.hangup) != 0 else { return }
+        let err = events & (Events.error | Events.hangup) != 0 ? Socket.pendingError(upstream.fd) : 0
+        if err != 0 {
+            upstream.closeErrno = err
+            connectFailed(err, why: "connect: \(errnoName(err))")
             return
         }
+        connected()
+        shovel(.toUpstream)
+    }
+
+    /// `conn` is ready: what is held for it is written, what it sent is read (not while draining).
+    private func move(_ conn: Connection, _ upstream: Connection, _ events: UInt32) {
         let (readWay, writeWay): (Way, Way) = conn === client ? (.toUpstream, .toClient) : (.toClient, .toUpstream)
         if events & Events.hangup != 0 { conn.hungUp = true }
         if events & Events.error != 0 && events & Events.read == 0 {
@@ -127,22 +185,12 @@ public final class Relay: TurnEndHandler {
         if events & Events.write != 0 {
             if writeWay == .toClient { toClient.blocked = false } else { toUpstream.blocked = false }
             shovel(writeWay)
-            if ended { return }
         }
-        if draining {
-            finishDrainIfDone()
-            return
-        }
+        guard phase != .ended, phase != .draining else { return }
         if events & (Events.read | Events.hangup | Events.error) != 0 {
             if readWay == .toClient { toClient.sourceDry = false } else { toUpstream.sourceDry = false }
             shovel(readWay)
-            if ended { return }
         }
-        if toUpstream.shut && toClient.shut {
-            end(failed: nil, reason: .fin, why: "both sides closed")
-            return
-        }
-        updateInterest()
     }
 
     enum Way { case toUpstream, toClient }
@@ -150,14 +198,16 @@ public final class Relay: TurnEndHandler {
     /// Pumps one direction and applies its report: the sides' counters and activity, the metrics,
     /// the source's FIN event, a side that failed.
     func shovel(_ way: Way) {
+        guard phase != .ended, let upstream else { return }
         let (from, to): (Connection, Connection) = way == .toUpstream ? (client, upstream) : (upstream, client)
         let canWrite = to.state == .ok || to.state == .eof
+        let mayRead = phase != .quieting
         let report = switch way {
         case .toUpstream:
-            toUpstream.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: !quieting,
+            toUpstream.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: mayRead,
                             closeSendsFIN: toClient.shut)
         case .toClient:
-            toClient.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: !quieting,
+            toClient.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: mayRead,
                           closeSendsFIN: toUpstream.shut)
         }
         let now = ctx.loop.now
@@ -185,7 +235,7 @@ public final class Relay: TurnEndHandler {
 
     private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
         if c.state == .connecting { return Events.write }
-        if draining || quieting { return writing.wantsDestination ? Events.write : 0 }
+        if phase == .draining || phase == .quieting { return writing.wantsDestination ? Events.write : 0 }
         var m: UInt32 = 0
         if reading.wantsSource(capacity: ctx.pipes.capacity) { m |= Events.read }
         if writing.wantsDestination { m |= Events.write }
@@ -203,7 +253,7 @@ public final class Relay: TurnEndHandler {
 
     public func turnEnded() {
         interestPending = false
-        guard !ended else { return }
+        guard phase != .ended, phase != .awaitingHeader, let upstream else { return }
         setInterest(client, interest(client, reading: toUpstream, writing: toClient))
         setInterest(upstream, interest(upstream, reading: toClient, writing: toUpstream))
     }
