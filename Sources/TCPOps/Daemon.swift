@@ -62,6 +62,9 @@ public final class Daemon {
     /// SIGHUP came meanwhile.
     private var reloadWorker: PosixThread?
     private var reloadQueued = false
+    /// Old listening sockets a reload retired that are not yet closed (RelayWorker's retire runs
+    /// on every worker first); the next reload waits for them.
+    private var retirementsInFlight = 0
 
     public init(config: Configuration, logger: Logger) throws(DaemonError) {
         self.config = config
@@ -577,9 +580,15 @@ public final class Daemon {
         // Every address still wanted is listening: only now do the others go.
         for old in byAddress.values {
             let (name, address, logger) = (old.settings.name, old.settings.listen, logger)
-            old.retire { taken in
+            retirementsInFlight += 1
+            old.retire { [unowned self] taken in
                 logger.log(.info, "listener \"\(name)\" on \(address) removed\(taken > 0 ? " (\(taken) waiting client(s) relayed first)" : "")",
                            id: .listener, [("TCPOPS_LISTENER", name), ("TCPOPS_LOCAL", address.description)])
+                self.retirementsInFlight -= 1
+                if self.retirementsInFlight == 0 && self.reloadQueued && self.reloadWorker == nil {
+                    self.reloadQueued = false
+                    self.reload()
+                }
             }
         }
         listeners = next
@@ -591,7 +600,10 @@ public final class Daemon {
     /// another one after it.
     private func reload() {
         guard !stopping else { return }
-        if reloadWorker != nil {
+        // One at a time, and not before the last one's old listening sockets are closed: a reload
+        // that moves a listener back to an address it just left must find it free (the old
+        // socket is closed once every worker let go of it, which a busy worker can delay).
+        if reloadWorker != nil || retirementsInFlight > 0 {
             reloadQueued = true
             return
         }
