@@ -142,7 +142,7 @@ final class ControlWorker {
     func listen() throws(SystemError) {
         let h = ListenHandler(self)
         listener = h
-        backoff = AcceptPause(loop: loop, fd: listenFD, logger: logger, what: "control socket accept")
+        backoff = AcceptPause(loop: loop, fd: listenFD, what: "control socket accept") { [logger] in logger.log(.warning, $0, id: .listener) }
         try loop.register(listenFD, mask: Events.read, handler: h)
     }
 

@@ -98,7 +98,7 @@ final class MetricsWorker {
         try loop.register(fd, mask: Events.read, handler: h)
         listenFD = fd
         address = at
-        backoff = AcceptPause(loop: loop, fd: fd, logger: logger, what: "metrics accept on \(at)")
+        backoff = AcceptPause(loop: loop, fd: fd, what: "metrics accept on \(at)") { [logger] in logger.log(.warning, $0, id: .listener) }
     }
 
     func run() {

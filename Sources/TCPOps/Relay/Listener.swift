@@ -30,8 +30,9 @@ public final class Listener: EventHandler {
         self.fd = fd
         let mask = Events.read | (exclusive ? Events.exclusive : 0)
         metrics = ctx.metrics.listener(settings.name)
-        backoff = AcceptPause(loop: ctx.loop, fd: fd, logger: ctx.logger, what: "accept on \(settings.listen)",
-                              fields: [("TCPOPS_LISTENER", settings.name)], mask: mask)
+        backoff = AcceptPause(loop: ctx.loop, fd: fd, what: "accept on \(settings.listen)", mask: mask) { [logger = ctx.logger, name = settings.name] in
+            logger.log(.warning, $0, id: .listener, [("TCPOPS_LISTENER", name)])
+        }
         fullLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
         sourceLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
         pendingLog = LogLimiter(loop: ctx.loop, logger: ctx.logger)
