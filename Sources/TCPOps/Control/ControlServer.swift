@@ -18,9 +18,7 @@ public final class ControlServer: Sendable {
         public var groupName: String?
     }
 
-    private let thread = PosixThread(name: "tcpops-control")
-    private let inbox: Inbox
-    private let worker: Handoff<ControlWorker>
+    private let runner: LoopThread<ControlWorker>
     private let subscribers: Atomic<Int>
     public let path: String
 
@@ -36,58 +34,46 @@ public final class ControlServer: Sendable {
             throw error
         }
         path = settings.controlSocket
-        inbox = loop.inbox
         let counter = Atomic<Int>(0)
         subscribers = counter
         let access = Access(daemonUID: geteuid(), groupID: gid, groupName: settings.controlGroup)
-        worker = Handoff(ControlWorker(loop: loop, listenFD: fd, access: access, relayInbox: relayInbox, logger: logger, metrics: metrics))
+        runner = LoopThread(name: "tcpops-control",
+                            worker: ControlWorker(loop: loop, listenFD: fd, access: access, relayInbox: relayInbox, logger: logger, metrics: metrics))
     }
 
     public var subscriberCount: Int { subscribers.load(ordering: .relaxed) }
 
     /// `target` is used only on the relay's loop, inside jobs posted to its inbox.
     public func start(target: ControlTarget) throws(SystemError) {
-        let worker = self.worker
-        worker.value.target = Handoff(target)
-        worker.value.selfInbox = inbox
-        try worker.value.listen()
-        try thread.start { [self] in
-            worker.value.onSubscribersChanged = { [self] n in
-                self.subscribers.store(n, ordering: .relaxed)
-                worker.value.metrics?.subscribers.set(to: Double(n))
-            }
-            worker.value.run()
+        let worker = runner.unstartedWorker
+        worker.target = Handoff(target)
+        worker.selfInbox = runner.inbox
+        let gauge = worker.metrics?.subscribers
+        worker.onSubscribersChanged = { [self] n in
+            self.subscribers.store(n, ordering: .relaxed)
+            gauge?.set(to: Double(n))
         }
+        try worker.listen()
+        try runner.start()
     }
 
     /// Called on the relay's loop with a turn's events: one post to the control thread, where
     /// they are kept (the recent ones) and rendered, only when someone reads them.
     public func publish(_ events: [TCPEvent]) {
-        let worker = self.worker
         let batch = Handoff(events)
         // Nobody follows the stream: the batch only joins the recent events, and need not wake
         // the control thread (it is taken at its next turn, before any request is read).
-        if subscriberCount > 0 {
-            inbox.post { _ in worker.value.broadcast(batch.value) }
-        } else {
-            inbox.postQuietly { _ in worker.value.broadcast(batch.value) }
-        }
+        runner.post(quietly: subscriberCount == 0) { $0.broadcast(batch.value) }
     }
 
     public func shutdown() {
-        let worker = self.worker
-        if thread.isStarted {
-            inbox.post { _ in worker.value.stop() }
-            thread.join()
-        } else {
-            worker.value.finish()  // never ran (the start failed): tear down here
-        }
+        runner.shutdown()  // (one that never ran is torn down here)
         unlink(path)
     }
 }
 
 /// Lives on the control thread only.
-final class ControlWorker {
+final class ControlWorker: LoopWorker {
     static let maxClients = 256
     /// A client must complete a request line this long after connecting or after its last answer
     /// (a byte now and then does not extend it).
@@ -146,15 +132,9 @@ final class ControlWorker {
         try loop.register(listenFD, mask: Events.read, handler: h)
     }
 
-    func run() {
-        sweep()
-        do {
-            try loop.run()
-        } catch {
-            logger.log(.error, "control loop failed: \(error)")
-        }
-        finish()
-    }
+    func started() { sweep() }
+
+    func loopFailed(_ error: SystemError) { logger.log(.error, "control loop failed: \(error)") }
 
     /// Closes every client and the socket, and drops what refers back to this worker.
     func finish() {

@@ -54,9 +54,7 @@ public final class HookRunner: Sendable {
     private let anyCommands: Atomic<Bool>
     private let counters = Locked(Counters())
     private let lastDropLog = Atomic<UInt64>(0)
-    private let thread = PosixThread(name: "tcpops-hooks")
-    private let inbox: Inbox
-    private let worker: Handoff<Worker>
+    private let runner: LoopThread<Worker>
 
     private let metrics: HookMetrics?
 
@@ -65,18 +63,12 @@ public final class HookRunner: Sendable {
         self.metrics = metrics
         self.settings = Locked(settings)
         anyCommands = Atomic(settings.callback != nil || !settings.routes.isEmpty)
-        let loop = try EventLoop()
-        inbox = loop.inbox
-        worker = Handoff(Worker(loop: loop, logger: logger))
+        runner = LoopThread(name: "tcpops-hooks", worker: Worker(loop: try EventLoop(), logger: logger))
     }
 
     public func start() throws(SystemError) {
-        let worker = self.worker
-        let owner = Handoff(self)
-        try thread.start {
-            worker.value.owner = owner.value
-            worker.value.run()
-        }
+        runner.unstartedWorker.owner = self
+        try runner.start()
     }
 
     public func update(_ s: Settings) {
@@ -126,20 +118,13 @@ public final class HookRunner: Sendable {
             }
             waiting.add(1, ordering: .relaxed)
             let job = Job(argv: argv, environment: env, event: event.kind, conid: event.conid)
-            let worker = self.worker
-            inbox.post { _ in worker.value.enqueue(job) }
+            runner.post { $0.enqueue(job) }
         }
     }
 
     /// Lets queued and running hooks finish until `deadline` (monotonic ns), kills what is left, joins.
     public func shutdown(deadline: UInt64) {
-        let worker = self.worker
-        if thread.isStarted {
-            inbox.post { _ in worker.value.stop(deadline: deadline) }
-            thread.join()
-        } else {
-            worker.value.finish()  // never ran (the start failed)
-        }
+        runner.shutdown { $0.stop(deadline: deadline) }  // (a runner that never ran finishes here)
         let c = snapshot
         if c.dropped > 0 {
             logger.log(.warning, "hooks dropped in all: \(c.dropped)", id: .hookDropped, [("TCPOPS_HOOKS_DROPPED", String(c.dropped))])
@@ -172,7 +157,7 @@ public final class HookRunner: Sendable {
 }
 
 /// Lives on the runner's thread only.
-private final class Worker {
+private final class Worker: LoopWorker {
     let loop: EventLoop
     let logger: Logger
     var owner: HookRunner?
@@ -188,14 +173,7 @@ private final class Worker {
         self.logger = logger
     }
 
-    func run() {
-        do {
-            try loop.run()
-        } catch {
-            logger.log(.error, "hook runner loop failed: \(error)")
-        }
-        finish()
-    }
+    func loopFailed(_ error: SystemError) { logger.log(.error, "hook runner loop failed: \(error)") }
 
     /// Drops what refers back to this worker (its loop's handlers, timers and jobs).
     func finish() {

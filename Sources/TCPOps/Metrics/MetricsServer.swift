@@ -9,50 +9,38 @@ import TCPOpsLoop
 import TCPOpsPosix
 
 public final class MetricsServer: Sendable {
-    private let thread = PosixThread(name: "tcpops-metrics")
-    private let inbox: Inbox
-    private let worker: Handoff<MetricsWorker>
+    private let runner: LoopThread<MetricsWorker>
 
     public init(metrics: DaemonMetrics, logger: Logger) throws(SystemError) {
-        let loop = try EventLoop()
-        inbox = loop.inbox
-        worker = Handoff(MetricsWorker(loop: loop, metrics: metrics, logger: logger))
+        runner = LoopThread(name: "tcpops-metrics", worker: MetricsWorker(loop: try EventLoop(), metrics: metrics, logger: logger))
     }
 
     /// Starts serving on `listenFD` (bound by the caller, so that a failure is the caller's to report).
     public func start(listenFD: Int32, address: SocketAddress) throws(SystemError) {
-        let worker = self.worker
-        try worker.value.take(listenFD, address)
-        try thread.start { worker.value.run() }
+        try runner.unstartedWorker.take(listenFD, address)
+        try runner.start()
     }
 
     /// Serves on another socket from now on (nil: none); the old one is closed after the switch.
     public func replace(listenFD: Int32?, address: SocketAddress?) {
-        let worker = self.worker
         let fd = listenFD
-        inbox.post { _ in
+        runner.post { worker in
             do {
-                try worker.value.take(fd, address)
+                try worker.take(fd, address)
             } catch {
-                worker.value.logger.log(.error, "metrics: cannot watch the new socket: \(error)")
+                worker.logger.log(.error, "metrics: cannot watch the new socket: \(error)")
                 if let fd { closeFD(fd) }
             }
         }
     }
 
     public func shutdown() {
-        let worker = self.worker
-        if thread.isStarted {
-            inbox.post { _ in worker.value.loop.stop() }
-            thread.join()
-        } else {
-            worker.value.finish()
-        }
+        runner.shutdown()
     }
 }
 
 /// Lives on the metrics thread only.
-final class MetricsWorker {
+final class MetricsWorker: LoopWorker {
     /// Requests under way (incomplete) at most; answered clients that still read their response,
     /// or have not hung up, are bounded by `maxAnswered`.
     static let maxClients = 16
@@ -101,15 +89,9 @@ final class MetricsWorker {
         backoff = AcceptPause(loop: loop, fd: fd, what: "metrics accept on \(at)") { [logger] in logger.log(.warning, $0, id: .listener) }
     }
 
-    func run() {
-        sweep()
-        do {
-            try loop.run()
-        } catch {
-            logger.log(.error, "metrics loop failed: \(error)")
-        }
-        finish()
-    }
+    func started() { sweep() }
+
+    func loopFailed(_ error: SystemError) { logger.log(.error, "metrics loop failed: \(error)") }
 
     func finish() {
         for c in Array(clients.values) { drop(c) }

@@ -19,7 +19,7 @@ public enum ConnectionState: Int, Sendable {
     }
 }
 
-public final class Connection: EventHandler {
+public final class Connection: EventHandler, TimerSlot {
     // Stored properties by alignment, widest first, padding filled (Swift lays them out in this
     // order): one connection object is 136 bytes (a 136-byte malloc block), two per relay. Its
     // keepalive is not kept here: the socket has it (Connection.socketOptions reads it back).
@@ -31,8 +31,8 @@ public final class Connection: EventHandler {
     /// Idle lifetime in ns; 0 = none.
     var lifetime: UInt64 = 0
     /// When the lifetime runs out unless data moved since, and this connection's place in its
-    /// worker's LifetimeTimers (-1: not armed).
-    var lifetimeDeadline: UInt64 = 0
+    /// loop's timers (-1: not armed): the connection is its own entry there (TimerSlot).
+    public var timerDeadline: UInt64 = 0
     /// The relay owns both of its connections and they own it back; Relay.release() breaks the
     /// cycle (nil from then on, and for a failed attempt's connection).
     var relay: Relay?
@@ -56,7 +56,7 @@ public final class Connection: EventHandler {
     public internal(set) var remote: SocketAddress?
     /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
     var closeErrno: Int32 = 0
-    var lifetimeSlot: Int32 = -1
+    public var timerSlot: Int32 = -1
     public let side: Side
     public internal(set) var state: ConnectionState
     /// Set once an event was raised or the close was classified: at most one event a connection.
@@ -121,5 +121,8 @@ public final class Connection: EventHandler {
     }
 
     /// The other side of its relay (nil while there is none: a PROXY header awaited, or gone).
+    /// Its lifetime's deadline came.
+    public func timerFired() { relay?.lifetimeCame(self) }
+
     public var peer: Connection? { side == .client ? relay?.upstream : relay?.client }
 }

@@ -108,13 +108,7 @@ extension Relay {
             // This attempt's connect_timeout, or what is left of the client's connect_deadline. (The
             // closure captures only the relay: anything more would cost a context allocation a
             // connection.)
-            setPhaseTimer(at: min(now + listener.connectTimeout.nanoseconds, connectDeadline)) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
-                guard !self.ended, self.upstream?.state == .connecting else { return }
-                self.phaseTimer = 0
-                self.attemptFailed(.connectTimeout, why: self.ctx.loop.now < self.connectDeadline
-                                   ? "no answer within \(self.listener.connectTimeout.secondsText)"
-                                   : "no answer before connect_deadline (\(self.listener.connectDeadline.secondsText))")
-            }
+            armPhaseTimer(at: min(now + listener.connectTimeout.nanoseconds, connectDeadline))  // (timerFired says what came)
         }
         updateInterest()
         return true

@@ -39,11 +39,8 @@ extension Relay {
         // Nothing more will come from the broken side.
         if way == .toClient { toClient.eof = true } else { toUpstream.eof = true }
         let held = (way == .toClient ? toClient : toUpstream).pending
-        setPhaseTimer(at: ctx.loop.now + Relay.drainLimit) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
-            guard !self.ended else { return }
-            self.phaseTimer = 0
-            self.end(failed: nil, reason: reason, why: "\(why); bytes for conid \(other.conid) still undelivered after 5 s")
-        }
+        drainReason = reason
+        armPhaseTimer(at: ctx.loop.now + Relay.drainLimit)
         ctx.logger.log(.debug, "conid \(conn.conid) broke (\(why)); delivering \(held) held bytes to conid \(other.conid)", fields(conn))
         drainWhy = why
         shovel(way)
@@ -56,7 +53,7 @@ extension Relay {
         if c.closeReason == nil { c.closeReason = .local }
         if c.fdOpen {
             c.fdOpen = false
-            ctx.lifetimes.disarm(c)
+            ctx.loop.timers.disarm(c)
             ctx.loop.forget(c.fd)
             closeFD(c.fd)
         }

@@ -12,11 +12,7 @@ extension Relay {
     func awaitProxyHeader() {
         enter(.awaitingHeader)
         ctx.loop.modify(client.fd, mask: Events.read)
-        setPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds) { [self] in  // strong: end() cancels it (a weak reference would give the relay a side table)
-            guard self.phase == .awaitingHeader else { return }
-            self.phaseTimer = 0
-            self.rejectProxy("no complete header within \(self.listener.proxyHeaderTimeout.secondsText) (\(self.proxyInput.count) bytes came)")
-        }
+        armPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds)  // (timerFired says what came)
     }
 
     /// Too many await their header on this listener, and this one waited longest: closed.
@@ -78,7 +74,7 @@ extension Relay {
         }
     }
 
-    private func rejectProxy(_ why: String) {
+    func rejectProxy(_ why: String) {
         ctx.proxyRejected += 1
         metrics.rejectedProxyHeader.increment()
         ctx.proxyRejectLog.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",

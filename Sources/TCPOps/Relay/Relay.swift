@@ -20,7 +20,7 @@ import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 
-public final class Relay: TurnEndHandler {
+public final class Relay: TurnEndHandler, TimerSlot {
     /// Where the relay is in its life (see the top of this file).
     enum Phase: UInt8 {
         /// accept_proxy: the client's PROXY header is awaited; there is no upstream yet.
@@ -53,6 +53,7 @@ public final class Relay: TurnEndHandler {
     /// that the others carry one pointer instead of 24 bytes.
     private final class Rare {
         var drainWhy = ""
+        var drainReason = CloseReason.local
         var proxyInput: [UInt8] = []
     }
     private var rare: Rare?
@@ -62,24 +63,31 @@ public final class Relay: TurnEndHandler {
         rare = r
         return r
     }
-    /// Why a draining relay's side broke (its end says so once the survivor has every byte).
+    /// Why a draining relay's side broke (its end says so once the survivor has every byte), and
+    /// the reason its end gives if the survivor does not take them in time.
     var drainWhy: String {
         get { rare?.drainWhy ?? "" }
         set { rareMade.drainWhy = newValue }
+    }
+    var drainReason: CloseReason {
+        get { rare?.drainReason ?? .local }
+        set { rareMade.drainReason = newValue }
     }
     /// accept_proxy: what came of the client's PROXY header so far (phase awaitingHeader).
     var proxyInput: [UInt8] {
         get { rare?.proxyInput ?? [] }
         set { rareMade.proxyInput = newValue }
     }
-    /// The deadline of the phase the relay is in, if it has one (0: none): the client's PROXY
-    /// header, the upstream's connect, or the drain after a side broke. The phases follow one
-    /// another, so one timer serves them all (setPhaseTimer).
-    var phaseTimer: TimerQueue.ID = 0
+    /// The deadline of the phase the relay is in, if it has one: the client's PROXY header, the
+    /// upstream's connect, or the drain after a side broke. The phases follow one another, so the
+    /// relay itself is their one entry in its loop's timers (`phaseSlot` -1: none armed).
+    public var timerDeadline: UInt64 = 0
     /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
     var attempt: Int32 = 0
     /// Its place in its worker's relay list (RelayContext.added; -1 when not in it).
     var listSlot: Int32 = -1
+    /// Its place in its loop's timers (TimerSlot; -1: no phase deadline armed).
+    public var timerSlot: Int32 = -1
     private(set) var phase: Phase = .connecting
     /// updateInterest was asked this turn: the masks are set at its end.
     var interestPending = false
@@ -269,27 +277,40 @@ public final class Relay: TurnEndHandler {
 
     // MARK: timers
 
-    /// Starts the current phase's deadline (replacing the previous phase's, if it still ran).
-    func setPhaseTimer(at deadline: UInt64, _ action: @escaping () -> Void) {
-        cancelPhaseTimer()
-        phaseTimer = ctx.loop.timers.schedule(at: deadline, action)
-    }
+    /// Sets the current phase's deadline (replacing the previous phase's, if it still ran).
+    func armPhaseTimer(at deadline: UInt64) { ctx.loop.timers.arm(self, at: deadline) }
 
-    func cancelPhaseTimer() {
-        if phaseTimer != 0 { ctx.loop.timers.cancel(phaseTimer) }
-        phaseTimer = 0
+    func cancelPhaseTimer() { ctx.loop.timers.disarm(self) }
+
+    /// The phase's deadline came: what it means depends on the phase.
+    public func timerFired() {
+        switch phase {
+        case .awaitingHeader:
+            rejectProxy("no complete header within \(listener.proxyHeaderTimeout.secondsText) (\(proxyInput.count) bytes came)")
+        case .connecting, .quieting:
+            guard upstream?.state == .connecting else { return }
+            attemptFailed(.connectTimeout, why: ctx.loop.now < connectDeadline
+                          ? "no answer within \(listener.connectTimeout.secondsText)"
+                          : "no answer before connect_deadline (\(listener.connectDeadline.secondsText))")
+        case .draining:
+            let survivor = client.fdOpen ? client : upstream
+            end(failed: nil, reason: drainReason, why: "\(drainWhy); bytes for conid \(survivor?.conid ?? 0) still undelivered after 5 s")
+        case .relaying, .ended:
+            return
+        }
+        settle()
     }
 
     func armLifetime(_ c: Connection) {
         guard c.lifetime > 0, !ended, c.fdOpen else {
-            ctx.lifetimes.disarm(c)
+            ctx.loop.timers.disarm(c)
             return
         }
-        ctx.lifetimes.arm(c, at: c.lastActivity + c.lifetime)
+        ctx.loop.timers.arm(c, at: c.lastActivity + c.lifetime)
     }
 
-    /// `c`'s lifetime deadline came (RelayContext.lifetimes): idle time is checked here rather than
-    /// by moving the deadline on every packet.
+    /// `c`'s lifetime deadline came (its entry in the loop's timers): idle time is checked here
+    /// rather than by moving the deadline on every packet.
     func lifetimeCame(_ c: Connection) {
         guard !ended, c.fdOpen, c.lifetime > 0 else { return }
         if ctx.loop.now >= c.lastActivity + c.lifetime {

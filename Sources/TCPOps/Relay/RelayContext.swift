@@ -121,12 +121,7 @@ public final class RelayContext {
         self.events = events
         self.shared = shared
         self.pipes = PipePool(keepIdle: idlePipes)
-        lifetimes = LifetimeTimers(loop: loop)
-        lifetimes.expired = { c in c.relay?.lifetimeCame(c) }
     }
-
-    /// Every connection's idle lifetime deadline.
-    let lifetimes: LifetimeTimers
 
     public convenience init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int,
                             metrics: DaemonMetrics = DaemonMetrics()) {
