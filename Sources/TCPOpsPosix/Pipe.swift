@@ -56,12 +56,14 @@ package final class PipePool {
             throw short(error)
         }
         // F_SETPIPE_SZ answers with the size the pipe has now (at least the one asked for).
-        let size = tcpops_set_pipe_size(fds[1], Int32(capacity))
-        guard size >= capacity else {
-            let e = SystemError("F_SETPIPE_SZ", size < 0 ? Glibc.errno : ENOBUFS)
+        let size: Int32
+        do throws(SystemError) {
+            size = try sys("F_SETPIPE_SZ") { tcpops_set_pipe_size(fds[1], Int32(capacity)) }
+            if size < capacity { throw SystemError("F_SETPIPE_SZ", ENOBUFS) }
+        } catch {
             closeFD(fds[0])
             closeFD(fds[1])
-            throw short(e)
+            throw short(error)
         }
         return Pipe(read: fds[0], write: fds[1])
     }
@@ -127,14 +129,6 @@ package enum Splice {
     /// One splice() step from `from` to `to`, at most `length` bytes.
     @inline(__always)
     package static func move(from: Int32, to: Int32, length: Int) -> IOResult {
-        while true {
-            let n = tcpops_splice(from, to, length)
-            if n > 0 { return .moved(n) }
-            if n == 0 { return .endOfFile }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN { return .wouldBlock }
-            return .failed(e)
-        }
+        sysTransfer { tcpops_splice(from, to, length) }
     }
 }

@@ -86,14 +86,14 @@ package enum Socket {
     /// A refusal that the kernel reports at once comes back as the thrown error.
     package static func connect(_ address: SocketAddress) throws(SystemError) -> (fd: Int32, connected: Bool) {
         let fd = try sys("socket") { socket(address.domain, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0) }
-        while true {
-            let r = address.withSockaddr { Glibc.connect(fd, $0, $1) }
-            if r == 0 { return (fd, true) }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EINPROGRESS { return (fd, false) }
+        do throws(SystemError) {
+            try sys("connect") { address.withSockaddr { Glibc.connect(fd, $0, $1) } }
+            return (fd, true)
+        } catch where error.errno == EINPROGRESS {
+            return (fd, false)
+        } catch {
             closeFD(fd)
-            throw SystemError("connect", e)
+            throw error
         }
     }
 
@@ -160,27 +160,12 @@ package enum Socket {
     }
 
     package static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> IOResult {
-        while true {
-            let n = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
-            if n >= 0 { return .moved(n) }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN { return .wouldBlock }
-            return .failed(e)
-        }
+        sysTransfer(zeroIsEnd: false) { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
     }
 
     /// One non-blocking recv() into `buffer`.
     package static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
-        while true {
-            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
-            if n > 0 { return .moved(n) }
-            if n == 0 { return .endOfFile }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN { return .wouldBlock }
-            return .failed(e)
-        }
+        sysTransfer { recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 
     package static func peerAddress(_ fd: Int32) -> SocketAddress? {

@@ -1,4 +1,5 @@
-// One place where errno is read: every syscall goes through these helpers (sys, sysNonBlocking),
+// One place where errno is read: every syscall goes through these helpers (sys, sysNonBlocking,
+// sysTransfer),
 // which retry EINTR and turn a failure into a SystemError that names the call. (getaddrinfo's
 // EAI_SYSTEM in Resolve.swift is the one other reader.)
 import Glibc
@@ -91,6 +92,22 @@ package func sysNonBlocking<T: BinaryInteger>(_ name: String, _ body: () -> T) t
         if e == EINTR { continue }
         if e == EAGAIN || e == EWOULDBLOCK { return nil }
         throw SystemError(name, e)
+    }
+}
+
+/// One non-blocking transfer (read, recv, send, splice) as an IOResult: retries EINTR; EAGAIN is
+/// `.wouldBlock`, another errno `.failed`; 0 is the end of the file when `zeroIsEnd` (a read),
+/// else a transfer of nothing (a send).
+@inline(__always)
+package func sysTransfer(zeroIsEnd: Bool = true, _ body: () -> Int) -> IOResult {
+    while true {
+        let n = body()
+        if n > 0 || (n == 0 && !zeroIsEnd) { return .moved(n) }
+        if n == 0 { return .endOfFile }
+        let e = Glibc.errno
+        if e == EINTR { continue }
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        return .failed(e)
     }
 }
 
