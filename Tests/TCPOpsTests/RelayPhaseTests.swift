@@ -256,4 +256,37 @@ private func resetClose(_ fd: Int32) {
         relay.handedOver()
         #expect(relay.phase == .ended && rig.ctx.relays == 0 && rig.events.isEmpty)
     }
+
+    /// Carried across a restart: the next process adopts the two sockets (here, copies of them
+    /// taken before the handover), and the adopted relay relays and ends like any other.
+    @Test func anAdoptedRelayRelaysAndEnds() throws {
+        let rig = try Rig()
+        let (up, upAddress) = try Rig.listener()
+        _ = rig.keep(up)
+        let settings = rig.settings([upAddress])
+        let (client, relay) = try rig.start(settings)
+        let upstream = try #require(relay.upstream)
+        let server = rig.keep(try #require(try waitAccept(up)))
+        relay.handle(upstream, Events.write)
+        #expect(relay.quiet() && relay.readyToCarry)
+        let sides = relay.carried.map { (fd: dup($0.fd), side: CarriedSide(name: $0.name)!) }
+        relay.handedOver()
+        Relay.adopt(ctx: rig.ctx, listener: settings, client: sides[0], upstream: sides[1])
+        let adopted = try #require(rig.ctx.liveRelays.last)
+        #expect(adopted.phase == .relaying && adopted.client.conid == relay.client.conid)
+        let adoptedUpstream = try #require(adopted.upstream)
+        #expect(adoptedUpstream.conid == upstream.conid)
+        write(client, "again")
+        #expect(readable(adopted.client.fd))
+        adopted.handle(adopted.client, Events.read)
+        #expect(read(server) == "again")
+        shutdown(client, Int32(SHUT_WR))
+        shutdown(server, Int32(SHUT_WR))
+        for _ in 0..<4 where adopted.phase != .ended {
+            if readable(adopted.client.fd) { adopted.handle(adopted.client, Events.read) }
+            if adopted.phase != .ended && readable(adoptedUpstream.fd) { adopted.handle(adoptedUpstream, Events.read) }
+        }
+        #expect(adopted.phase == .ended)
+        #expect(rig.events.map(\.reason) == [.fin, .fin] && rig.ctx.relays == 0)
+    }
 }
