@@ -51,6 +51,9 @@ private final class Rig {
         return fd
     }
 
+    /// The test closes `fd` itself.
+    func forget(_ fd: Int32) { open.removeAll { $0 == fd } }
+
     func advance(_ ns: UInt64) {
         clock.now += ns
         loop.turn(at: clock.now)
@@ -72,6 +75,22 @@ private final class Rig {
     }
 
     func events(of conid: UInt64) -> [TCPEvent] { events.filter { $0.conid == conid } }
+
+    /// A relay through to a fresh upstream listener, connected (epoll said writable): the test's
+    /// ends of the client and of the upstream's accepted socket.
+    func established(_ change: (inout ListenerSettings) -> Void = { _ in }) throws
+        -> (client: Int32, relay: Relay, upstream: Connection, server: Int32, settings: ListenerSettings) {
+        let (up, upAddress) = try Rig.listener()
+        _ = keep(up)
+        let settings = self.settings([upAddress], change)
+        let (client, relay) = try start(settings)
+        #expect(relay.phase == .connecting)
+        let upstream = try #require(relay.upstream)
+        let server = keep(try #require(try waitAccept(up)))
+        relay.handle(upstream, Events.write)
+        #expect(relay.phase == .relaying)
+        return (client, relay, upstream, server, settings)
+    }
 }
 
 /// Accepts one connection, waiting up to a second for the kernel's handshake.
@@ -112,14 +131,7 @@ private func resetClose(_ fd: Int32) {
     /// connecting → relaying; the client's FIN, then the upstream's: two tcp:closed, one end.
     @Test func finFromEachSideEndsTheRelayOnce() throws {
         let rig = try Rig()
-        let (up, upAddress) = try Rig.listener()
-        _ = rig.keep(up)
-        let (client, relay) = try rig.start(rig.settings([upAddress]))
-        #expect(relay.phase == .connecting)
-        let upstream = try #require(relay.upstream)
-        let server = rig.keep(try #require(try waitAccept(up)))
-        relay.handle(upstream, Events.write)
-        #expect(relay.phase == .relaying)
+        let (client, relay, upstream, server, _) = try rig.established()
         write(client, "hello")
         #expect(readable(relay.client.fd))
         relay.handle(relay.client, Events.read)
@@ -148,12 +160,8 @@ private func resetClose(_ fd: Int32) {
     /// raises tcp:reset, the client is closed by tcpopsd (no event).
     @Test func aResetEndsTheRelay() throws {
         let rig = try Rig()
-        let (up, upAddress) = try Rig.listener()
-        _ = rig.keep(up)
-        let (client, relay) = try rig.start(rig.settings([upAddress]))
-        let upstream = try #require(relay.upstream)
-        let server = try #require(try waitAccept(up))
-        relay.handle(upstream, Events.write)
+        let (client, relay, upstream, server, _) = try rig.established()
+        rig.forget(server)
         resetClose(server)
         #expect(readable(upstream.fd))
         relay.handle(upstream, Events.read | Events.error | Events.hangup)
@@ -166,11 +174,7 @@ private func resetClose(_ fd: Int32) {
     /// An idle client past its lifetime: tcp:timeout, reason lifetime, when the clock says so.
     @Test func theLifetimeEndsAnIdleRelayOnTime() throws {
         let rig = try Rig()
-        let (up, upAddress) = try Rig.listener()
-        _ = rig.keep(up)
-        let (_, relay) = try rig.start(rig.settings([upAddress]) { $0.lifetime = 2 })
-        _ = rig.keep(try #require(try waitAccept(up)))
-        relay.handle(try #require(relay.upstream), Events.write)
+        let (_, relay, _, _, _) = try rig.established { $0.lifetime = 2 }
         rig.advance(1_900_000_000)
         #expect(relay.phase == .relaying)
         rig.advance(200_000_000)
@@ -261,13 +265,7 @@ private func resetClose(_ fd: Int32) {
     /// taken before the handover), and the adopted relay relays and ends like any other.
     @Test func anAdoptedRelayRelaysAndEnds() throws {
         let rig = try Rig()
-        let (up, upAddress) = try Rig.listener()
-        _ = rig.keep(up)
-        let settings = rig.settings([upAddress])
-        let (client, relay) = try rig.start(settings)
-        let upstream = try #require(relay.upstream)
-        let server = rig.keep(try #require(try waitAccept(up)))
-        relay.handle(upstream, Events.write)
+        let (client, relay, upstream, server, settings) = try rig.established()
         #expect(relay.quiet() && relay.readyToCarry)
         let sides = relay.carried.map { (fd: dup($0.fd), side: CarriedSide(name: $0.name)!) }
         relay.handedOver()
