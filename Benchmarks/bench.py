@@ -490,6 +490,8 @@ def journald():
 def fmt(v, spec, ratio_to=None):
     if v is None:
         return "n/a"
+    if spec.endswith("d"):
+        v = int(round(v))  # a count's median of an even number of rounds is a mean of two
     s = format(v, spec)
     if ratio_to:
         s += f" ({v / ratio_to:.2f}x)"
@@ -611,7 +613,8 @@ def main():
     for name in order:
         runs = rounds[name]
         keys = {k for res in runs for k in res}
-        results[name] = {k: statistics.median([res[k] for res in runs if k in res]) for k in keys}
+        values = {k: [res[k] for res in runs if res.get(k) is not None] for k in keys}
+        results[name] = {k: statistics.median(v) if v else None for k, v in values.items()}
     if args.rounds > 1:
         print(f"\n# medians of {args.rounds} interleaved rounds")
     direct = results.get("direct", {})
