@@ -9,7 +9,8 @@ import pytest
 from helpers import BIN, ROOT
 
 
-def test_the_demo_waits_for_a_slow_upstream():
+def skip_unless_the_demo_ports_are_free():
+    """The demo listens on 5060 and relays to an echo server on 5070, as config/tcpopsd.toml says."""
     for port in (5060, 5070):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -19,6 +20,10 @@ def test_the_demo_waits_for_a_slow_upstream():
             pytest.skip(f"port {port} is in use here; the demo needs it")
         finally:
             s.close()
+
+
+def test_the_demo_waits_for_a_slow_upstream():
+    skip_unless_the_demo_ports_are_free()
     env = {**os.environ, "ECHO_START_DELAY": "1.5"}
     p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), BIN, os.path.join(ROOT, "config", "tcpopsd.toml")],
                        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL, cwd=ROOT)
@@ -36,15 +41,7 @@ def test_ctrl_c_shows_the_drain_and_stops_cleanly():
     import pty
     import select
     import time
-    for port in (5060, 5070):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            pytest.skip(f"port {port} is in use here; the demo needs it")
-        finally:
-            s.close()
+    skip_unless_the_demo_ports_are_free()
     pid, fd = pty.fork()
     if pid == 0:  # the demo in a terminal, as `make run` runs it
         os.chdir(ROOT)
