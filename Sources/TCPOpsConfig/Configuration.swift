@@ -85,6 +85,8 @@ public struct EventSettings: Sendable, Equatable {
     public var queueLimit = 10_000
     /// tcp:opened when a relay is established (opt-in: off, it costs nothing).
     public var opened = false
+
+    public init() {}
 }
 
 /// One upstream as the file names it: an address, or a host name resolved to addresses (tried in

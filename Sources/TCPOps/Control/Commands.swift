@@ -1,29 +1,37 @@
-// The control commands. A request reaches worker 0's loop (the main thread) through its inbox;
-// what touches connections runs on every worker's loop, each over its own connection table, and
-// the parts are put together back on worker 0's loop into the answer line. Connection state is
-// only touched by its own worker.
+// The control commands, planned and put together on the control thread: a request is checked
+// there, what touches connections runs on every worker's loop (each over its own connection
+// table, one post each), and each worker's part comes back to the control thread's inbox, where
+// the answer line is made. No relay loop carries another's work: worker 0 is asked like the rest.
+// Connection state is only touched by its own worker.
+import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
 
+/// Lives on the control thread (its loop is `loop`).
 public final class ControlTarget {
     let workers: [RelayWorker]
-    let hooks: HookRunner
-    let subscriberCount: @Sendable () -> Int
-    /// The names of the listeners now configured (main thread).
-    var listenerNames: () -> Set<String>
+    let hooks: HookRunner?
+    let subscriberCount: () -> Int
+    let loop: EventLoop
+    /// The configuration generation in force (the listeners' names), given by `Daemon.apply`.
+    var generation: Generation
 
-    init(workers: [RelayWorker], hooks: HookRunner, subscriberCount: @escaping @Sendable () -> Int,
-         listenerNames: @escaping () -> Set<String>) {
+    init(workers: [RelayWorker], hooks: HookRunner?, subscriberCount: @escaping () -> Int, loop: EventLoop, generation: Generation) {
         self.workers = workers
         self.hooks = hooks
         self.subscriberCount = subscriberCount
-        self.listenerNames = listenerNames
+        self.loop = loop
+        self.generation = generation
     }
+
+    /// The names of the listeners now configured.
+    var listenerNames: Set<String> { Set(generation.listeners.values.map(\.name)) }
 
     /// One worker's part of an answer: nil when the conid asked for is not one of its connections.
     typealias Part = [(String, JSON)]?
 
-    /// Runs `r` and tells `reply` the answer line (on the main thread; at once with one worker).
+    /// Runs `r` and tells `reply` the answer line (on the control thread; at once when the request
+    /// is refused before any worker is asked).
     public func execute(_ r: ControlRequest, reply: @escaping (String) -> Void) {
         if let remotes = r.remotes, r.conid == nil, ControlTarget.oneConnection.contains(r.cmd) {
             executeByAddress(r, remotes, reply: reply)
@@ -78,61 +86,59 @@ public final class ControlTarget {
         }, failed: reply)
     }
 
-    /// Runs `each` on every worker, then `then` with their parts on the main thread; `failed` gets
-    /// the error answer line instead when a worker threw or did not answer in time.
+    /// Runs `each` on every worker (one post to each), then `then` with their parts, in the
+    /// workers' order, on the control thread; `failed` gets the error answer line instead when a
+    /// worker threw or did not answer in time.
     private func gather(_ r: ControlRequest, _ each: @escaping (RelayContext) throws -> Part, then: @escaping ([Part]) -> Void,
                         failed reply: @escaping (String) -> Void) {
-        struct Gathered {
-            var parts: [Part] = []
-            var answered: Set<Int> = []
-            var failure: Error?
-        }
-        let gathered = Locked(Gathered())
+        let gathering = Gathering(workers: workers.count)
         // A worker that does not turn (stuck in a call that blocks) must not hold the answer, nor
         // the control client's later requests, forever: after `workerDeadline` the answer is an
         // error naming it, and its part is ignored when it comes.
-        let pending = Pending()
-        let main = workers[0].loop
-        let deadline = main.timers.schedule(at: main.now + ControlTarget.workerDeadline) { [workers] in
-            guard !pending.done else { return }
-            pending.done = true
-            let answered = gathered.withLock { $0.answered }
-            let stuck = workers.map(\.index).filter { !answered.contains($0) }
+        let deadline = loop.timers.schedule(at: loop.now + ControlTarget.workerDeadline) {
+            guard !gathering.done else { return }
+            gathering.done = true
+            let stuck = gathering.parts.indices.filter { i in gathering.parts[i].map { _ in false } ?? true }
             reply(ControlAnswer.error(r.id, "worker(s) \(stuck.map(String.init).joined(separator: ", ")) did not answer within "
                                       + "\(ControlTarget.workerDeadline / 1_000_000_000) s (stuck?)"))
         }
-        everyWorker(workers, { w in
-            do {
-                let part = try each(w.ctx)
-                gathered.withLock {
-                    $0.parts.append(part)
-                    $0.answered.insert(w.index)
-                }
-            } catch {
-                gathered.withLock {
-                    $0.failure = error
-                    $0.answered.insert(w.index)
+        let back = loop.inbox
+        let job = Handoff(each)
+        let collect = Handoff { [self] (index: Int, result: Result<Part, Error>) in
+            guard !gathering.done else { return }
+            gathering.parts[index] = result
+            gathering.answered += 1
+            guard gathering.answered == gathering.parts.count else { return }
+            gathering.done = true
+            loop.timers.cancel(deadline)
+            var parts: [Part] = []
+            for case let result? in gathering.parts {
+                switch result {
+                case .success(let p): parts.append(p)
+                case .failure(let e):
+                    reply(answer(r, e))
+                    return
                 }
             }
-        }, then: { [self] in
-            guard !pending.done else { return }
-            pending.done = true
-            main.timers.cancel(deadline)
-            let all = gathered.withLock { $0 }
-            if let f = all.failure {
-                reply(answer(r, f))
-                return
+            then(parts)
+        }
+        for w in workers {
+            w.post { w in
+                let (index, result) = (w.index, Handoff(Result<Part, Error> { try job.value(w.ctx) }))
+                back.post { _ in collect.value(index, result.value) }
             }
-            then(all.parts)
-        })
+        }
     }
 
     /// How long a request waits for every worker's part.
     static let workerDeadline: UInt64 = 5_000_000_000
 
-    /// Whether a request was answered (main thread only).
-    private final class Pending {
+    /// The parts of one request's answer as they come back (control thread only).
+    private final class Gathering {
+        var parts: [Result<Part, Error>?]
+        var answered = 0
         var done = false
+        init(workers: Int) { parts = Array(repeating: nil, count: workers) }
     }
 
     private func answer(_ r: ControlRequest, _ error: Error) -> String {
@@ -140,7 +146,7 @@ public final class ControlTarget {
         return ControlAnswer.error(r.id, "\(error)")
     }
 
-    private struct Failure: Error {
+    struct Failure: Error {
         let message: String
         init(_ m: String) { message = m }
     }
@@ -184,10 +190,10 @@ public final class ControlTarget {
     }
 
     /// What each worker does for `r`, and how their parts make the answer. Checks the request first.
-    private func plan(_ r: ControlRequest) throws -> ((RelayContext) throws -> Part, ([Part]) throws -> [(String, JSON)]) {
+    func plan(_ r: ControlRequest) throws -> ((RelayContext) throws -> Part, ([Part]) throws -> [(String, JSON)]) {
         switch r.cmd {
         case "list":
-            let names = listenerNames()
+            let names = listenerNames
             return ({ [self] ctx in
                 let now = ctx.loop.now
                 let rows = ctx.trackedConnections.filter { r.listener == nil || $0.listenerName == r.listener }.map { (c: $0.conid, row: describe(ctx, $0, now: now)) }
@@ -322,13 +328,13 @@ public final class ControlTarget {
         for p in parts {
             for (k, v) in p { if case .uint(let n) = v { sums[k, default: 0] += n } }
         }
-        let h = hooks.snapshot
+        let h = hooks?.snapshot ?? HookRunner.Counters()
         return .object([
             ("connections_open", .int(Int64(sums["connections_open"] ?? 0))), ("relays_open", .int(Int64(sums["relays_open"] ?? 0))),
             ("accepted", .uint(sums["accepted"] ?? 0)), ("rejected", .uint(sums["rejected"] ?? 0)), ("relayed_bytes", .uint(sums["relayed_bytes"] ?? 0)),
             ("events", .object(EventKind.allCases.map { ($0.rawValue, .uint(sums["event:" + $0.rawValue] ?? 0)) })),
             ("hooks", .object([("run", .uint(h.started)), ("failed", .uint(h.failed)), ("killed", .uint(h.killed)), ("dropped", .uint(h.dropped)),
-                                ("queued", .int(Int64(hooks.queued)))])),
+                                ("queued", .int(Int64(hooks?.queued ?? 0)))])),
             ("subscribers", .int(Int64(subscriberCount()))),
             ("workers", .int(Int64(parts.count))),
         ])

@@ -1,6 +1,6 @@
 // The control socket: its own thread and event loop. It accepts tcpopsctl clients (checked with
-// SO_PEERCRED), reads JSON lines, and hands each request to the relay's loop through that loop's
-// inbox; the answer comes back through this loop's inbox. It also keeps the recent events and
+// SO_PEERCRED), reads JSON lines, and plans each request here (ControlTarget): the workers are
+// asked through their inboxes and their parts come back through this loop's. It also keeps the recent events and
 // streams new ones to `events --follow` subscribers, cutting off any that fall behind. Clients are
 // bounded in number and in the time they take to send a request; an idle one makes room for a new
 // one; at the fd limit a reserved fd still lets one operator in.
@@ -23,7 +23,7 @@ public final class ControlServer: Sendable {
     public let path: String
 
     /// Binds the socket now, so that a failure stops the start before READY=1.
-    public init(settings: DaemonSettings, relayInbox: Inbox, logger: Logger, metrics: DaemonMetrics? = nil) throws(SystemError) {
+    public init(settings: DaemonSettings, logger: Logger, metrics: DaemonMetrics? = nil) throws(SystemError) {
         let gid = settings.controlGroup.flatMap { UnixSocket.groupID($0) }
         let fd = try UnixSocket.listen(path: settings.controlSocket, mode: settings.controlMode, gid: gid)
         let loop: EventLoop
@@ -38,16 +38,17 @@ public final class ControlServer: Sendable {
         subscribers = counter
         let access = Access(daemonUID: geteuid(), groupID: gid, groupName: settings.controlGroup)
         runner = LoopThread(name: "tcpops-control",
-                            worker: ControlWorker(loop: loop, listenFD: fd, access: access, relayInbox: relayInbox, logger: logger, metrics: metrics))
+                            worker: ControlWorker(loop: loop, listenFD: fd, access: access, logger: logger, metrics: metrics))
     }
 
     public var subscriberCount: Int { subscribers.load(ordering: .relaxed) }
 
-    /// `target` is used only on the relay's loop, inside jobs posted to its inbox.
-    public func start(target: ControlTarget) throws(SystemError) {
+    /// Serves requests about `workers`' connections (and the hook runner's counters), under
+    /// `generation` until `apply` brings another.
+    func start(workers: [RelayWorker], hooks: HookRunner?, generation: Generation) throws(SystemError) {
         let worker = runner.unstartedWorker
-        worker.target = Handoff(target)
-        worker.selfInbox = runner.inbox
+        worker.target = ControlTarget(workers: workers, hooks: hooks, subscriberCount: { [unowned self] in self.subscriberCount },
+                                      loop: worker.loop, generation: generation)
         let gauge = worker.metrics?.subscribers
         worker.onSubscribersChanged = { [self] n in
             self.subscribers.store(n, ordering: .relaxed)
@@ -64,6 +65,11 @@ public final class ControlServer: Sendable {
         // Nobody follows the stream: the batch only joins the recent events, and need not wake
         // the control thread (it is taken at its next turn, before any request is read).
         runner.post(quietly: subscriberCount == 0) { $0.broadcast(batch.value) }
+    }
+
+    /// A reload's generation reaches the control thread (the listeners' names).
+    public func apply(_ g: Generation) {
+        runner.post { $0.target?.generation = g }
     }
 
     public func shutdown() {
@@ -86,10 +92,8 @@ final class ControlWorker: LoopWorker {
     let loop: EventLoop
     let listenFD: Int32
     let access: ControlServer.Access
-    let relayInbox: Inbox
     let logger: Logger
-    var target: Handoff<ControlTarget>?
-    var selfInbox: Inbox?
+    var target: ControlTarget?
     var onSubscribersChanged: ((Int) -> Void)?
     var clients: [UInt64: ControlClient] = [:]
     /// Clients not being closed, the ones `maxClients` bounds.
@@ -109,12 +113,11 @@ final class ControlWorker: LoopWorker {
 
     let metrics: DaemonMetrics?
 
-    init(loop: EventLoop, listenFD: Int32, access: ControlServer.Access, relayInbox: Inbox, logger: Logger, metrics: DaemonMetrics?) {
+    init(loop: EventLoop, listenFD: Int32, access: ControlServer.Access, logger: Logger, metrics: DaemonMetrics?) {
         self.metrics = metrics
         self.loop = loop
         self.listenFD = listenFD
         self.access = access
-        self.relayInbox = relayInbox
         self.logger = logger
         reserve = Socket.placeholder()
     }
@@ -266,15 +269,10 @@ final class ControlWorker: LoopWorker {
             c.requestSince = loop.now
             return
         }
-        guard let target, let selfInbox else { return }
+        guard let target else { return }
         c.pending += 1
         let clientID = c.id
-        let me = Handoff(self)
-        relayInbox.post { _ in
-            target.value.execute(req) { answer in
-                selfInbox.post { _ in me.value.answered(clientID, ticket, answer) }
-            }
-        }
+        target.execute(req) { [unowned self] answer in self.answered(clientID, ticket, answer) }
     }
 
     func answered(_ id: UInt64, _ ticket: UInt64, _ answer: String) {

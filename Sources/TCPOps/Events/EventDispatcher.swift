@@ -12,6 +12,8 @@ public final class EventDispatcher: TurnEndHandler {
     private var byKind = [UInt64](repeating: 0, count: EventKind.allCases.count)
     private var pending: [TCPEvent] = []
     private unowned(unsafe) var loop: EventLoop?
+    /// The worker's configuration generation (set by its RelayContext): which hooks to run.
+    var generation: Generation?
     /// Also told of every event, a turn's events at a time (the control socket's subscribers).
     public var observers: [([TCPEvent]) -> Void] = []
 
@@ -45,8 +47,8 @@ public final class EventDispatcher: TurnEndHandler {
         let batch = pending
         pending = []
         logger.logEvents(batch)
-        if let hooks, hooks.hasCommands {
-            for e in batch { hooks.submit(e) }
+        if let hooks, let settings = generation?.hooks, settings.hasCommands {
+            for e in batch { hooks.submit(e, settings) }
         }
         for o in observers { o(batch) }
     }

@@ -25,6 +25,9 @@ public final class HookRunner: Sendable {
             self.controlSocket = controlSocket
         }
 
+        /// Whether any hook is configured (a callback or a route): without one, events skip the runner.
+        public var hasCommands: Bool { callback != nil || !routes.isEmpty }
+
         func commands(for event: EventKind) -> [[String]] {
             var out: [[String]] = []
             if let callback { out.append(callback + [event.rawValue]) }
@@ -48,10 +51,7 @@ public final class HookRunner: Sendable {
     }
 
     private let logger: Logger
-    private let settings: Locked<Settings>
     private let waiting = Atomic<Int>(0)
-    /// Whether any hook is configured (a callback or a route): without one, events skip the runner.
-    private let anyCommands: Atomic<Bool>
     private let counters = Locked(Counters())
     private let lastDropLog = Atomic<UInt64>(0)
     private let runner: LoopThread<Worker>
@@ -61,9 +61,7 @@ public final class HookRunner: Sendable {
     public init(settings: Settings, logger: Logger, metrics: HookMetrics? = nil) throws(SystemError) {
         self.logger = logger
         self.metrics = metrics
-        self.settings = Locked(settings)
-        anyCommands = Atomic(settings.callback != nil || !settings.routes.isEmpty)
-        runner = LoopThread(name: "tcpops-hooks", worker: Worker(loop: try EventLoop(), logger: logger))
+        runner = LoopThread(name: "tcpops-hooks", worker: Worker(loop: try EventLoop(), logger: logger, settings: settings))
     }
 
     public func start() throws(SystemError) {
@@ -71,13 +69,12 @@ public final class HookRunner: Sendable {
         try runner.start()
     }
 
-    public func update(_ s: Settings) {
-        settings.withLock { $0 = s }
-        anyCommands.store(s.callback != nil || !s.routes.isEmpty, ordering: .relaxed)
+    /// A new generation's settings reach the runner's thread (max_running_hooks, hook_timeout);
+    /// the relays submit with their own worker's generation.
+    public func apply(_ g: Generation) {
+        let s = g.hooks
+        runner.post { $0.settings = s }
     }
-
-    /// Whether a hook is configured for some event.
-    public var hasCommands: Bool { anyCommands.load(ordering: .relaxed) }
 
     public var snapshot: Counters { counters.withLock { $0 } }
 
@@ -94,9 +91,9 @@ public final class HookRunner: Sendable {
         return "PATH=\(dir):\(system)"
     }()
 
-    /// Queues the hooks of one event. Called on the relay's loop; never blocks on a child.
-    public func submit(_ event: TCPEvent) {
-        let s = settings.withLock { $0 }
+    /// Queues the hooks of one event, as the settings `s` of the submitting worker's generation
+    /// say. Called on the relay's loop; never blocks on a child.
+    public func submit(_ event: TCPEvent, _ s: Settings) {
         let commands = s.commands(for: event.kind)
         guard !commands.isEmpty else { return }
         let env = event.hookEnvironment + [HookRunner.path, "TCPOPS_CONTROL_SOCKET=\(s.controlSocket)"]
@@ -131,7 +128,6 @@ public final class HookRunner: Sendable {
         }
     }
 
-    fileprivate func settingsNow() -> Settings { settings.withLock { $0 } }
     fileprivate func dequeued() { waiting.subtract(1, ordering: .relaxed) }
     fileprivate enum Outcome { case started, failed, killed, dropped(UInt64) }
 
@@ -161,16 +157,18 @@ private final class Worker: LoopWorker {
     let loop: EventLoop
     let logger: Logger
     var owner: HookRunner?
-    var queue: [HookRunner.Job] = []
-    var head = 0
+    /// max_running_hooks and hook_timeout of the newest generation.
+    var settings: HookRunner.Settings
+    var queue = HookQueue<HookRunner.Job>()
     var running: [Int32: RunningHook] = [:]  // by pidfd
     var stopDeadline: UInt64?
     /// A hook that cannot start would otherwise say so for every event.
     lazy var startFailureLog = LogLimiter(loop: loop, logger: logger)
 
-    init(loop: EventLoop, logger: Logger) {
+    init(loop: EventLoop, logger: Logger, settings: HookRunner.Settings) {
         self.loop = loop
         self.logger = logger
+        self.settings = settings
     }
 
     func loopFailed(_ error: SystemError) { logger.log(.error, "hook runner loop failed: \(error)") }
@@ -191,13 +189,11 @@ private final class Worker: LoopWorker {
         stopDeadline = deadline
         loop.timers.schedule(at: deadline) { [self] in
             for hook in running.values { hook.kill(reason: "shutdown") }
-            let left = queue.count - head
+            let left = queue.removeAll()
             if left > 0 {
                 owner?.record(.dropped(UInt64(left)))
                 logger.log(.warning, "\(left) queued hooks not run: shutdown", id: .hookDropped)
                 for _ in 0..<left { owner?.dequeued() }
-                queue.removeAll()
-                head = 0
             }
             finishIfDone()
         }
@@ -205,25 +201,14 @@ private final class Worker: LoopWorker {
     }
 
     func finishIfDone() {
-        if stopDeadline != nil && running.isEmpty && head == queue.count { loop.stop() }
+        if stopDeadline != nil && running.isEmpty && queue.isEmpty { loop.stop() }
     }
 
     func startWaiting() {
         guard let owner else { return }
-        let s = owner.settingsNow()
-        while running.count < s.maxRunning && head < queue.count {
-            let job = queue[head]
-            head += 1
+        while running.count < settings.maxRunning, let job = queue.popFirst() {
             owner.dequeued()
-            if head > 1024 && head * 2 > queue.count {
-                queue.removeFirst(head)
-                head = 0
-            }
-            start(job, timeout: s.timeout)
-        }
-        if head == queue.count {
-            queue.removeAll(keepingCapacity: true)
-            head = 0
+            start(job, timeout: settings.timeout)
         }
         finishIfDone()
     }
@@ -342,5 +327,42 @@ private final class RunningHook {
         var lines = String(decoding: output, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
         if output.count >= RunningHook.outputLimit { lines.append("[output truncated at \(RunningHook.outputLimit) bytes]") }
         return lines
+    }
+}
+
+/// The hook runner's waiting jobs, first in, first out: popped in O(1), the array's front given
+/// back once more than half of it was popped (a burst does not keep its memory, nor shift the rest
+/// at every pop). queue_limit is applied before, when an event is submitted.
+struct HookQueue<Job> {
+    private var items: [Job] = []
+    private var head = 0
+
+    var count: Int { items.count - head }
+    var isEmpty: Bool { head == items.count }
+    /// What the array holds now, popped slots included (for the tests of its compaction).
+    var storage: Int { items.count }
+
+    mutating func append(_ job: Job) { items.append(job) }
+
+    mutating func popFirst() -> Job? {
+        guard head < items.count else { return nil }
+        let job = items[head]
+        head += 1
+        if head == items.count {
+            items.removeAll(keepingCapacity: items.count <= 1024)
+            head = 0
+        } else if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return job
+    }
+
+    /// Empties the queue; returns how many jobs it held.
+    mutating func removeAll() -> Int {
+        let n = count
+        items.removeAll()
+        head = 0
+        return n
     }
 }

@@ -169,7 +169,7 @@ extension Relay {
         cancelPhaseTimer()
         sendProxyHeader()
         // [events] opened: off (the default), this load is all it costs.
-        if ctx.shared.openedEvents.load(ordering: .relaxed) && !client.balancerOwn {
+        if ctx.generation.openedEvents && !client.balancerOwn {
             metrics.event(.opened, .established, .client)
             var e = TCPEvent(kind: .opened, reason: .established, conid: client.conid, peerConid: upstream.conid, side: .client,
                              listener: listener.name, local: client.local, remote: client.remote,

@@ -6,30 +6,17 @@ import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 
-/// Shared by every worker: conids (unique and increasing across workers and restarts), the
-/// connections tracked by all of them (for max_connections), and the settings a reload changes.
+/// Shared by every worker: conids (unique and increasing across workers and restarts) and the
+/// connections tracked by all of them (for max_connections). Counters only: the settings a reload
+/// changes reach each worker as a `Generation`.
 public final class RelayShared: Sendable {
     let nextConid = Atomic<UInt64>(1)
     let connections = Atomic<Int>(0)
     /// Of `connections`, those still awaiting their PROXY header: they count against no
     /// max_connections (proxy_header_max_pending bounds them, per listener) until it came.
     let awaitingHeader = Atomic<Int>(0)
-    let maxConnections: Atomic<Int>
-    let closedEventMode: Atomic<Int>
-    /// [events] opened: raise tcp:opened when a relay is established.
-    let openedEvents: Atomic<Bool>
 
-    public init(maxConnections: Int, closedEventMode: Int, opened: Bool = false) {
-        self.maxConnections = Atomic(maxConnections)
-        self.closedEventMode = Atomic(closedEventMode)
-        openedEvents = Atomic(opened)
-    }
-
-    public func apply(maxConnections: Int, closedEventMode: Int, opened: Bool = false) {
-        self.maxConnections.store(maxConnections, ordering: .relaxed)
-        self.closedEventMode.store(closedEventMode, ordering: .relaxed)
-        openedEvents.store(opened, ordering: .relaxed)
-    }
+    public init() {}
 
     /// Conids up to `last` were handed out by a previous process: never again.
     public func adopted(last: UInt64) {
@@ -69,9 +56,12 @@ public final class RelayContext {
     public let events: EventDispatcher
     public let shared: RelayShared
     public let counters = WorkerCounters()
+    /// The settings of the configuration generation this worker runs (replaced by a reload,
+    /// through `apply`; each relay keeps its listener's settings from when it started).
+    public private(set) var generation: Generation
     /// [events] closed_event: 0, 1 or 2.
-    public var closedEventMode: Int { shared.closedEventMode.load(ordering: .relaxed) }
-    public var maxConnections: Int { shared.maxConnections.load(ordering: .relaxed) }
+    public var closedEventMode: Int { generation.closedEventMode }
+    public var maxConnections: Int { generation.maxConnections }
     /// Every relay of this worker, in no order (a relay knows its slot: added and removed in O(1)).
     /// Its tracked connections are the client and, once an attempt started, the upstream (a failed
     /// attempt leaves before its relay does). No dictionary by conid: it cost ~60 bytes a relay and
@@ -113,20 +103,28 @@ public final class RelayContext {
     public let metrics: DaemonMetrics
 
     /// `idlePipes`: how many empty pipes this worker keeps for reuse (PipePool.idleShare).
-    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, metrics: DaemonMetrics = DaemonMetrics(),
-                idlePipes: Int = 256) {
+    public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, generation: Generation,
+                metrics: DaemonMetrics = DaemonMetrics(), idlePipes: Int = 256) {
         self.metrics = metrics
         self.loop = loop
         self.logger = logger
         self.events = events
         self.shared = shared
+        self.generation = generation
         self.pipes = PipePool(keepIdle: idlePipes)
+        events.generation = generation
     }
 
     public convenience init(loop: EventLoop, logger: Logger, events: EventDispatcher, closedEventMode: Int, maxConnections: Int,
                             metrics: DaemonMetrics = DaemonMetrics()) {
-        self.init(loop: loop, logger: logger, events: events,
-                  shared: RelayShared(maxConnections: maxConnections, closedEventMode: closedEventMode), metrics: metrics)
+        self.init(loop: loop, logger: logger, events: events, shared: RelayShared(),
+                  generation: Generation(number: 1, maxConnections: maxConnections, closedEventMode: closedEventMode), metrics: metrics)
+    }
+
+    /// A new generation (a reload), on this worker's thread: new connections and events follow it.
+    func apply(_ g: Generation) {
+        generation = g
+        events.generation = g
     }
 
     deinit { scratch.deallocate() }

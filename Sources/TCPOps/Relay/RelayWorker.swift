@@ -23,13 +23,14 @@ public final class RelayWorker {
     /// More than one worker: listening sockets are shared and registered exclusively.
     let exclusive: Bool
 
-    init(index: Int, count: Int, loop: EventLoop, logger: Logger, hooks: HookRunner?, shared: RelayShared, metrics: DaemonMetrics) {
+    init(index: Int, count: Int, loop: EventLoop, logger: Logger, hooks: HookRunner?, shared: RelayShared, generation: Generation,
+         metrics: DaemonMetrics) {
         self.index = index
         thread = PosixThread(name: "tcpops-worker\(index)")
         self.loop = loop
         exclusive = count > 1
         dispatcher = EventDispatcher(logger: logger, hooks: hooks)
-        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, metrics: metrics,
+        ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, generation: generation, metrics: metrics,
                            idlePipes: PipePool.idleShare(pools: count))
         ctx.workerCount = count
         dispatcher.attach(loop)
@@ -72,7 +73,14 @@ public final class RelayWorker {
         listeners[fd] = try Listener(settings: settings, ctx: ctx, fd: fd, exclusive: exclusive)
     }
 
-    func update(_ fd: Int32, _ settings: ListenerSettings) { listeners[fd]?.update(settings) }
+    /// A reload's generation, on this worker's thread: its acceptors take their listener's new
+    /// settings (for new connections), and what the relays read follows it.
+    func apply(_ g: Generation) {
+        ctx.apply(g)
+        for l in listeners.values {
+            if let s = g.listeners[l.settings.listen] { l.update(s) }
+        }
+    }
 
     /// Stops accepting on `fd` (the socket stays open: its group closes it).
     func detach(_ fd: Int32) { listeners.removeValue(forKey: fd)?.detach() }
@@ -155,12 +163,9 @@ final class ListenerGroup {
         }
     }
 
-    /// New settings for the same address (a reload): relays already running keep theirs.
-    func update(_ s: ListenerSettings) {
-        settings = s
-        let fd = fd
-        everyWorker(workers, { $0.update(fd, s) }, then: {})
-    }
+    /// New settings for the same address (a reload), as the main thread knows them; the workers'
+    /// acceptors take them with the reload's generation. Relays already running keep theirs.
+    func update(_ s: ListenerSettings) { settings = s }
 
     /// The address is no longer wanted: the other workers stop accepting on it, then worker 0
     /// accepts and relays what still waits in the queue and closes it. `done` is told how many
