@@ -50,17 +50,30 @@ let package = Package(
         .target(name: "TCPOpsProtocol", dependencies: ["TCPOpsPosix", "CShims"], path: "Sources/TCPOpsProtocol"),
         // The configuration: our TOML reader and the validated Configuration every layer above reads.
         .target(name: "TCPOpsConfig", dependencies: ["TCPOpsPosix", "TCPOpsProtocol"], path: "Sources/TCPOpsConfig"),
+        // The event vocabulary (sides' reasons, kinds, an event, a relay's end) and its one field
+        // table, from which the journal entry, the JSON line, the hook environment and the metrics'
+        // labels are made. Below the relay: it knows no relay, logger or sink.
+        .target(name: "TCPOpsEvents", dependencies: ["TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Sources/TCPOpsEvents"),
+        // systemd's side channels: the journal writer (events and relay ends rendered from the
+        // schema, straight into bytes), sd_notify, the sockets systemd passes, the stop hint, and
+        // log rate limits. Knows events, not the relay.
+        .target(name: "TCPOpsSystemd", dependencies: ["TCPOpsPosix", "TCPOpsLoop", "TCPOpsConfig", "TCPOpsEvents", "CSystemd", "CSystemdBus", "CShims"],
+                path: "Sources/TCPOpsSystemd"),
+        // The Prometheus counters (by listener, by event kind, reason and side) and the /metrics
+        // endpoint's thread.
+        .target(name: "TCPOpsMetrics", dependencies: ["TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd",
+                                                      .product(name: "Prometheus", package: "swift-prometheus")],
+                path: "Sources/TCPOpsMetrics"),
         .target(
             name: "TCPOps",
             dependencies: [
-                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "CSystemd", "CSystemdBus", "CShims",
-                .product(name: "Prometheus", package: "swift-prometheus"),
+                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "CSystemd", "CShims",
             ],
             path: "Sources/TCPOps"
         ),
         .executableTarget(
             name: "tcpopsd",
-            dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TCPOps", "TCPOpsSystemd", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig", "CEarly", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/tcpopsd",
             linkerSettings: staticRuntime
         ),
@@ -70,7 +83,7 @@ let package = Package(
             path: "Sources/tcpopsctl",
             linkerSettings: staticRuntime
         ),
-        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Tests/TCPOpsTests"),
+        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Tests/TCPOpsTests"),
     ],
     swiftLanguageModes: [.v6]
 )

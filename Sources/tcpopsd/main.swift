@@ -7,6 +7,7 @@ import TCPOpsConfig
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
+import TCPOpsSystemd
 
 enum ExitStatus {
     static let config: Int32 = 78  // EX_CONFIG

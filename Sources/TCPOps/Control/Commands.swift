@@ -4,6 +4,9 @@
 // the answer line is made. No relay loop carries another's work: worker 0 is asked like the rest.
 // Connection state is only touched by its own worker.
 import TCPOpsLoop
+import TCPOpsMetrics
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 import TCPOpsProtocol
 

@@ -3,6 +3,9 @@
 // last line, then a FIN, and is kept until it hangs up (at most a second): closing with unread
 // input would reset the connection and could discard that line before the client reads it.
 import TCPOpsLoop
+import TCPOpsMetrics
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 import TCPOpsProtocol
 

@@ -1,7 +1,10 @@
 // Reload on SIGHUP: the file is read and resolved off the main thread, the listening sockets are
 // reconciled (ListenerReconciliation), and one new configuration generation goes to every part.
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 extension Daemon {

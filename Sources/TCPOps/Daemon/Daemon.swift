@@ -4,7 +4,10 @@
 // worker 0's.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 public enum DaemonError: Error, CustomStringConvertible {
@@ -162,7 +165,8 @@ public final class Daemon {
         })
         // Socket activation: a passed socket serves the [[listener]] named by its
         // FileDescriptorName, else the one with its address; listeners left over bind as usual.
-        let handed = ListenFDs.takeAll()
+        let handed = ListenFDs.takeAll(stored: FDStore.isStored)
+        let (carried, marker) = FDStore.read(handed.stored)
         for r in handed.rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
         try services.start("listeners", { () throws(DaemonError) in try listen(passed: handed.sockets) },
                            stop: { [unowned self] _ in closeListeners() })
@@ -175,7 +179,7 @@ public final class Daemon {
             w.post { w in w.dispatcher.observers.append { control.publish($0) } }
         }
         fdStore = FDStore(logger: logger, shared: shared)
-        FDStore.adopt(handed.carried, marker: handed.marker, workers: workers, shared: shared, logger: logger) { [unowned self] name in
+        FDStore.adopt(carried, marker: marker, workers: workers, shared: shared, logger: logger) { [unowned self] name in
             listeners[name]?.settings ?? config.listeners.first { $0.name == name }
         }
         fdStore?.announce(fdLimit: fdLimit)

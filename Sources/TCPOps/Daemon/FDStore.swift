@@ -4,7 +4,10 @@
 // thread; what touches a relay runs on its worker's.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 final class FDStore {
@@ -17,6 +20,51 @@ final class FDStore {
     /// out a conid again, and can tell when systemd refused some of the relays.
     private var conidMarker: String?
     private var workersHandedOver = 0
+
+    /// What a previous tcpopsd left beside its relays: its conid counter (`tn.NEXT`) and, once it
+    /// knew, how many relays it stored (`tn.NEXT.STORED`), each on a placeholder fd.
+    struct Marker: Sendable {
+        var nextConid: UInt64 = 0
+        var stored: Int?
+        /// Every marker's FDNAME, to be removed from the store.
+        var names: [String] = []
+
+        /// Reads one `tn.` name; false when it is not one.
+        mutating func take(_ name: String) -> Bool {
+            guard name.hasPrefix("tn.") else { return false }
+            let parts = name.dropFirst(3).split(separator: ".", omittingEmptySubsequences: false)
+            guard (1...2).contains(parts.count), let next = UInt64(parts[0]) else { return false }
+            if parts.count == 2 {
+                guard let n = Int(parts[1]) else { return false }
+                stored = max(stored ?? 0, n)
+            }
+            nextConid = max(nextConid, next)
+            names.append(name)
+            return true
+        }
+    }
+
+    /// Whether an FDNAME is one the fd store's handover writes (a relay's side, a marker).
+    static func isStored(_ name: String) -> Bool {
+        var probe = Marker()
+        return CarriedSide(name: name) != nil || probe.take(name)
+    }
+
+    /// The fds a previous tcpopsd stored, read from their names: the relays' sides, and the
+    /// markers (their placeholder fds closed here; nil: none).
+    static func read(_ stored: [(fd: Int32, name: String)]) -> (carried: [(fd: Int32, side: CarriedSide)], marker: Marker?) {
+        var carried: [(fd: Int32, side: CarriedSide)] = []
+        var marker = Marker()
+        for (fd, name) in stored {
+            if let side = CarriedSide(name: name) {
+                carried.append((fd, side))
+            } else {
+                _ = marker.take(name)  // (isStored read it already)
+                closeFD(fd)
+            }
+        }
+        return (carried, marker.names.isEmpty ? nil : marker)
+    }
 
     /// The fd store, when the unit hands relays over on a restart; nil: off.
     init?(logger: Logger, shared: RelayShared) {
@@ -55,7 +103,7 @@ final class FDStore {
 
     /// Rebuilds the relays a previous tcpopsd stored (spread over the workers, one after another),
     /// then asks systemd to drop its copies. `listener` finds the settings of a listener by name.
-    static func adopt(_ carried: [(fd: Int32, side: CarriedSide)], marker: ListenFDs.Marker?, workers: [RelayWorker], shared: RelayShared,
+    static func adopt(_ carried: [(fd: Int32, side: CarriedSide)], marker: Marker?, workers: [RelayWorker], shared: RelayShared,
                       logger: Logger, listener: (String) -> ListenerSettings?) {
         if let next = marker?.nextConid, next > 0 { shared.adopted(last: next - 1) }
         for name in marker?.names ?? [] { Notify.send("FDSTOREREMOVE=1\nFDNAME=\(name)") }

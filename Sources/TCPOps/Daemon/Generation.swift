@@ -6,6 +6,8 @@
 // the generation it holds, on its own thread, without locks or atomics; a relay keeps the
 // listener settings it started with.
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 public final class Generation: Sendable {

@@ -5,6 +5,8 @@
 // applied (no upstream address), keeps its old socket and settings when it had one; every old
 // socket no listener keeps is retired, last. No client is refused or reset on the way.
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 struct ListenerReconciliation<Group> {

@@ -4,6 +4,9 @@
 // event; the text of an event is made on those threads, only for sinks that exist). Runs on the
 // relay's loop.
 import TCPOpsLoop
+import TCPOpsMetrics
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 public final class EventDispatcher: TurnEndHandler {

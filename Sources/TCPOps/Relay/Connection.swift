@@ -1,6 +1,9 @@
 // One tracked TCP connection: a side of a relay, under its conid.
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 public enum ConnectionState: Int, Sendable {

@@ -10,6 +10,8 @@
 // is held in memory and the destination is not blocked.
 import Glibc
 import TCPOpsPosix
+import TCPOpsEvents
+import TCPOpsSystemd
 
 struct Direction {
     // Stored properties widest first (Swift lays them out in this order): 30 bytes, held inline in

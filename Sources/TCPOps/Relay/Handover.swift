@@ -3,7 +3,10 @@
 // with what is needed to rebuild them; on start, stored sockets are adopted under the same conids.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 /// What a stored socket's FDNAME carries: `tc.` (client) or `tu.` (upstream), then

@@ -6,7 +6,10 @@
 // relayed first.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 public final class Listener: EventHandler {

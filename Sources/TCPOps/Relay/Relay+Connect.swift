@@ -5,7 +5,10 @@
 // its accept; then tcpopsd closes the client (no event for it: tcpopsd closed it).
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 extension Relay {

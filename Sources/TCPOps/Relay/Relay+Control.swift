@@ -2,6 +2,8 @@
 // (keepalive, lifetime, closed event, send, close).
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 public enum KeepaliveFailure: Error {

@@ -3,6 +3,8 @@
 // `release` are the one teardown: a handover and a failed upstream attempt use them too.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 extension Relay {

@@ -5,6 +5,9 @@
 // Until its header came a connection counts against no max_connections (only against its
 // listener's proxy_header_max_pending): then it needs room like any new relay.
 import TCPOpsLoop
+import TCPOpsMetrics
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 import TCPOpsProtocol
 

@@ -17,7 +17,10 @@
 // or an upstream attempt failed.
 import Glibc
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 public final class Relay: TurnEndHandler, TimerSlot {

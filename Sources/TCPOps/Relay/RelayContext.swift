@@ -3,7 +3,10 @@
 // share is in `RelayShared` (atomics only: conids, the connection count max_connections bounds).
 import Synchronization
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 /// Shared by every worker: conids (unique and increasing across workers and restarts) and the

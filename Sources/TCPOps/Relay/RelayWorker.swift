@@ -7,7 +7,10 @@
 import Glibc
 import Synchronization
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
+import TCPOpsMetrics
 import TCPOpsPosix
 
 public final class RelayWorker {

@@ -5,13 +5,15 @@
 import Prometheus
 import Synchronization
 import TCPOpsConfig
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsPosix
 import TCPOpsProtocol
 
 /// A metric's descriptor from its full name ("tcpopsd_accepted_total": the part after the last
 /// underscore is the unit) and its help text.
-func d(_ name: String, _ help: String) -> MetricNameDescriptor {
+package func d(_ name: String, _ help: String) -> MetricNameDescriptor {
     let cut = name.lastIndex(of: "_")!
     return MetricNameDescriptor(metricName: String(name[..<cut]), unitName: String(name[name.index(after: cut)...]), helpText: help)
 }
@@ -21,9 +23,9 @@ public final class DaemonMetrics: Sendable {
     private let listeners = Locked<[String: ListenerMetrics]>([:])
 
     public let hooks: HookMetrics
-    let controlClients: Gauge
-    let subscribers: Gauge
-    let reloads: [String: Counter]
+    package let controlClients: Gauge
+    package let subscribers: Gauge
+    package let reloads: [String: Counter]
 
     public init() {
         registry.makeGauge(descriptor: d("tcpopsd_build_info", "Always 1: the running build's version and git revision."),
@@ -58,31 +60,31 @@ public final class DaemonMetrics: Sendable {
 }
 
 public final class ListenerMetrics: Sendable {
-    let accepted: Counter
-    let rejectedMaxConnections: Counter
-    let rejectedOutOfFds: Counter
-    let rejectedProxyHeader: Counter
-    let rejectedProxySource: Counter
-    let rejectedProxyPending: Counter
+    package let accepted: Counter
+    package let rejectedMaxConnections: Counter
+    package let rejectedOutOfFds: Counter
+    package let rejectedProxyHeader: Counter
+    package let rejectedProxySource: Counter
+    package let rejectedProxyPending: Counter
     /// The listener's load, shared by every worker: its tracked connections, and how many of them
     /// still await their PROXY header (the listener's max_connections counts the others).
-    let openConnections = Atomic<Int>(0)
-    let awaitingHeader = Atomic<Int>(0)
-    let relaysOpen: Gauge
-    let connectionsOpen: Gauge
-    let bytesToUpstream: Counter
-    let bytesToClient: Counter
-    let duration: DurationHistogram
+    package let openConnections = Atomic<Int>(0)
+    package let awaitingHeader = Atomic<Int>(0)
+    package let relaysOpen: Gauge
+    package let connectionsOpen: Gauge
+    package let bytesToUpstream: Counter
+    package let bytesToClient: Counter
+    package let duration: DurationHistogram
     /// By CloseReason's raw value; only the reasons a connect attempt fails with.
-    let connectFailures: [String: Counter]
+    package let connectFailures: [String: Counter]
     /// By reason and side (`eventIndex`): every combination an event can have, so that each
     /// series exists (at 0) from the start.
-    let events: [Counter?]
+    package let events: [Counter?]
 
-    static let durationBuckets: [Duration] = [.milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60),
+    package static let durationBuckets: [Duration] = [.milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60),
                                               .seconds(600), .seconds(3600), .seconds(86400)]
 
-    init(_ r: PrometheusCollectorRegistry, listener name: String) {
+    package init(_ r: PrometheusCollectorRegistry, listener name: String) {
         let l = ("listener", name)
         accepted = r.makeCounter(descriptor: d("tcpopsd_accepted_total", "Clients accepted."), labels: [l])
         let rejected = d("tcpopsd_rejected_total", "Clients refused: max_connections reached, no fd for the upstream socket, no valid PROXY "
@@ -118,24 +120,24 @@ public final class ListenerMetrics: Sendable {
 
     /// Each reason's place in `CloseReason.allCases` (made once), twice for the two sides: a new
     /// reason needs no edit here.
-    static func eventIndex(_ reason: CloseReason, _ side: Side) -> Int {
+    package static func eventIndex(_ reason: CloseReason, _ side: Side) -> Int {
         CloseReason.index(reason) * 2 + (side == .client ? 0 : 1)
     }
 
     /// (The event kind follows from the reason.)
-    func event(_ kind: EventKind, _ reason: CloseReason, _ side: Side) {
+    package func event(_ kind: EventKind, _ reason: CloseReason, _ side: Side) {
         events[ListenerMetrics.eventIndex(reason, side)]?.increment()
     }
 }
 
 public final class HookMetrics: Sendable {
-    let run: Counter
-    let failed: Counter
-    let killed: Counter
-    let dropped: Counter
-    let duration: DurationHistogram
+    package let run: Counter
+    package let failed: Counter
+    package let killed: Counter
+    package let dropped: Counter
+    package let duration: DurationHistogram
 
-    init(_ r: PrometheusCollectorRegistry) {
+    package init(_ r: PrometheusCollectorRegistry) {
         let hooks = d("tcpopsd_hooks_total", "Hook runs: started, failed (not 0, a signal, could not start), killed, dropped past queue_limit.")
         run = r.makeCounter(descriptor: hooks, labels: [("outcome", "run")])
         failed = r.makeCounter(descriptor: hooks, labels: [("outcome", "failed")])

@@ -12,7 +12,7 @@ public enum EventKind: String, Sendable, CaseIterable {
     /// known. To hooks and the stream; the journal has it only at debug.
     case opened = "tcp:opened"
 
-    var messageID: MessageID {
+    package var messageID: MessageID {
         switch self {
         case .closed: return .eventClosed
         case .reset: return .eventReset
@@ -61,7 +61,7 @@ public enum CloseReason: String, Sendable, CaseIterable {
     private static let ordered = CloseReason.allCases
 
     /// The reason's place in `allCases`.
-    static func index(_ r: CloseReason) -> Int { ordered.firstIndex(of: r)! }
+    package static func index(_ r: CloseReason) -> Int { ordered.firstIndex(of: r)! }
 
     /// Sorts a socket error: what the peer or the network did, or nil when the error is not
     /// theirs (our own call was wrong, or this host refused: `SocketErrorOrigin`). No default: an
@@ -118,6 +118,21 @@ public struct TCPEvent: Sendable {
     /// Set by the dispatcher: the event's number (1, 2, ...) and wall-clock time.
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0
+
+    public init(kind: EventKind, reason: CloseReason, conid: UInt64, peerConid: UInt64?, side: Side, listener: String,
+                local: SocketAddress?, remote: SocketAddress?, durationMs: UInt64, bytesIn: UInt64, bytesOut: UInt64) {
+        self.kind = kind
+        self.reason = reason
+        self.conid = conid
+        self.peerConid = peerConid
+        self.side = side
+        self.listener = listener
+        self.local = local
+        self.remote = remote
+        self.durationMs = durationMs
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+    }
 
     /// The name of the errno the kernel reported, or "".
     public var errnoText: String { errno == 0 ? "" : errnoName(errno) }

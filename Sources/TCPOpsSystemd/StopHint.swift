@@ -5,10 +5,11 @@
 import CSystemdBus
 import Glibc
 import TCPOpsPosix
+import TCPOpsEvents
 
 public enum StopHint {
     /// The mark's name in $RUNTIME_DIRECTORY (/run/tcpopsd).
-    static let file = "stop-for-good"
+    package static let file = "stop-for-good"
 
     /// Where the mark is (nil outside a unit with a RuntimeDirectory=).
     public static func path() -> String? {

@@ -6,6 +6,7 @@ import CSystemd
 import Glibc
 import Synchronization
 import TCPOpsConfig
+import TCPOpsEvents
 import TCPOpsPosix
 
 public final class Logger: Sendable {
@@ -16,20 +17,28 @@ public final class Logger: Sendable {
     public typealias Field = (String, String)
 
     /// One entry, as the caller made it; formatted and written on the writer thread.
-    struct Entry: @unchecked Sendable {
+    package struct Entry: @unchecked Sendable {
         // @unchecked: tuples of Strings are values; the array is handed over, never shared.
         let level: LogLevel
-        let message: String
-        let id: MessageID?
-        let fields: [Field]
-        /// An event (at notice): its message and fields are made from it on the writer thread.
-        var event: TCPEvent? = nil
-        /// A relay's end: made on the writer thread, its journal entry in bytes.
-        var ended: RelayEnded? = nil
+        let body: Body
+
+        enum Body {
+            /// A line of the daemon's own, with its fields.
+            case text(String, id: MessageID?, fields: [Field])
+            /// An event, or a relay's end: its message and fields are made from the event schema
+            /// on the writer thread, its journal entry straight into bytes.
+            case event(TCPEvent)
+            case ended(RelayEnded)
+        }
+
+        init(_ level: LogLevel, _ body: Body) {
+            self.level = level
+            self.body = body
+        }
     }
 
     /// Entries waiting for the writer beyond this are dropped (and counted, and reported).
-    static let queueLimit = 10_000
+    package static let queueLimit = 10_000
 
     private let useJournal: Bool
     private let threshold: Atomic<Int>
@@ -46,8 +55,8 @@ public final class Logger: Sendable {
         threshold = Atomic(level.rawValue)
         let scratch = Scratch()  // the writer thread's alone
         writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueLimit, write: { Logger.write($0, journal: journal, scratch) }, dropped: { n in
-            Logger.write(Entry(level: .warning, message: "\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
-                               id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))]), journal: journal, scratch)
+            Logger.write(Entry(.warning, .text("\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
+                                               id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))])), journal: journal, scratch)
         })
     }
 
@@ -56,7 +65,7 @@ public final class Logger: Sendable {
     public var writesToJournal: Bool { useJournal }
 
     /// `auto`: the journal when systemd started us (JOURNAL_STREAM or INVOCATION_ID) and its socket exists.
-    static func journalIsOurs() -> Bool {
+    package static func journalIsOurs() -> Bool {
         let startedBySystemd = getenv("JOURNAL_STREAM") != nil || getenv("INVOCATION_ID") != nil
         return startedBySystemd && journalSocketExists()
     }
@@ -70,7 +79,7 @@ public final class Logger: Sendable {
     /// Queues an entry for the writer thread: never waits on the journal or on stderr's reader.
     public func log(_ level: LogLevel, _ message: String, id: MessageID? = nil, _ fields: [Field] = []) {
         guard enabled(level) else { return }
-        let entry = Entry(level: level, message: message, id: id, fields: fields)
+        let entry = Entry(level, .text(message, id: id, fields: fields))
         if let writer {
             writer.submit(entry)
         } else {
@@ -79,9 +88,9 @@ public final class Logger: Sendable {
     }
 
     /// Queues a relay's end (at its level); its text is made on the writer thread.
-    func log(_ r: RelayEnded) {
+    package func log(_ r: RelayEnded) {
         guard enabled(r.level) else { return }
-        let entry = Entry(level: r.level, message: "", id: .connectionClosed, fields: [], ended: r)
+        let entry = Entry(r.level, .ended(r))
         if let writer {
             writer.submit(entry)
         } else {
@@ -95,8 +104,8 @@ public final class Logger: Sendable {
         guard enabled(.notice), !events.isEmpty else { return }
         let debug = enabled(.debug)
         let entries = events.compactMap { e -> Entry? in
-            if e.kind == .opened { return debug ? Entry(level: .debug, message: "", id: nil, fields: [], event: e) : nil }
-            return Entry(level: .notice, message: "", id: nil, fields: [], event: e)
+            if e.kind == .opened { return debug ? Entry(.debug, .event(e)) : nil }
+            return Entry(.notice, .event(e))
         }
         guard !entries.isEmpty else { return }
         if let writer {
@@ -113,7 +122,7 @@ public final class Logger: Sendable {
 
     /// The writer thread's buffers, kept from one entry to the next (an entry's text, its fields'
     /// spans and their iovecs): writing an entry allocates nothing once they have grown.
-    final class Scratch: @unchecked Sendable {
+    package final class Scratch: @unchecked Sendable {
         // @unchecked: only ever used by the one thread that writes the log.
         var text = ByteText(capacity: 2048)
         var spans: [(start: Int, count: Int)] = []
@@ -142,19 +151,18 @@ public final class Logger: Sendable {
     }
 
     private static func write(_ e: Entry, journal: Bool, _ scratch: Scratch) {
-        if let event = e.event {
+        switch e.body {
+        case .event(let event):
             if journal && sendToJournal(event, scratch) { return }
             writeLine(event, scratch)
-            return
-        }
-        if let r = e.ended {
+        case .ended(let r):
             if journal && sendToJournal(r, scratch) { return }
             // On a terminal, what says how it ended; the journal has every field.
-            writeLine(Entry(level: r.level, message: r.message, id: .connectionClosed, fields: r.terminalFields))
-            return
+            writeLine(r.level, r.message, r.terminalFields)
+        case let .text(message, id, fields):
+            if journal && sendToJournal(e.level, message, id, fields, scratch) { return }
+            writeLine(e.level, message, fields)
         }
-        if journal && sendToJournal(e, scratch) { return }
-        writeLine(e)
     }
 
     /// An entry written straight into bytes (an event, a relay's end): every field into one
@@ -205,7 +213,7 @@ public final class Logger: Sendable {
         _ = t.bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
-    private static func sendToJournal(_ e: Entry, _ scratch: Scratch) -> Bool {
+    private static func sendToJournal(_ level: LogLevel, _ message: String, _ id: MessageID?, _ fields: [Field], _ scratch: Scratch) -> Bool {
         scratch.reset()
         func field(_ key: String, _ value: String) {
             let start = scratch.text.bytes.count
@@ -214,20 +222,20 @@ public final class Logger: Sendable {
             scratch.text.put(value)
             scratch.spans.append((start, scratch.text.bytes.count - start))
         }
-        field("MESSAGE", e.message)
-        field("PRIORITY", String(e.level.rawValue))
+        field("MESSAGE", message)
+        field("PRIORITY", String(level.rawValue))
         field("SYSLOG_IDENTIFIER", "tcpopsd")
-        if let id = e.id { field("MESSAGE_ID", id.rawValue) }
-        for (k, v) in e.fields { field(k, v) }
+        if let id { field("MESSAGE_ID", id.rawValue) }
+        for (k, v) in fields { field(k, v) }
         return scratch.send()
     }
 
-    private static func writeLine(_ e: Entry) {
-        var line = e.level.name.uppercased()
+    private static func writeLine(_ level: LogLevel, _ message: String, _ fields: [Field]) {
+        var line = level.name.uppercased()
         line += " "
-        line += e.message
+        line += message
         // A hook's argv is in the journal's TCPOPS_HOOK; on a terminal it would repeat on every line.
-        for (k, v) in e.fields where k != "TCPOPS_HOOK" {
+        for (k, v) in fields where k != "TCPOPS_HOOK" {
             var key = k
             if key.hasPrefix("TCPOPS_") { key = String(key.dropFirst(7)) }
             line += " \(key.lowercased())="
@@ -261,28 +269,12 @@ protocol ByteRendered {
 }
 
 extension TCPEvent: ByteRendered {
-    var logLevel: LogLevel { .notice }
-    var messageID: MessageID { kind.messageID }
+    package var logLevel: LogLevel { .notice }
+    package var messageID: MessageID { kind.messageID }
 }
 
 extension RelayEnded: ByteRendered {
-    var logLevel: LogLevel { level }
-    var messageID: MessageID { .connectionClosed }
+    package var logLevel: LogLevel { level }
+    package var messageID: MessageID { .connectionClosed }
 }
 
-/// Stable MESSAGE_IDs, one per kind of entry (listed in docs/journal.md).
-public enum MessageID: String, Sendable {
-    case started = "90dcfd40737843098b666014b80b8f07"
-    case stopping = "812d3f7d8c0d4a62848b745f217577e2"
-    case stopped = "fcd51e0ab813459e80e9ce6c6334e826"
-    case configInvalid = "c2988642cde14042b24e0c09ae05f57e"
-    case eventClosed = "7f641d49b1064a0b9b5f80daaa86a266"
-    case eventReset = "6493216fb804485a9b6bdb453f8e94e3"
-    case eventTimeout = "e554ba41c27948819a98480f51c9e580"
-    case connectionOpened = "af3d88eb7ca9414d82dd1998e33099a5"
-    case connectionClosed = "387290ab5ecf440084a71591be7f39f2"
-    case hookFinished = "df9ec5e5f5cb44aa8c634c41acd29588"
-    case hookKilled = "9dddb0a9302f42a9958bad7d604c1cb8"
-    case hookDropped = "4972cf2fd06641b6ab7ff0bce2a168b8"
-    case listener = "1946cf980a2948c588c6c80713ff0189"
-}

@@ -5,9 +5,10 @@
 // unsaid, and a flood costs the journal a line every few seconds. One limiter per kind of line
 // and per loop (it is not shared between threads).
 import TCPOpsConfig
+import TCPOpsEvents
 import TCPOpsLoop
 
-final class LogLimiter {
+package final class LogLimiter {
     private unowned let loop: EventLoop
     private let logger: Logger
     private let interval: UInt64
@@ -21,7 +22,7 @@ final class LogLimiter {
     /// Every line asked for, written or held.
     private(set) var total: UInt64 = 0
 
-    init(loop: EventLoop, logger: Logger, interval: UInt64 = 5_000_000_000) {
+    package init(loop: EventLoop, logger: Logger, interval: UInt64 = 5_000_000_000) {
         self.loop = loop
         self.logger = logger
         self.interval = interval
@@ -29,7 +30,7 @@ final class LogLimiter {
 
     /// Logs the line, or counts it when one was written less than `interval` ago. The message and
     /// fields are made only for the lines that are written (or the first one held).
-    func log(_ level: LogLevel, _ message: @autoclosure () -> String, id: MessageID? = nil,
+    package func log(_ level: LogLevel, _ message: @autoclosure () -> String, id: MessageID? = nil,
              _ fields: @autoclosure () -> [Logger.Field] = []) {
         total += 1
         let now = loop.now
@@ -56,5 +57,5 @@ final class LogLimiter {
     }
 
     /// The loop is going away: nothing more is said.
-    func close() { closed = true }
+    package func close() { closed = true }
 }

@@ -7,20 +7,21 @@ import TCPOpsPosix
 import TCPOpsProtocol
 
 /// Where a field goes.
-struct Sinks: OptionSet, Sendable {
-    let rawValue: UInt8
-    static let journal = Sinks(rawValue: 1)
+package struct Sinks: OptionSet, Sendable {
+    package let rawValue: UInt8
+    package init(rawValue: UInt8) { self.rawValue = rawValue }
+    package static let journal = Sinks(rawValue: 1)
     /// The event stream (`tcpopsctl events --json`) and its JSON value.
-    static let json = Sinks(rawValue: 2)
+    package static let json = Sinks(rawValue: 2)
     /// The hook environment.
-    static let hook = Sinks(rawValue: 4)
+    package static let hook = Sinks(rawValue: 4)
     /// The short line on stderr when there is no journal (the journal has every field).
-    static let terminal = Sinks(rawValue: 8)
-    static let everywhere: Sinks = [.journal, .json, .hook]
+    package static let terminal = Sinks(rawValue: 8)
+    package static let everywhere: Sinks = [.journal, .json, .hook]
 }
 
 /// A field's value, as each rendering needs it.
-enum FieldValue {
+package enum FieldValue {
     /// Always present (possibly empty).
     case text(String)
     /// nil: unknown. The journal leaves it out (or writes it empty: `EventField.emptyInJournal`), JSON
@@ -31,17 +32,17 @@ enum FieldValue {
 }
 
 /// One field: its journal and hook name, its JSON key, where it goes and how its value is read.
-struct EventField<Subject>: Sendable {
+package struct EventField<Subject>: Sendable {
     /// TCPOPS_...: the journal field and the hook variable (an address: NAME_IP and NAME_PORT).
-    let name: StaticString
+    package let name: StaticString
     /// The JSON key; also the key on the terminal line.
-    let key: StaticString
-    let sinks: Sinks
+    package let key: StaticString
+    package let sinks: Sinks
     /// An unknown number is written empty into the journal instead of being left out.
-    let emptyInJournal: Bool
-    let value: @Sendable (Subject) -> FieldValue
+    package let emptyInJournal: Bool
+    package let value: @Sendable (Subject) -> FieldValue
 
-    init(_ name: StaticString, _ key: StaticString, _ sinks: Sinks, emptyInJournal: Bool = false,
+    package init(_ name: StaticString, _ key: StaticString, _ sinks: Sinks, emptyInJournal: Bool = false,
          _ value: @escaping @Sendable (Subject) -> FieldValue) {
         self.name = name
         self.key = key
@@ -52,7 +53,7 @@ struct EventField<Subject>: Sendable {
 }
 
 /// What both an event and a relay's end say of a connection.
-protocol ConnectionFacts: SendableMetatype {
+package protocol ConnectionFacts: SendableMetatype {
     var listener: String { get }
     var local: SocketAddress? { get }
     var remote: SocketAddress? { get }
@@ -64,7 +65,7 @@ protocol ConnectionFacts: SendableMetatype {
 extension EventField where Subject: ConnectionFacts {
     /// TCPOPS_LISTENER to TCPOPS_BYTES_OUT, in that order (TCPOPS_PROTO for hooks only); the listener and the duration are on
     /// every terminal line, the remote address or the bytes as the entry wants.
-    static func connection(remoteOnTerminal: Bool, bytesOnTerminal: Bool) -> [EventField] {
+    package static func connection(remoteOnTerminal: Bool, bytesOnTerminal: Bool) -> [EventField] {
         let remote: Sinks = remoteOnTerminal ? [.journal, .json, .hook, .terminal] : .everywhere
         let bytes: Sinks = bytesOnTerminal ? [.journal, .json, .hook, .terminal] : .everywhere
         return [
@@ -80,13 +81,13 @@ extension EventField where Subject: ConnectionFacts {
 }
 
 /// An entry made from a schema.
-protocol Schematic {
+package protocol Schematic {
     static var schema: [EventField<Self>] { get }
 }
 
 extension TCPEvent: ConnectionFacts, Schematic {
     /// SPEC "Events" and "Hooks": the order is the journal's, the JSON line's and the hooks'.
-    static let schema: [EventField<TCPEvent>] = head + EventField.connection(remoteOnTerminal: false, bytesOnTerminal: true) + tail
+    package static let schema: [EventField<TCPEvent>] = head + EventField.connection(remoteOnTerminal: false, bytesOnTerminal: true) + tail
 
     private static let head: [EventField<TCPEvent>] = [
         EventField("TCPOPS_SEQ", "seq", .json) { .number($0.seq) },
@@ -120,7 +121,7 @@ extension TCPEvent: ConnectionFacts, Schematic {
 extension RelayEnded: ConnectionFacts, Schematic {
     /// The relay's end (MESSAGE_ID connectionClosed): the journal, and a terminal line that says
     /// how it ended.
-    static let schema: [EventField<RelayEnded>] = head + EventField.connection(remoteOnTerminal: true, bytesOnTerminal: false) + tail
+    package static let schema: [EventField<RelayEnded>] = head + EventField.connection(remoteOnTerminal: true, bytesOnTerminal: false) + tail
 
     private static let head: [EventField<RelayEnded>] = [
         EventField("TCPOPS_CONID", "conid", .journal) { .number($0.clientConid) },
@@ -142,7 +143,7 @@ extension RelayEnded: ConnectionFacts, Schematic {
 extension Schematic {
     /// The journal entry's fields written into `t`: `field` is called with the name before the
     /// value is written, `end` after it.
-    func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
+    package func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
         for f in Self.schema where f.sinks.contains(.journal) {
             switch f.value(self) {
             case .text(let s): field(&t, f.name); t.put(s); end(&t)
@@ -155,8 +156,8 @@ extension Schematic {
     }
 
     /// The journal fields as values: the reference the byte rendering is tested against.
-    var journalFields: [Logger.Field] {
-        var out: [Logger.Field] = []
+    package var journalFields: [(String, String)] {
+        var out: [(String, String)] = []
         for f in Self.schema where f.sinks.contains(.journal) {
             switch f.value(self) {
             case .text(let s): out.append((f.name.description, s))
@@ -170,8 +171,8 @@ extension Schematic {
     }
 
     /// The terminal line's fields: lowercase keys, the known and non-empty values.
-    var terminalFields: [Logger.Field] {
-        var out: [Logger.Field] = []
+    package var terminalFields: [(String, String)] {
+        var out: [(String, String)] = []
         for f in Self.schema where f.sinks.contains(.terminal) {
             switch f.value(self) {
             case .text(let s): if !s.isEmpty { out.append((f.key.description, s)) }
@@ -185,7 +186,7 @@ extension Schematic {
 
     /// ` key=value` for each of the terminal line's fields, into `t` (values of events have no
     /// spaces or quotes: nothing is quoted).
-    func putTerminalFields(_ t: inout ByteText) {
+    package func putTerminalFields(_ t: inout ByteText) {
         for f in Self.schema where f.sinks.contains(.terminal) {
             switch f.value(self) {
             case .text(let s) where !s.isEmpty: t.put(byte: UInt8(ascii: " ")); t.put(f.key); t.put(byte: UInt8(ascii: "=")); t.put(s)
@@ -197,7 +198,7 @@ extension Schematic {
     }
 
     /// The JSON object's members, `"key":value,...` without braces (unknown: null).
-    func putJSONMembers(_ t: inout ByteText) {
+    package func putJSONMembers(_ t: inout ByteText) {
         var first = true
         for f in Self.schema where f.sinks.contains(.json) {
             t.put(first ? "\"" : ",\"")
@@ -214,7 +215,7 @@ extension Schematic {
     }
 
     /// The JSON value: the reference the byte rendering is tested against.
-    var jsonValue: JSON {
+    package var jsonValue: JSON {
         var o: [(String, JSON)] = []
         for f in Self.schema where f.sinks.contains(.json) {
             switch f.value(self) {
@@ -228,7 +229,7 @@ extension Schematic {
 
     /// The hook environment (SPEC "Hooks"), without PATH and TCPOPS_CONTROL_SOCKET: every
     /// variable set, empty where unknown; an address as NAME_IP and NAME_PORT.
-    var hookEnvironment: [String] {
+    package var hookEnvironment: [String] {
         var env: [String] = []
         for f in Self.schema where f.sinks.contains(.hook) {
             let name = f.name.description

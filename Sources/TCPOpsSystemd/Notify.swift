@@ -5,6 +5,7 @@
 import CSystemd
 import Glibc
 import TCPOpsPosix
+import TCPOpsEvents
 
 public enum Notify {
     private static let channel: SideChannel<String>? = {

@@ -6,6 +6,8 @@
 // when the next arrives, and is closed with a 503 to make room: a flood cannot lock a scraper out.
 import Glibc
 import TCPOpsLoop
+import TCPOpsEvents
+import TCPOpsSystemd
 import TCPOpsPosix
 
 public final class MetricsServer: Sendable {
@@ -40,17 +42,17 @@ public final class MetricsServer: Sendable {
 }
 
 /// Lives on the metrics thread only.
-final class MetricsWorker: LoopWorker {
+package final class MetricsWorker: LoopWorker {
     /// Requests under way (incomplete) at most; answered clients that still read their response,
     /// or have not hung up, are bounded by `maxAnswered`.
-    static let maxClients = 16
-    static let maxAnswered = 64
-    static let maxRequest = 8192
-    static let deadline: UInt64 = 5_000_000_000
+    package static let maxClients = 16
+    package static let maxAnswered = 64
+    package static let maxRequest = 8192
+    package static let deadline: UInt64 = 5_000_000_000
 
-    let loop: EventLoop
-    let metrics: DaemonMetrics
-    let logger: Logger
+    package let loop: EventLoop
+    package let metrics: DaemonMetrics
+    package let logger: Logger
     private var listenFD: Int32 = -1
     private var address: SocketAddress?
     private var listenHandler: ListenHandler?
@@ -60,7 +62,7 @@ final class MetricsWorker: LoopWorker {
     private(set) var evicted: UInt64 = 0
     private lazy var evictionLog = LogLimiter(loop: loop, logger: logger)
 
-    init(loop: EventLoop, metrics: DaemonMetrics, logger: Logger) {
+    package init(loop: EventLoop, metrics: DaemonMetrics, logger: Logger) {
         self.loop = loop
         self.metrics = metrics
         self.logger = logger
@@ -73,7 +75,7 @@ final class MetricsWorker: LoopWorker {
     }
 
     /// Serves on `fd` instead of the socket it had (which is closed).
-    func take(_ fd: Int32?, _ at: SocketAddress?) throws(SystemError) {
+    package func take(_ fd: Int32?, _ at: SocketAddress?) throws(SystemError) {
         if listenFD >= 0 {
             backoff?.close()
             loop.unregister(listenFD)
@@ -89,11 +91,11 @@ final class MetricsWorker: LoopWorker {
         backoff = AcceptPause(loop: loop, fd: fd, what: "metrics accept on \(at)") { [logger] in logger.log(.warning, $0, id: .listener) }
     }
 
-    func started() { sweep() }
+    package func started() { sweep() }
 
-    func loopFailed(_ error: SystemError) { logger.log(.error, "metrics loop failed: \(error)") }
+    package func loopFailed(_ error: SystemError) { logger.log(.error, "metrics loop failed: \(error)") }
 
-    func finish() {
+    package func finish() {
         for c in Array(clients.values) { drop(c) }
         try? take(nil, nil)
         listenHandler = nil
@@ -106,7 +108,7 @@ final class MetricsWorker: LoopWorker {
         loop.timers.schedule(at: now + 1_000_000_000) { [weak self] in self?.sweep() }
     }
 
-    func acceptAll() {
+    package func acceptAll() {
         for _ in 0..<64 {
             let fd: Int32
             do {
@@ -159,7 +161,7 @@ final class MetricsWorker: LoopWorker {
     }
 
     /// The response to one request (its first line); what is not a scrape is logged at debug.
-    func respond(to requestLine: String) -> [UInt8] {
+    package func respond(to requestLine: String) -> [UInt8] {
         let parts = requestLine.split(separator: " ", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else {
             return response(400, "Bad Request", "a request line is METHOD PATH HTTP/1.x\n")
@@ -189,15 +191,15 @@ final class MetricsWorker: LoopWorker {
 
 /// One scraper's connection: a request in, a response out, closed.
 final class MetricsClient: EventHandler {
-    let fd: Int32
-    unowned let worker: MetricsWorker
-    let since: UInt64
+    package let fd: Int32
+    package unowned let worker: MetricsWorker
+    package let since: UInt64
     private var input: [UInt8] = []
     private var output: [UInt8] = []
     private var sent = 0
     private(set) var answered = false
 
-    init(fd: Int32, worker: MetricsWorker) {
+    package init(fd: Int32, worker: MetricsWorker) {
         self.fd = fd
         self.worker = worker
         since = worker.loop.now
@@ -242,7 +244,7 @@ final class MetricsClient: EventHandler {
     }
 
     /// Closed to make room: a 503 (what fits in the socket at once), then the close.
-    func refuse() {
+    package func refuse() {
         let reply = Array("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many requests at once\n".utf8)
         _ = Socket.send(fd, reply[...])
         Socket.shutdownWrite(fd)

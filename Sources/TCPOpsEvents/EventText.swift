@@ -88,7 +88,7 @@ public struct ByteText {
 
 extension TCPEvent {
     /// The journal and log message: "tcp:closed on conid 7 (client 127.0.0.1:5060, reason fin)".
-    func putMessage(_ t: inout ByteText) {
+    package func putMessage(_ t: inout ByteText) {
         t.put(kind.rawValue)
         t.put(" on conid ")
         t.put(conid)
