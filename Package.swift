@@ -64,10 +64,20 @@ let package = Package(
         .target(name: "TCPOpsMetrics", dependencies: ["TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd",
                                                       .product(name: "Prometheus", package: "swift-prometheus")],
                 path: "Sources/TCPOpsMetrics"),
+        // The relay: its phase machine, its two Directions and Connections, the worker (one loop
+        // each) and its listeners, carrying relays across a restart, the configuration generation
+        // a worker runs, and the dispatcher its events leave through (to the log, to a hook sink,
+        // to observers). Knows no control socket, hook runner or daemon.
+        .target(name: "TCPOpsRelay", dependencies: ["TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd",
+                                                    "TCPOpsMetrics", "CShims"],
+                path: "Sources/TCPOpsRelay"),
+        // The daemon: start and stop as services, reload, the fd store, the hook runner, the control
+        // socket and its commands.
         .target(
             name: "TCPOps",
             dependencies: [
-                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "CSystemd", "CShims",
+                "TCPOpsPosix", "TCPOpsLoop", "TCPOpsProtocol", "TCPOpsConfig", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "TCPOpsRelay",
+                "CSystemd", "CShims",
             ],
             path: "Sources/TCPOps"
         ),
@@ -83,7 +93,7 @@ let package = Package(
             path: "Sources/tcpopsctl",
             linkerSettings: staticRuntime
         ),
-        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Tests/TCPOpsTests"),
+        .testTarget(name: "TCPOpsTests", dependencies: ["TCPOps", "TCPOpsEvents", "TCPOpsSystemd", "TCPOpsMetrics", "TCPOpsRelay", "TCPOpsLoop", "TCPOpsPosix", "TCPOpsProtocol", "TCPOpsConfig"], path: "Tests/TCPOpsTests"),
     ],
     swiftLanguageModes: [.v6]
 )

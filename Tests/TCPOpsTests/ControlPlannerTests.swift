@@ -11,6 +11,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 private final class Planner {

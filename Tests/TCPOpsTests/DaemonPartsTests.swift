@@ -9,6 +9,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 
 @Suite struct ServicesTests {
     final class Log { var lines: [String] = [] }

@@ -9,6 +9,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 /// A connected pair of non-blocking sockets: a socketpair, or TCP over loopback where the test

@@ -9,6 +9,7 @@ import Testing
 @testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct EventSchemaTests {

@@ -9,6 +9,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 /// An entry that records when it fired (a connection's lifetime, without a relay around it).

@@ -10,6 +10,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite(.serialized) struct ListenerTests {

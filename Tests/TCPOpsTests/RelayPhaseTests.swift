@@ -10,6 +10,7 @@ import Testing
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
+@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 /// One worker's relay context on a loop whose clock the test sets, and the events it raised.

@@ -8,6 +8,7 @@ import TCPOpsMetrics
 import TCPOpsEvents
 import TCPOpsSystemd
 import TCPOpsPosix
+import TCPOpsRelay
 import TCPOpsProtocol
 
 /// Lives on the control thread (its loop is `loop`).

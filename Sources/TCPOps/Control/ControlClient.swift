@@ -7,6 +7,7 @@ import TCPOpsMetrics
 import TCPOpsEvents
 import TCPOpsSystemd
 import TCPOpsPosix
+import TCPOpsRelay
 import TCPOpsProtocol
 
 final class ControlClient: EventHandler {

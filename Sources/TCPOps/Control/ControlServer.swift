@@ -12,6 +12,7 @@ import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
+import TCPOpsRelay
 import TCPOpsProtocol
 
 public final class ControlServer: Sendable {

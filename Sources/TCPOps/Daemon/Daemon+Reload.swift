@@ -6,6 +6,7 @@ import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
+import TCPOpsRelay
 
 extension Daemon {
     /// Brings the listening sockets to `wanted` (ListenerReconciliation says how, without

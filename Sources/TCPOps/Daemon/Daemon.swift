@@ -9,6 +9,7 @@ import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
+import TCPOpsRelay
 
 public enum DaemonError: Error, CustomStringConvertible {
     case bind(listener: String, address: SocketAddress, SystemError)

@@ -9,6 +9,7 @@ import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
+import TCPOpsRelay
 
 final class FDStore {
     /// The store's size in fds (FDSTORE or TCPOPSD_FDSTORE).

@@ -8,6 +8,7 @@ import TCPOpsConfig
 import TCPOpsEvents
 import TCPOpsSystemd
 import TCPOpsPosix
+import TCPOpsRelay
 
 struct ListenerReconciliation<Group> {
     /// A listening socket as the main thread knows it: the group that owns it and its settings now.

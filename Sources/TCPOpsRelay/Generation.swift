@@ -21,12 +21,12 @@ public final class Generation: Sendable {
     public let openedEvents: Bool
     public let logLevel: LogLevel
     /// The hook runner's settings (the relays' side reads `hooks.hasCommands` and the queue limit).
-    public let hooks: HookRunner.Settings
+    public let hooks: HookSettings
     /// Each listening socket's settings for new connections, by its address.
     public let listeners: [SocketAddress: ListenerSettings]
 
     public init(number: UInt64, maxConnections: Int, closedEventMode: Int, openedEvents: Bool = false, logLevel: LogLevel = .info,
-                hooks: HookRunner.Settings = HookRunner.Settings(EventSettings(), controlSocket: ""),
+                hooks: HookSettings = HookSettings(EventSettings(), controlSocket: ""),
                 listeners: [ListenerSettings] = []) {
         self.number = number
         self.maxConnections = maxConnections
@@ -43,6 +43,6 @@ public final class Generation: Sendable {
     public convenience init(number: UInt64, config: Configuration, fdLimit: UInt64, listening: [ListenerSettings], controlSocket: String) {
         self.init(number: number, maxConnections: config.daemon.maxConnections(fdLimit: fdLimit), closedEventMode: config.events.closedEvent,
                   openedEvents: config.events.opened, logLevel: config.daemon.logLevel,
-                  hooks: HookRunner.Settings(config.events, controlSocket: controlSocket), listeners: listening)
+                  hooks: HookSettings(config.events, controlSocket: controlSocket), listeners: listening)
     }
 }

@@ -13,47 +13,47 @@ import TCPOpsPosix
 import TCPOpsEvents
 import TCPOpsSystemd
 
-struct Direction {
+package struct Direction {
     // Stored properties widest first (Swift lays them out in this order): 30 bytes, held inline in
     // the relay. Counts are 32-bit (a pipe holds at most 1 MiB, held bytes at most what
     // `tcpopsctl send` may queue plus one read).
     /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
     /// destination was still connecting, or left over from a copy when no pipe could be had. The
     /// source is not read while any wait.
-    var held: [UInt8] = []
+    package var held: [UInt8] = []
     private var fillCount: Int32 = 0
     private var heldSentCount: Int32 = 0
-    var pipe: PipePool.Pipe?
+    package var pipe: PipePool.Pipe?
     /// Bytes in the pipe.
-    var fill: Int {
+    package var fill: Int {
         get { Int(fillCount) }
         set { fillCount = Int32(newValue) }
     }
     /// Bytes of `held` already written.
-    var heldSent: Int {
+    package var heldSent: Int {
         get { Int(heldSentCount) }
         set { heldSentCount = Int32(newValue) }
     }
     /// The source sent FIN (or is gone: nothing more will come from it).
-    var eof = false
+    package var eof = false
     /// The FIN was passed on to the destination.
-    var shut = false
+    package var shut = false
     /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
-    var blocked = false
+    package var blocked = false
     /// The source's last read came back short (or would block) and no EPOLLIN came since: there
     /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
-    var sourceDry = false
+    package var sourceDry = false
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer.
-    var bulk = false
+    package var bulk = false
 
     /// Reads of at most this many bytes into an empty direction are copied, not spliced (the size
     /// of a worker's scratch buffer).
-    static let copyLimit = 16384
+    package static let copyLimit = 16384
 
     /// What one pump did: its status, whether the source's FIN arrived, and what moved before the
     /// pump stopped (applied by the relay even when a side failed).
-    struct Report {
+    package struct Report {
         enum Status: Equatable {
             /// Moved what could be moved; waiting for the source, the destination or a write slot.
             case moving
@@ -74,16 +74,16 @@ struct Direction {
     }
 
     /// Nothing waits to be written to the destination.
-    var drained: Bool { fill == 0 && held.isEmpty }
+    package var drained: Bool { fill == 0 && held.isEmpty }
 
     /// Bytes waiting for the destination.
-    var pending: Int { fill + held.count - heldSent }
+    package var pending: Int { fill + held.count - heldSent }
 
     /// The source may be read: not ended, room in the pipe, nothing held, the destination not blocked.
-    func wantsSource(capacity: Int) -> Bool { !eof && !blocked && held.isEmpty && fill < capacity }
+    package func wantsSource(capacity: Int) -> Bool { !eof && !blocked && held.isEmpty && fill < capacity }
 
     /// Bytes wait and the destination said EAGAIN: it must be watched for EPOLLOUT.
-    var wantsDestination: Bool { !drained && blocked }
+    package var wantsDestination: Bool { !drained && blocked }
 
     /// Moves bytes from `source` to `destination` while either step progresses, then passes a FIN
     /// on once the source ended and everything before it is written.
@@ -91,7 +91,7 @@ struct Direction {
     /// - mayRead: the source may be read (false while the relay quiets for a handover).
     /// - closeSendsFIN: the relay ends as soon as this FIN is passed on, and its close() sends it;
     ///   no shutdown() is needed.
-    mutating func pump(from source: Int32, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
+    package mutating func pump(from source: Int32, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
                        canWrite: Bool, mayRead: Bool = true, closeSendsFIN: Bool = false) -> Report {
         var report = Report()
         let capacity = pipes.capacity
@@ -159,14 +159,14 @@ struct Direction {
 
     /// Queues bytes given by hand (`tcpopsctl send`) after those already queued; false when the
     /// FIN was already passed on or more than `limit` bytes would wait in memory.
-    mutating func inject(_ bytes: [UInt8], limit: Int) -> Bool {
+    package mutating func inject(_ bytes: [UInt8], limit: Int) -> Bool {
         guard !shut, held.count - heldSent + bytes.count <= limit else { return false }
         held.append(contentsOf: bytes)
         return true
     }
 
     /// Gives the pipe back at the relay's end (closed instead when bytes are still in it).
-    mutating func releasePipe(to pipes: PipePool) {
+    package mutating func releasePipe(to pipes: PipePool) {
         guard let p = pipe else { return }
         if fill == 0 { pipes.give(p) } else { pipes.close(p) }
         pipe = nil

@@ -16,7 +16,7 @@ extension Relay {
     /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
     /// socket: the client was closed, and the listener should pause.
     @discardableResult
-    static func start(ctx: RelayContext, listener: ListenerSettings, metrics: ListenerMetrics, clientFD: Int32, local: SocketAddress?,
+    package static func start(ctx: RelayContext, listener: ListenerSettings, metrics: ListenerMetrics, clientFD: Int32, local: SocketAddress?,
                       remote: SocketAddress?) -> Bool {
         let now = ctx.loop.now
         let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
@@ -55,12 +55,12 @@ extension Relay {
     }
 
     /// The upstream entry and address of the current attempt.
-    var candidate: (upstream: Upstream, address: SocketAddress)? { listener.candidate(Int(attempt)) }
+    package var candidate: (upstream: Upstream, address: SocketAddress)? { listener.candidate(Int(attempt)) }
 
     /// Starts the connect of the current attempt. False when the process is out of fds or memory
     /// (the relay is ended: that is ours, not the upstream's, and raises no event).
     @discardableResult
-    func connectUpstream() -> Bool {
+    package func connectUpstream() -> Bool {
         let now = ctx.loop.now
         let conid = ctx.newConid()
         guard let (_, address) = candidate else {
@@ -119,7 +119,7 @@ extension Relay {
 
     /// When the client's upstream attempts must be over: connect_deadline from its accept (for an
     /// accept_proxy listener the header's wait is part of it; a balancer sends it at once).
-    var connectDeadline: UInt64 { client.openedAt + listener.connectDeadline.nanoseconds }
+    package var connectDeadline: UInt64 { client.openedAt + listener.connectDeadline.nanoseconds }
 
     /// The current attempt could not connect: its conid raises its event, and the next candidate
     /// is tried; after the last, or past connect_attempts or connect_deadline, the relay ends (the
@@ -127,7 +127,7 @@ extension Relay {
     /// A connect failed with `e`: the attempt fails as the peer's or the network's doing, or, when
     /// the error is not theirs (this host is out of ports, a local rule refused it, or our own
     /// bug), it is logged as such and the next address is tried with no event for this one.
-    func connectFailed(_ e: Int32, why: String) {
+    package func connectFailed(_ e: Int32, why: String) {
         guard let reason = CloseReason.classify(errno: e, connecting: true) else {
             let origin = SocketErrorOrigin(errno: e)
             ctx.ownErrorLog.log(origin == .bug ? .error : .warning, "conid \(upstream?.conid ?? 0): connect: \(origin.describe(e))", fields(client))
@@ -137,7 +137,7 @@ extension Relay {
         attemptFailed(reason, why: why)
     }
 
-    func attemptFailed(_ reason: CloseReason, why: String) {
+    package func attemptFailed(_ reason: CloseReason, why: String) {
         guard !ended, let failed = upstream else { return }
         metrics.connectFailures[reason.rawValue]?.increment()
         guard let next = listener.candidate(Int(attempt) + 1) else {
@@ -163,7 +163,7 @@ extension Relay {
         connectUpstream()
     }
 
-    func connected() {
+    package func connected() {
         guard let upstream else { return }
         upstream.state = .ok
         if phase == .connecting { enter(.relaying) }  // (a quieting relay stays quiet)

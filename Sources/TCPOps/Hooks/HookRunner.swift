@@ -9,35 +9,10 @@ import TCPOpsSystemd
 import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
+import TCPOpsRelay
 
-public final class HookRunner: Sendable {
-    public struct Settings: Sendable {
-        public var callback: [String]?
-        public var routes: [String: [String]]
-        public var timeout: Double
-        public var maxRunning: Int
-        public var queueLimit: Int
-        public var controlSocket: String
-
-        public init(_ e: EventSettings, controlSocket: String) {
-            callback = e.callback
-            routes = e.routes
-            timeout = e.hookTimeout
-            maxRunning = e.maxRunningHooks
-            queueLimit = e.queueLimit
-            self.controlSocket = controlSocket
-        }
-
-        /// Whether any hook is configured (a callback or a route): without one, events skip the runner.
-        public var hasCommands: Bool { callback != nil || !routes.isEmpty }
-
-        func commands(for event: EventKind) -> [[String]] {
-            var out: [[String]] = []
-            if let callback { out.append(callback + [event.rawValue]) }
-            if let route = routes[event.rawValue] { out.append(route) }
-            return out
-        }
-    }
+public final class HookRunner: HookSink {
+    public typealias Settings = HookSettings
 
     struct Job: Sendable {
         let argv: [String]

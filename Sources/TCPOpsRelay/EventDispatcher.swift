@@ -9,18 +9,24 @@ import TCPOpsEvents
 import TCPOpsSystemd
 import TCPOpsPosix
 
+/// Where a worker's events go to run hooks (the hook runner): called on the worker's loop, it must
+/// not block.
+public protocol HookSink: AnyObject, Sendable {
+    func submit(_ event: TCPEvent, _ settings: HookSettings)
+}
+
 public final class EventDispatcher: TurnEndHandler {
-    let logger: Logger
-    let hooks: HookRunner?
+    package let logger: Logger
+    package let hooks: HookSink?
     private var byKind = [UInt64](repeating: 0, count: EventKind.allCases.count)
     private var pending: [TCPEvent] = []
     private unowned(unsafe) var loop: EventLoop?
     /// The worker's configuration generation (set by its RelayContext): which hooks to run.
-    var generation: Generation?
+    package var generation: Generation?
     /// Also told of every event, a turn's events at a time (the control socket's subscribers).
     public var observers: [([TCPEvent]) -> Void] = []
 
-    public init(logger: Logger, hooks: HookRunner?) {
+    public init(logger: Logger, hooks: HookSink?) {
         self.logger = logger
         self.hooks = hooks
     }
@@ -62,5 +68,5 @@ extension EventKind {
     private static let ordered = EventKind.allCases
 
     /// 0, 1, 2, ... in `allCases` order: a new kind needs no edit here.
-    var index: Int { EventKind.ordered.firstIndex(of: self)! }
+    package var index: Int { EventKind.ordered.firstIndex(of: self)! }
 }

@@ -15,8 +15,8 @@ import TCPOpsPosix
 public final class Listener: EventHandler {
     /// The settings new connections get; a reload may change them.
     public private(set) var settings: ListenerSettings
-    let fd: Int32
-    unowned let ctx: RelayContext
+    package let fd: Int32
+    package unowned let ctx: RelayContext
     private let backoff: AcceptPause
     /// The lines a flood of clients would repeat: at most one each per 5 s (with the count).
     private let fullLog: LogLimiter
@@ -27,7 +27,7 @@ public final class Listener: EventHandler {
 
     /// Accepts on `fd` (a listening socket it does not own) on ctx's loop; `exclusive` when other
     /// workers accept on it too (EPOLLEXCLUSIVE: one of them is woken per connection).
-    init(settings: ListenerSettings, ctx: RelayContext, fd: Int32, exclusive: Bool) throws(SystemError) {
+    package init(settings: ListenerSettings, ctx: RelayContext, fd: Int32, exclusive: Bool) throws(SystemError) {
         self.settings = settings
         self.ctx = ctx
         self.fd = fd
@@ -46,7 +46,7 @@ public final class Listener: EventHandler {
     private var closed = false
 
     /// Stops accepting (the socket stays open for its owner to close).
-    func detach() {
+    package func detach() {
         guard !closed else { return }
         closed = true
         backoff.close()
@@ -65,7 +65,7 @@ public final class Listener: EventHandler {
     /// clients completed their handshake and may have sent data: closing would reset them), then
     /// stop accepting. Returns how many were taken over.
     @discardableResult
-    func retire() -> Int {
+    package func retire() -> Int {
         var taken = 0
         while !closed, case let n = acceptBatch(), n > 0 { taken += n }
         detach()
@@ -110,7 +110,7 @@ public final class Listener: EventHandler {
     }
 
     /// max_connections (the daemon's, or this listener's) is reached: the client gets a reset.
-    func refuseFull(_ client: Int32) {
+    package func refuseFull(_ client: Int32) {
         ctx.rejected += 1
         metrics.rejectedMaxConnections.increment()
         Socket.closeWithReset(client)

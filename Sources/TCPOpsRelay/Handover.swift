@@ -70,7 +70,7 @@ public struct CarriedSide: Equatable, Sendable {
     }
 
     /// An address as hex: its 4 or 16 bytes, then the port's 2.
-    static func hex(_ a: SocketAddress) -> String {
+    package static func hex(_ a: SocketAddress) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         for b in a.bytes + [UInt8(a.port >> 8), UInt8(a.port & 0xff)] {
@@ -80,7 +80,7 @@ public struct CarriedSide: Equatable, Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    static func address(hex: Substring) -> SocketAddress? {
+    package static func address(hex: Substring) -> SocketAddress? {
         guard hex.count == 12 || hex.count == 36 else { return nil }
         var bytes: [UInt8] = []
         var chars = hex.makeIterator()
@@ -98,7 +98,7 @@ extension Relay {
     /// when its state cannot be carried across a restart. A relay whose upstream is still
     /// connecting (a client accepted just before the stop) is carried once the connect completes
     /// and the bytes it sent meanwhile are out, if that happens before the handover's deadline.
-    func quiet() -> Bool {
+    package func quiet() -> Bool {
         guard !ended else { return false }
         let connecting = upstream?.state == .connecting && client.state == .accepting
         guard phase == .connecting || phase == .relaying || phase == .quieting, let up = upstream, connecting || (client.state == .ok && up.state == .ok), !toUpstream.eof, !toClient.eof,
@@ -113,12 +113,12 @@ extension Relay {
     }
 
     /// Quiet and with nothing held: ready to be stored.
-    var readyToCarry: Bool {
+    package var readyToCarry: Bool {
         phase == .quieting && client.state == .ok && upstream?.state == .ok && toUpstream.drained && toClient.drained
     }
 
     /// The two sockets and their names for the fd store.
-    var carried: [(fd: Int32, name: String)] {
+    package var carried: [(fd: Int32, name: String)] {
         let now = ctx.loop.now
         // The addresses a PROXY header gave (the socket knows only the balancer's).
         var proxied: (remote: SocketAddress, local: SocketAddress)?
@@ -131,7 +131,7 @@ extension Relay {
     }
 
     /// Stored: close our copies quietly (systemd's copies keep the connections open; no FIN).
-    func handedOver() {
+    package func handedOver() {
         guard phase != .ended, let upstream else { return }
         enter(.ended)
         retire(client, state: .gone)
@@ -140,7 +140,7 @@ extension Relay {
     }
 
     /// Rebuilds a relay from two stored sockets, under their old conids.
-    static func adopt(ctx: RelayContext, listener: ListenerSettings, client c: (fd: Int32, side: CarriedSide),
+    package static func adopt(ctx: RelayContext, listener: ListenerSettings, client c: (fd: Int32, side: CarriedSide),
                       upstream u: (fd: Int32, side: CarriedSide)) {
         let now = ctx.loop.now
         func connection(_ x: (fd: Int32, side: CarriedSide)) -> Connection {

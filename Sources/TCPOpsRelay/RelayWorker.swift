@@ -22,11 +22,11 @@ public final class RelayWorker {
     private var listeners: [Int32: Listener] = [:]
     private let thread: PosixThread
     /// The loop's clock at its last turn, for the watchdog (written by the worker's own timer).
-    let heartbeat = Atomic<UInt64>(0)
+    package let heartbeat = Atomic<UInt64>(0)
     /// More than one worker: listening sockets are shared and registered exclusively.
-    let exclusive: Bool
+    package let exclusive: Bool
 
-    init(index: Int, count: Int, loop: EventLoop, logger: Logger, hooks: HookRunner?, shared: RelayShared, generation: Generation,
+    package init(index: Int, count: Int, loop: EventLoop, logger: Logger, hooks: HookSink?, shared: RelayShared, generation: Generation,
          metrics: DaemonMetrics) {
         self.index = index
         thread = PosixThread(name: "tcpops-worker\(index)")
@@ -40,7 +40,7 @@ public final class RelayWorker {
     }
 
     /// Runs the loop on a thread of its own (not for worker 0, whose loop the main thread runs).
-    func start(logger: Logger) throws(SystemError) {
+    package func start(logger: Logger) throws(SystemError) {
         precondition(index > 0)
         let me = Handoff(self)
         try thread.start {
@@ -54,7 +54,7 @@ public final class RelayWorker {
 
     /// Stops and joins the thread (its loop must have been told to stop), then frees what the
     /// loop holds. For worker 0, only the freeing.
-    func finish() {
+    package func finish() {
         if index > 0 { thread.join() }
         for l in listeners.values { l.detach() }
         listeners.removeAll()
@@ -64,21 +64,21 @@ public final class RelayWorker {
     }
 
     /// Runs `job` on this worker's thread.
-    func post(_ job: @escaping (RelayWorker) -> Void) {
+    package func post(_ job: @escaping (RelayWorker) -> Void) {
         let h = Handoff((self, job))
         loop.inbox.post { _ in h.value.1(h.value.0) }
     }
 
     // MARK: listening sockets (on this worker's thread)
 
-    func attach(_ fd: Int32, _ settings: ListenerSettings) throws(SystemError) {
+    package func attach(_ fd: Int32, _ settings: ListenerSettings) throws(SystemError) {
         guard listeners[fd] == nil else { return }
         listeners[fd] = try Listener(settings: settings, ctx: ctx, fd: fd, exclusive: exclusive)
     }
 
     /// A reload's generation, on this worker's thread: its acceptors take their listener's new
     /// settings (for new connections), and what the relays read follows it.
-    func apply(_ g: Generation) {
+    package func apply(_ g: Generation) {
         ctx.apply(g)
         for l in listeners.values {
             if let s = g.listeners[l.settings.listen] { l.update(s) }
@@ -86,13 +86,13 @@ public final class RelayWorker {
     }
 
     /// Stops accepting on `fd` (the socket stays open: its group closes it).
-    func detach(_ fd: Int32) { listeners.removeValue(forKey: fd)?.detach() }
+    package func detach(_ fd: Int32) { listeners.removeValue(forKey: fd)?.detach() }
 
     /// Accepts and relays what waits on `fd`, then stops accepting on it. Returns how many.
-    func retire(_ fd: Int32) -> Int { listeners.removeValue(forKey: fd)?.retire() ?? 0 }
+    package func retire(_ fd: Int32) -> Int { listeners.removeValue(forKey: fd)?.retire() ?? 0 }
 
     /// Beats every `every` ns: the watchdog hears the daemon only while every loop turns.
-    func beat(every ns: UInt64) {
+    package func beat(every ns: UInt64) {
         heartbeat.store(loop.now, ordering: .relaxed)
         loop.timers.schedule(at: loop.now + ns) { [weak self] in self?.beat(every: ns) }
     }
@@ -103,11 +103,11 @@ private final class Countdown: @unchecked Sendable {
     // @unchecked: touched on the main thread only (ticks are posted there).
     private var left: Int
     private let done: () -> Void
-    init(_ n: Int, _ done: @escaping () -> Void) {
+    package init(_ n: Int, _ done: @escaping () -> Void) {
         left = n
         self.done = done
     }
-    func tick() {
+    package func tick() {
         left -= 1
         if left == 0 { done() }
     }
@@ -115,7 +115,7 @@ private final class Countdown: @unchecked Sendable {
 
 /// Runs `job` on every worker's thread, then `done` on worker 0's (the main) thread. With one
 /// worker everything runs at once, inside the call.
-func everyWorker(_ workers: [RelayWorker], _ job: @escaping (RelayWorker) -> Void, then done: @escaping () -> Void) {
+package func everyWorker(_ workers: [RelayWorker], _ job: @escaping (RelayWorker) -> Void, then done: @escaping () -> Void) {
     let countdown = Countdown(workers.count, done)
     let mainInbox = workers[0].loop.inbox
     let work = Handoff(job)
@@ -130,14 +130,14 @@ func everyWorker(_ workers: [RelayWorker], _ job: @escaping (RelayWorker) -> Voi
 }
 
 /// One listening socket and its acceptor in every worker. Lives on the main thread.
-final class ListenerGroup {
-    private(set) var settings: ListenerSettings
-    let fd: Int32
+package final class ListenerGroup {
+    package private(set) var settings: ListenerSettings
+    package let fd: Int32
     private let workers: [RelayWorker]
     private var closed = false
 
     /// Binds (or takes `passed`, a socket systemd handed over) and starts accepting in every worker.
-    init(settings: ListenerSettings, workers: [RelayWorker], passed: Int32? = nil) throws(SystemError) {
+    package init(settings: ListenerSettings, workers: [RelayWorker], passed: Int32? = nil) throws(SystemError) {
         self.settings = settings
         self.workers = workers
         if let passed {
@@ -168,12 +168,12 @@ final class ListenerGroup {
 
     /// New settings for the same address (a reload), as the main thread knows them; the workers'
     /// acceptors take them with the reload's generation. Relays already running keep theirs.
-    func update(_ s: ListenerSettings) { settings = s }
+    package func update(_ s: ListenerSettings) { settings = s }
 
     /// The address is no longer wanted: the other workers stop accepting on it, then worker 0
     /// accepts and relays what still waits in the queue and closes it. `done` is told how many
     /// clients it took from the queue (at once, with one worker).
-    func retire(_ done: @escaping (Int) -> Void) {
+    package func retire(_ done: @escaping (Int) -> Void) {
         guard !closed else { return }
         closed = true
         let fd = fd
@@ -185,7 +185,7 @@ final class ListenerGroup {
     }
 
     /// Stops accepting everywhere and closes the socket (once every worker let go of it).
-    func close() {
+    package func close() {
         guard !closed else { return }
         closed = true
         let fd = fd

@@ -9,7 +9,7 @@ import TCPOpsPosix
 
 extension Relay {
     /// A side's socket failed with `e`: classified, remembered for its event, and failed.
-    func fail(_ conn: Connection, errno e: Int32) {
+    package func fail(_ conn: Connection, errno e: Int32) {
         conn.closeErrno = e
         guard let reason = CloseReason.classify(errno: e) else {
             // Not the peer's doing: no event claims it was; the relay ends as tcpopsd's close.
@@ -24,7 +24,7 @@ extension Relay {
     /// A side broke (RST, timeout, unreachable): it raises its event at once. Bytes it sent that
     /// tcpopsd already holds are still delivered to the other side (phase draining), then the
     /// relay ends (at the settle point, once the survivor has them all, or at `drainLimit`).
-    func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
+    package func fail(_ conn: Connection, _ reason: CloseReason, why: String) {
         guard let other = conn === client ? upstream : client else {
             end(failed: conn, reason: reason, why: why)
             return
@@ -51,7 +51,7 @@ extension Relay {
     /// The one teardown of a connection, whatever ends it (the relay's end, a handover, a failed
     /// attempt, a side that broke): its close is classified (local unless it raised its event),
     /// its lifetime disarmed, its socket forgotten by epoll and closed, its state set.
-    func retire(_ c: Connection, state: ConnectionState) {
+    package func retire(_ c: Connection, state: ConnectionState) {
         if c.closeReason == nil { c.closeReason = .local }
         if c.fdOpen {
             c.fdOpen = false
@@ -65,7 +65,7 @@ extension Relay {
     /// The one teardown of the relay, after its connections were retired: its phase timer
     /// cancelled, its pipes back in the pool, out of its worker's list, the cycles with its
     /// connections broken.
-    func release() {
+    package func release() {
         enter(.ended)
         cancelPhaseTimer()
         toUpstream.releasePipe(to: ctx.pipes)
@@ -76,7 +76,7 @@ extension Relay {
     }
 
     /// Classifies `conn`'s close once and raises its event if the policy says so.
-    func raise(_ conn: Connection, _ reason: CloseReason) {
+    package func raise(_ conn: Connection, _ reason: CloseReason) {
         guard conn.closeReason == nil else { return }
         conn.closeReason = reason
         guard let kind = reason.event, !client.balancerOwn,
@@ -88,7 +88,7 @@ extension Relay {
     }
 
     /// The event of `c`'s close, with its TCP state as it is now (the socket is still open).
-    func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
+    package func event(_ c: Connection, _ kind: EventKind, _ reason: CloseReason) -> TCPEvent {
         var e = TCPEvent(kind: kind, reason: reason, conid: c.conid, peerConid: c.peerConid, side: c.side, listener: listener.name,
                          local: c.local, remote: c.remote, durationMs: (ctx.loop.now &- c.openedAt) / 1_000_000,
                          bytesIn: c.bytesIn, bytesOut: c.bytesOut)
@@ -105,7 +105,7 @@ extension Relay {
     /// `quietly`: a connection that never became a relay (refused while awaiting its PROXY
     /// header): its end is a debug line, since a flood of them would be a flood of entries; a
     /// rate-limited warning counts them instead.
-    func end(failed: Connection?, reason: CloseReason, why: String, quietly: Bool = false) {
+    package func end(failed: Connection?, reason: CloseReason, why: String, quietly: Bool = false) {
         guard phase != .ended else { return }
         enter(.ended)
         if let failed {
@@ -135,7 +135,7 @@ extension Relay {
     }
 
     /// `c`'s log fields (warnings and debug entries about one connection).
-    func fields(_ c: Connection) -> [Logger.Field] {
+    package func fields(_ c: Connection) -> [Logger.Field] {
         var f: [Logger.Field] = [("TCPOPS_CONID", String(c.conid)), ("TCPOPS_SIDE", c.side.rawValue), ("TCPOPS_LISTENER", listener.name)]
         if let l = c.local { f.append(("TCPOPS_LOCAL", l.description)) }
         if let r = c.remote { f.append(("TCPOPS_REMOTE", r.description)) }

@@ -28,17 +28,17 @@ public final class Connection: EventHandler, TimerSlot {
     // keepalive is not kept here: the socket has it (Connection.socketOptions reads it back).
     public let conid: UInt64
     public let openedAt: UInt64
-    var lastActivity: UInt64
+    package var lastActivity: UInt64
     public internal(set) var bytesIn: UInt64 = 0
     public internal(set) var bytesOut: UInt64 = 0
     /// Idle lifetime in ns; 0 = none.
-    var lifetime: UInt64 = 0
+    package var lifetime: UInt64 = 0
     /// When the lifetime runs out unless data moved since, and this connection's place in its
     /// loop's timers (-1: not armed): the connection is its own entry there (TimerSlot).
     public var timerDeadline: UInt64 = 0
     /// The relay owns both of its connections and they own it back; Relay.release() breaks the
     /// cycle (nil from then on, and for a failed attempt's connection).
-    var relay: Relay?
+    package var relay: Relay?
     /// The local address: set at accept (or adoption); for an upstream, asked of the kernel
     /// (getsockname) the first time something wants it, not on every connect.
     public internal(set) var local: SocketAddress? {
@@ -55,15 +55,15 @@ public final class Connection: EventHandler, TimerSlot {
         }
     }
     private var knownLocal: SocketAddress?
-    let fd: Int32  // here: it fills the 4 bytes between the two 19-byte addresses
+    package let fd: Int32  // here: it fills the 4 bytes between the two 19-byte addresses
     public internal(set) var remote: SocketAddress?
     /// The errno the kernel gave for this connection's end (0: none, e.g. a FIN or a timer).
-    var closeErrno: Int32 = 0
+    package var closeErrno: Int32 = 0
     public var timerSlot: Int32 = -1
     public let side: Side
     public internal(set) var state: ConnectionState
     /// Set once an event was raised or the close was classified: at most one event a connection.
-    var closeReason: CloseReason?
+    package var closeReason: CloseReason?
     /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
     private var flags: UInt8 = 0
     private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, hungUpBit: UInt8 = 8
@@ -78,38 +78,38 @@ public final class Connection: EventHandler, TimerSlot {
         set { set(Self.eventsBit, newValue) }
     }
     /// Its close raised a tcp:* event.
-    var raisedEvent: Bool {
+    package var raisedEvent: Bool {
         get { flag(Self.raisedBit) }
         set { set(Self.raisedBit, newValue) }
     }
     /// False once tcpopsd closed this socket (a broken side closes before its relay ends).
-    var fdOpen: Bool {
+    package var fdOpen: Bool {
         get { flag(Self.fdOpenBit) }
         set { set(Self.fdOpenBit, newValue) }
     }
     /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
-    var hungUp: Bool {
+    package var hungUp: Bool {
         get { flag(Self.hungUpBit) }
         set { set(Self.hungUpBit, newValue) }
     }
     /// The socket is connected and its local address not yet asked for.
-    var localUnasked: Bool {
+    package var localUnasked: Bool {
         get { flag(Self.localUnaskedBit) }
         set { set(Self.localUnaskedBit, newValue) }
     }
     /// A client that said with its PROXY header (v2 LOCAL, v1 UNKNOWN) that it is the balancer in
     /// front speaking for itself, as its health checks do: its relay raises no tcp:* event.
-    var balancerOwn: Bool {
+    package var balancerOwn: Bool {
         get { flag(Self.balancerOwnBit) }
         set { set(Self.balancerOwnBit, newValue) }
     }
     /// Counted among its worker's connections (RelayContext.track) and found by conid.
-    var tracked: Bool {
+    package var tracked: Bool {
         get { flag(Self.trackedBit) }
         set { set(Self.trackedBit, newValue) }
     }
 
-    init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
+    package init(conid: UInt64, side: Side, fd: Int32, state: ConnectionState, now: UInt64, eventsEnabled: Bool) {
         self.conid = conid
         self.side = side
         self.fd = fd

@@ -13,11 +13,11 @@ import TCPOpsPosix
 /// connections tracked by all of them (for max_connections). Counters only: the settings a reload
 /// changes reach each worker as a `Generation`.
 public final class RelayShared: Sendable {
-    let nextConid = Atomic<UInt64>(1)
-    let connections = Atomic<Int>(0)
+    package let nextConid = Atomic<UInt64>(1)
+    package let connections = Atomic<Int>(0)
     /// Of `connections`, those still awaiting their PROXY header: they count against no
     /// max_connections (proxy_header_max_pending bounds them, per listener) until it came.
-    let awaitingHeader = Atomic<Int>(0)
+    package let awaitingHeader = Atomic<Int>(0)
 
     public init() {}
 
@@ -37,11 +37,11 @@ public final class RelayShared: Sendable {
 
 /// One worker's counters, written by its loop only and readable from any thread (status, stats).
 public final class WorkerCounters: Sendable {
-    let relays = Atomic<Int>(0)
-    let connections = Atomic<Int>(0)
-    let accepted = Atomic<UInt64>(0)
-    let rejected = Atomic<UInt64>(0)
-    let relayedBytes = Atomic<UInt64>(0)
+    package let relays = Atomic<Int>(0)
+    package let connections = Atomic<Int>(0)
+    package let accepted = Atomic<UInt64>(0)
+    package let rejected = Atomic<UInt64>(0)
+    package let relayedBytes = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -54,7 +54,7 @@ public final class WorkerCounters: Sendable {
 
 public final class RelayContext {
     public let loop: EventLoop
-    let pipes: PipePool
+    package let pipes: PipePool
     public let logger: Logger
     public let events: EventDispatcher
     public let shared: RelayShared
@@ -89,18 +89,18 @@ public final class RelayContext {
     /// accept_proxy connections closed for a missing or bad PROXY header, and when one was last logged.
     public var proxyRejected: UInt64 = 0
     /// Lines a peer could repeat per connection, one each per 5 s (with the count).
-    lazy var proxyRejectLog = LogLimiter(loop: loop, logger: logger)
-    lazy var upstreamAttemptLog = LogLimiter(loop: loop, logger: logger)
-    lazy var socketOptionsLog = LogLimiter(loop: loop, logger: logger)
-    lazy var controlLog = LogLimiter(loop: loop, logger: logger)
+    package lazy var proxyRejectLog = LogLimiter(loop: loop, logger: logger)
+    package lazy var upstreamAttemptLog = LogLimiter(loop: loop, logger: logger)
+    package lazy var socketOptionsLog = LogLimiter(loop: loop, logger: logger)
+    package lazy var controlLog = LogLimiter(loop: loop, logger: logger)
     /// Socket errors that are not a peer's (our bug, or this host).
-    lazy var ownErrorLog = LogLimiter(loop: loop, logger: logger)
+    package lazy var ownErrorLog = LogLimiter(loop: loop, logger: logger)
     /// Reads that wanted a splice pipe and copied instead, for want of fds.
     public private(set) var pipeShortages: UInt64 = 0
     private var lastPipeShortageLog: UInt64 = 0
 
     /// One buffer for the copy path of small reads (the loop is single-threaded).
-    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Direction.copyLimit, alignment: 16)
+    package let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Direction.copyLimit, alignment: 16)
 
     /// Where the relays count what they do.
     public let metrics: DaemonMetrics
@@ -125,7 +125,7 @@ public final class RelayContext {
     }
 
     /// A new generation (a reload), on this worker's thread: new connections and events follow it.
-    func apply(_ g: Generation) {
+    package func apply(_ g: Generation) {
         generation = g
         events.generation = g
     }
@@ -133,12 +133,12 @@ public final class RelayContext {
     deinit { scratch.deallocate() }
 
     /// Conids carried over from the previous process are never handed out again.
-    func adopted(conids: [UInt64]) {
+    package func adopted(conids: [UInt64]) {
         if let m = conids.max() { shared.adopted(last: m) }
     }
 
     /// Every live relay, once each (a copy: ending one changes the list).
-    var liveRelays: [Relay] { relayList }
+    package var liveRelays: [Relay] { relayList }
 
     /// Every tracked connection.
     public var trackedConnections: [Connection] {
@@ -160,12 +160,12 @@ public final class RelayContext {
         return nil
     }
 
-    var peekNextConid: UInt64 { shared.peekNextConid }
+    package var peekNextConid: UInt64 { shared.peekNextConid }
 
-    func newConid() -> UInt64 { shared.nextConid.wrappingAdd(1, ordering: .relaxed).oldValue }
+    package func newConid() -> UInt64 { shared.nextConid.wrappingAdd(1, ordering: .relaxed).oldValue }
 
     /// `c` must already belong to its relay (for the relay's metrics).
-    func track(_ c: Connection) {
+    package func track(_ c: Connection) {
         c.tracked = true
         trackedCount += 1
         shared.connections.add(1, ordering: .relaxed)
@@ -186,16 +186,16 @@ public final class RelayContext {
     private var awaiting: [UInt64: Relay] = [:]
     private var awaitingPerListener: [String: Int] = [:]
     /// Workers in all: each keeps its share of a listener's proxy_header_max_pending.
-    var workerCount = 1
+    package var workerCount = 1
 
-    func awaitingStarted(_ r: Relay) {
+    package func awaitingStarted(_ r: Relay) {
         awaiting[r.client.conid] = r
         awaitingPerListener[r.listener.name, default: 0] += 1
         shared.awaitingHeader.add(1, ordering: .relaxed)
         r.metrics.awaitingHeader.add(1, ordering: .relaxed)
     }
 
-    func awaitingEnded(_ r: Relay) {
+    package func awaitingEnded(_ r: Relay) {
         guard awaiting.removeValue(forKey: r.client.conid) != nil else { return }
         awaitingPerListener[r.listener.name, default: 1] -= 1
         shared.awaitingHeader.subtract(1, ordering: .relaxed)
@@ -203,31 +203,31 @@ public final class RelayContext {
     }
 
     /// How many of `listener`'s connections this worker has awaiting a PROXY header.
-    func awaitingCount(listener: String) -> Int { awaitingPerListener[listener] ?? 0 }
+    package func awaitingCount(listener: String) -> Int { awaitingPerListener[listener] ?? 0 }
 
     /// The oldest relay of `listener` this worker has awaiting a PROXY header, if any.
-    func oldestAwaiting(listener: String) -> Relay? {
+    package func oldestAwaiting(listener: String) -> Relay? {
         var oldest: Relay?
         for r in awaiting.values where r.listener.name == listener && (oldest.map { r.client.conid < $0.client.conid } ?? true) { oldest = r }
         return oldest
     }
 
     /// A failed upstream attempt leaves the table before its relay does.
-    func untrack(_ c: Connection) {
+    package func untrack(_ c: Connection) {
         guard c.tracked else { return }
         c.tracked = false
         trackedCount -= 1
         left(c)
     }
 
-    func added(_ r: Relay) {
+    package func added(_ r: Relay) {
         r.listSlot = Int32(relayList.count)
         relayList.append(r)
         counters.relays.add(1, ordering: .relaxed)
         r.metrics.relaysOpen.increment()
     }
 
-    func removed(_ r: Relay) {
+    package func removed(_ r: Relay) {
         untrack(r.client)
         if let up = r.upstream { untrack(up) }
         let slot = Int(r.listSlot)
@@ -245,13 +245,13 @@ public final class RelayContext {
 
     /// max_connections bounds the connections of all workers together (but those awaiting a
     /// PROXY header): room for `more`.
-    func hasRoom(for more: Int) -> Bool {
+    package func hasRoom(for more: Int) -> Bool {
         shared.connectionsNow - shared.awaitingHeader.load(ordering: .relaxed) + more <= maxConnections
     }
 
     /// Room in the listener's own max_connections (its tracked connections but those awaiting a
     /// PROXY header) for `more`.
-    static func listenerHasRoom(_ l: ListenerSettings, _ m: ListenerMetrics, for more: Int) -> Bool {
+    package static func listenerHasRoom(_ l: ListenerSettings, _ m: ListenerMetrics, for more: Int) -> Bool {
         guard let max = l.maxConnections else { return true }
         return m.openConnections.load(ordering: .relaxed) - m.awaitingHeader.load(ordering: .relaxed) + more <= max
     }
@@ -265,7 +265,7 @@ public final class RelayContext {
 
     /// No pipe could be had (out of fds, or the kernel would give none of the pool's size): the
     /// relay copies instead. Warned at most every 5 s.
-    func noPipe(_ error: SystemError) {
+    package func noPipe(_ error: SystemError) {
         pipeShortages += 1
         let now = loop.now
         if lastPipeShortageLog == 0 || now - lastPipeShortageLog >= 5_000_000_000 {

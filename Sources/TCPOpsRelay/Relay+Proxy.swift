@@ -12,21 +12,21 @@ import TCPOpsPosix
 import TCPOpsProtocol
 
 extension Relay {
-    func awaitProxyHeader() {
+    package func awaitProxyHeader() {
         enter(.awaitingHeader)
         ctx.loop.modify(client.fd, mask: Events.read)
         armPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds)  // (timerFired says what came)
     }
 
     /// Too many await their header on this listener, and this one waited longest: closed.
-    func evictAwaiting() {
+    package func evictAwaiting() {
         ctx.proxyRejected += 1
         end(failed: nil, reason: .local, why: "closed while awaiting its PROXY header: proxy_header_max_pending (\(listener.proxyHeaderMaxPending)) reached",
             quietly: true)
     }
 
     /// The client is readable while its header is awaited.
-    func readProxyHeader() {
+    package func readProxyHeader() {
         guard phase == .awaitingHeader else { return }
         var input = proxyInput
         let room = ProxyProtocol.maxHeader - input.count
@@ -77,7 +77,7 @@ extension Relay {
         }
     }
 
-    func rejectProxy(_ why: String) {
+    package func rejectProxy(_ why: String) {
         ctx.proxyRejected += 1
         metrics.rejectedProxyHeader.increment()
         ctx.proxyRejectLog.log(.warning, "accept_proxy: closed a connection without a valid PROXY header: \(why)",
@@ -86,7 +86,7 @@ extension Relay {
     }
 
     /// proxy_protocol: the header the upstream gets before anything else, once it is connected.
-    func sendProxyHeader() {
+    package func sendProxyHeader() {
         guard let version = listener.proxyProtocol else { return }
         let header = ProxyProtocol.header(version, source: client.remote, destination: client.local, conid: client.conid)
         toUpstream.held.insert(contentsOf: header, at: toUpstream.heldSent)

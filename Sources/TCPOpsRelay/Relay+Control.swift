@@ -13,13 +13,13 @@ public enum KeepaliveFailure: Error {
 
 extension Connection {
     /// The relay this connection belongs to, while it is live.
-    var liveRelay: Relay? {
+    package var liveRelay: Relay? {
         guard let r = relay, !r.ended else { return nil }
         return r
     }
 
     /// The relay, once both of its sides exist (not while a PROXY header is awaited).
-    var fullRelay: Relay? {
+    package var fullRelay: Relay? {
         guard let r = liveRelay, r.upstream != nil else { return nil }
         return r
     }
@@ -93,5 +93,5 @@ extension Connection {
 
 extension Relay {
     /// The most `tcpopsctl send` bytes that may wait for one peer.
-    static let injectLimit = 1 << 20
+    package static let injectLimit = 1 << 20
 }

@@ -25,7 +25,7 @@ import TCPOpsPosix
 
 public final class Relay: TurnEndHandler, TimerSlot {
     /// Where the relay is in its life (see the top of this file).
-    enum Phase: UInt8 {
+    package enum Phase: UInt8 {
         /// accept_proxy: the client's PROXY header is awaited; there is no upstream yet.
         case awaitingHeader
         /// The current attempt (`attempt`) is connecting; the client's bytes are held meanwhile.
@@ -42,16 +42,16 @@ public final class Relay: TurnEndHandler, TimerSlot {
     }
 
     // Stored properties widest first, the flags last (Swift lays them out in this order).
-    let ctx: RelayContext
-    let listener: ListenerSettings
-    let client: Connection
+    package let ctx: RelayContext
+    package let listener: ListenerSettings
+    package let client: Connection
     /// nil only while the client's PROXY header is awaited (and after a relay ended there).
-    var upstream: Connection?
-    var toUpstream = Direction()
-    var toClient = Direction()
+    package var upstream: Connection?
+    package var toUpstream = Direction()
+    package var toClient = Direction()
     /// Its listener's metrics (counted from the relay's loop, without a lookup).
-    let metrics: ListenerMetrics
-    static let drainLimit: UInt64 = 5_000_000_000
+    package let metrics: ListenerMetrics
+    package static let drainLimit: UInt64 = 5_000_000_000
     /// What only a relay in its PROXY-header or drain phase needs: made when it enters one, so
     /// that the others carry one pointer instead of 24 bytes.
     private final class Rare {
@@ -68,16 +68,16 @@ public final class Relay: TurnEndHandler, TimerSlot {
     }
     /// Why a draining relay's side broke (its end says so once the survivor has every byte), and
     /// the reason its end gives if the survivor does not take them in time.
-    var drainWhy: String {
+    package var drainWhy: String {
         get { rare?.drainWhy ?? "" }
         set { rareMade.drainWhy = newValue }
     }
-    var drainReason: CloseReason {
+    package var drainReason: CloseReason {
         get { rare?.drainReason ?? .local }
         set { rareMade.drainReason = newValue }
     }
     /// accept_proxy: what came of the client's PROXY header so far (phase awaitingHeader).
-    var proxyInput: [UInt8] {
+    package var proxyInput: [UInt8] {
         get { rare?.proxyInput ?? [] }
         set { rareMade.proxyInput = newValue }
     }
@@ -86,19 +86,19 @@ public final class Relay: TurnEndHandler, TimerSlot {
     /// relay itself is their one entry in its loop's timers (`phaseSlot` -1: none armed).
     public var timerDeadline: UInt64 = 0
     /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
-    var attempt: Int32 = 0
+    package var attempt: Int32 = 0
     /// Its place in its worker's relay list (RelayContext.added; -1 when not in it).
-    var listSlot: Int32 = -1
+    package var listSlot: Int32 = -1
     /// Its place in its loop's timers (TimerSlot; -1: no phase deadline armed).
     public var timerSlot: Int32 = -1
     private(set) var phase: Phase = .connecting
     /// updateInterest was asked this turn: the masks are set at its end.
-    var interestPending = false
+    package var interestPending = false
 
-    var ended: Bool { phase == .ended }
+    package var ended: Bool { phase == .ended }
 
     /// Moves to `next`; leaving awaitingHeader takes the relay out of its worker's awaiting count.
-    func enter(_ next: Phase) {
+    package func enter(_ next: Phase) {
         guard phase != next, phase != .ended else { return }
         if phase == .awaitingHeader {
             ctx.awaitingEnded(self)
@@ -108,7 +108,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
         phase = next
     }
 
-    init(ctx: RelayContext, listener: ListenerSettings, client: Connection, metrics: ListenerMetrics) {
+    package init(ctx: RelayContext, listener: ListenerSettings, client: Connection, metrics: ListenerMetrics) {
         self.ctx = ctx
         self.listener = listener
         self.client = client
@@ -116,7 +116,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
     }
 
     @discardableResult
-    func register(_ c: Connection, mask: UInt32) -> Bool {
+    package func register(_ c: Connection, mask: UInt32) -> Bool {
         do {
             try ctx.loop.register(c.fd, mask: mask, handler: c)
             return true
@@ -128,7 +128,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
 
     // MARK: events from the loop
 
-    func handle(_ conn: Connection, _ events: UInt32) {
+    package func handle(_ conn: Connection, _ events: UInt32) {
         switch phase {
         case .ended: return
         case .awaitingHeader: readProxyHeader()
@@ -144,7 +144,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
     }
 
     /// The one point every call into the relay ends at (see the top of this file).
-    func settle() {
+    package func settle() {
         switch phase {
         case .ended:
             return
@@ -204,11 +204,11 @@ public final class Relay: TurnEndHandler, TimerSlot {
         }
     }
 
-    enum Way { case toUpstream, toClient }
+    package enum Way { case toUpstream, toClient }
 
     /// Pumps one direction and applies its report: the sides' counters and activity, the metrics,
     /// the source's FIN event, a side that failed.
-    func shovel(_ way: Way) {
+    package func shovel(_ way: Way) {
         guard phase != .ended, let upstream else { return }
         let (from, to): (Connection, Connection) = way == .toUpstream ? (client, upstream) : (upstream, client)
         let canWrite = to.state == .ok || to.state == .eof
@@ -256,7 +256,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
     /// The interest masks follow the relay's state at the end of the loop turn: several changes
     /// in one turn (a read that fills a direction, the write that empties it) cost at most one
     /// epoll_ctl per side, and none when they cancel out.
-    func updateInterest() {
+    package func updateInterest() {
         guard !interestPending else { return }
         interestPending = true
         ctx.loop.atTurnEnd(self)
@@ -281,9 +281,9 @@ public final class Relay: TurnEndHandler, TimerSlot {
     // MARK: timers
 
     /// Sets the current phase's deadline (replacing the previous phase's, if it still ran).
-    func armPhaseTimer(at deadline: UInt64) { ctx.loop.timers.arm(self, at: deadline) }
+    package func armPhaseTimer(at deadline: UInt64) { ctx.loop.timers.arm(self, at: deadline) }
 
-    func cancelPhaseTimer() { ctx.loop.timers.disarm(self) }
+    package func cancelPhaseTimer() { ctx.loop.timers.disarm(self) }
 
     /// The phase's deadline came: what it means depends on the phase.
     public func timerFired() {
@@ -304,7 +304,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
         settle()
     }
 
-    func armLifetime(_ c: Connection) {
+    package func armLifetime(_ c: Connection) {
         guard c.lifetime > 0, !ended, c.fdOpen else {
             ctx.loop.timers.disarm(c)
             return
@@ -314,7 +314,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
 
     /// `c`'s lifetime deadline came (its entry in the loop's timers): idle time is checked here
     /// rather than by moving the deadline on every packet.
-    func lifetimeCame(_ c: Connection) {
+    package func lifetimeCame(_ c: Connection) {
         guard !ended, c.fdOpen, c.lifetime > 0 else { return }
         if ctx.loop.now >= c.lastActivity + c.lifetime {
             end(failed: c, reason: .lifetime, why: "idle for \(Double(c.lifetime) / 1e9) s")
