@@ -1,13 +1,9 @@
 // Config parsing and validation: values, defaults and line-numbered errors.
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
-@testable import TCPOpsMetrics
-@testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct ConfigTests {

@@ -5,7 +5,6 @@
 // by hand here, so every ordering is the test's choice.
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
 @testable import TCPOpsMetrics
 @testable import TCPOpsSystemd
 @testable import TCPOpsConfig

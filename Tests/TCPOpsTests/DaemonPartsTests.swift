@@ -4,12 +4,10 @@ import Glibc
 import Testing
 @testable import TCPOps
 @testable import TCPOpsEvents
-@testable import TCPOpsMetrics
 @testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 
 @Suite struct ServicesTests {
     final class Log { var lines: [String] = [] }

@@ -3,9 +3,6 @@
 import Glibc
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
-@testable import TCPOpsMetrics
-@testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix

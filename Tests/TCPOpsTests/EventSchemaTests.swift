@@ -5,11 +5,8 @@ import Glibc
 import Testing
 @testable import TCPOps
 @testable import TCPOpsEvents
-@testable import TCPOpsMetrics
-@testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct EventSchemaTests {

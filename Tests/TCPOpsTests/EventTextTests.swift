@@ -4,12 +4,11 @@ import Glibc
 import Testing
 @testable import TCPOps
 @testable import TCPOpsEvents
-@testable import TCPOpsMetrics
 @testable import TCPOpsSystemd
+@testable import TCPOpsMetrics
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct EventTextTests {

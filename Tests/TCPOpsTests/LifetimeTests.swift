@@ -3,7 +3,6 @@
 import CShims
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
 @testable import TCPOpsMetrics
 @testable import TCPOpsSystemd
 @testable import TCPOpsConfig

@@ -2,13 +2,9 @@
 // versions parse; truncated, oversized and malformed ones are told apart.
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
-@testable import TCPOpsMetrics
-@testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct ProxyProtocolTests {

@@ -1,13 +1,9 @@
 // The TOML reader: values of every type with their lines, the table rules, and errors with lines.
 import Testing
 @testable import TCPOps
-@testable import TCPOpsEvents
-@testable import TCPOpsMetrics
-@testable import TCPOpsSystemd
 @testable import TCPOpsConfig
 @testable import TCPOpsLoop
 @testable import TCPOpsPosix
-@testable import TCPOpsRelay
 @testable import TCPOpsProtocol
 
 @Suite struct TOMLTests {

@@ -124,9 +124,10 @@ public final class Daemon {
     }
 
     /// The start, as an ordered list of services. Each is stopped (in reverse) at the stop, or when
-    /// a later one fails to start. Hooks start before the workers that submit to them and stop
-    /// after them; the control socket is bound early (a bad path fails the start before any
-    /// listener binds) and stops after the workers (their last events reach its subscribers).
+    /// a later one fails to start. The control socket is bound early (a bad path fails the start
+    /// before any listener binds) and stops last but the signals: the workers' last events reach
+    /// its subscribers, and hooks still running at the stop can still use tcpopsctl. Hooks start
+    /// before the workers that submit to them and stop after them.
     private func start(_ services: inout Services) throws(DaemonError) {
         // Worker 0's loop is the main thread's: what it holds goes last.
         services.add("worker 0") { [workers] _ in workers[0].finish() }
@@ -137,9 +138,6 @@ public final class Daemon {
                 throw .resource(error)
             }
         }, stop: { [unowned self] _ in signals = nil })
-        try services.start("hook runner", { () throws(DaemonError) in
-            do throws(SystemError) { try hooks.start() } catch { throw .resource(error) }
-        }, stop: { [hooks] deadline in hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds())) })
         let control: ControlServer
         do {
             control = try ControlServer(settings: config.daemon, logger: logger, metrics: metrics)
@@ -151,6 +149,9 @@ public final class Daemon {
             control.shutdown()
             for w in workers { w.dispatcher.observers.removeAll() }
         }
+        try services.start("hook runner", { () throws(DaemonError) in
+            do throws(SystemError) { try hooks.start() } catch { throw .resource(error) }
+        }, stop: { [hooks] deadline in hooks.shutdown(deadline: max(deadline, Clock.monotonicNanoseconds())) })
         try services.start("workers", { () throws(DaemonError) in
             do throws(SystemError) {
                 for w in workers.dropFirst() { try w.start(logger: logger) }
