@@ -143,7 +143,7 @@ extension RelayEnded: ConnectionFacts, Schematic {
 extension Schematic {
     /// The journal entry's fields written into `t`: `field` is called with the name before the
     /// value is written, `end` after it.
-    package func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
+    @inlinable package func forEachField(_ t: inout ByteText, _ field: (inout ByteText, StaticString) -> Void, _ end: (inout ByteText) -> Void) {
         for f in Self.schema where f.sinks.contains(.journal) {
             switch f.value(self) {
             case .text(let s): field(&t, f.name); t.put(s); end(&t)
@@ -186,7 +186,7 @@ extension Schematic {
 
     /// ` key=value` for each of the terminal line's fields, into `t` (values of events have no
     /// spaces or quotes: nothing is quoted).
-    package func putTerminalFields(_ t: inout ByteText) {
+    @inlinable package func putTerminalFields(_ t: inout ByteText) {
         for f in Self.schema where f.sinks.contains(.terminal) {
             switch f.value(self) {
             case .text(let s) where !s.isEmpty: t.put(byte: UInt8(ascii: " ")); t.put(f.key); t.put(byte: UInt8(ascii: "=")); t.put(s)

@@ -127,6 +127,8 @@ public final class Logger: Sendable {
         var text = ByteText(capacity: 2048)
         var spans: [(start: Int, count: Int)] = []
         var iov: [iovec] = []
+        /// Where the field being written starts in `text`.
+        var start = 0
 
         init() {
             spans.reserveCapacity(64)
@@ -169,13 +171,14 @@ public final class Logger: Sendable {
     /// buffer, the iovecs pointing into it.
     private static func sendToJournal(_ e: some ByteRendered, _ scratch: Scratch) -> Bool {
         scratch.reset()
-        var start = 0
+        // Where the field being written starts is kept in the scratch, not in a local the two
+        // closures would capture: a captured `var` is a heap box, one malloc per entry.
         func open(_ t: inout ByteText, _ key: StaticString) {
-            start = t.bytes.count
+            scratch.start = t.bytes.count
             t.put(key)
             t.put(byte: UInt8(ascii: "="))
         }
-        func close(_ t: inout ByteText) { scratch.spans.append((start, t.bytes.count - start)) }
+        func close(_ t: inout ByteText) { scratch.spans.append((scratch.start, t.bytes.count - scratch.start)) }
         // The text is taken out of the scratch while it is written (`open` and `close` use the
         // scratch's spans), and put back to be sent.
         var t = ByteText(capacity: 0)
