@@ -450,8 +450,13 @@ private struct Walker {
     package mutating func events(_ t: TOMLTable) -> EventSettings {
         let tb = "events"
         var e = EventSettings()
-        checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route", "opened"])
+        checkKeys(t, tb, allowed: ["closed_event", "callback", "hook_timeout", "max_running_hooks", "queue_limit", "route", "opened", "journal"])
         if let b = bool(t, tb, "opened") { e.opened = b }
+        if let s = string(t, tb, "journal"), let line = t["journal"]?.line {
+            if let j = JournalEvents(rawValue: s) { e.journal = j } else {
+                fail(line, "\(label(tb, "journal")): \"\(s)\" is not one of \(JournalEvents.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
+            }
+        }
         if let n = int(t, tb, "closed_event", range: 0...2) { e.closedEvent = n }
         if let a = argv(t, tb, "callback") { e.callback = a }
         if let s = duration(t, tb, "hook_timeout", allowZero: false) { e.hookTimeout = s }

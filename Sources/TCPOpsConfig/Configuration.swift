@@ -85,8 +85,20 @@ public struct EventSettings: Sendable, Equatable {
     public var queueLimit = 10_000
     /// tcp:opened when a relay is established (opt-in: off, it costs nothing).
     public var opened = false
+    /// Which events become journal entries (the other sinks get every event).
+    public var journal = JournalEvents.all
 
     public init() {}
+}
+
+/// [events] journal: which events become journal entries.
+public enum JournalEvents: String, Sendable, CaseIterable {
+    /// Every event; a relay whose two sides both closed normally is one entry.
+    case all
+    /// Only tcp:reset and tcp:timeout (HAProxy's `option dontlog-normal`).
+    case abnormal
+    /// No event entries.
+    case none
 }
 
 /// One upstream as the file names it: an address, or a host name resolved to addresses (tried in

@@ -115,6 +115,8 @@ public struct TCPEvent: Sendable {
     public var errno: Int32 = 0
     /// TCP_INFO just before the socket was closed (nil when there was no socket to ask).
     public var tcp: TCPInfo?
+    /// What the journal does with it (the relay that raised it decides, by `[events] journal`).
+    public var journal = JournalDisposition.write
     /// Set by the dispatcher: the event's number (1, 2, ...) and wall-clock time.
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0

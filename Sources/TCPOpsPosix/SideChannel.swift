@@ -1,6 +1,7 @@
 // A thread that does one kind of blocking write (a notify datagram, a journal entry, a line on
 // stderr) for the event loops, so that none of them ever waits on a receiver that stopped reading.
-// Loops queue items without blocking; the queue is bounded and what it cannot take is counted.
+// Loops queue items without blocking; the queue is bounded (by a cost per item: one each, or the
+// bytes an item holds) and what it cannot take is counted.
 import CShims
 import Glibc
 
@@ -12,6 +13,9 @@ public final class SideChannel<Item: Sendable>: Sendable {
         /// The writer is writing a batch it took.
         package var busy = false
         package var dropped: UInt64 = 0
+        /// The cost of the items queued and of the batch being written (it is memory until written).
+        package var queued = 0
+        package var writing = 0
         /// stop() was called: the writer ends once the queue is empty.
         package var stopping = false
     }
@@ -20,13 +24,17 @@ public final class SideChannel<Item: Sendable>: Sendable {
     /// A blocking eventfd the writer sleeps on; written only when it is idle.
     private let wake: Int32
     private let limit: Int
+    private let cost: @Sendable (Item) -> Int
     private let thread: PosixThread
 
     /// `write` runs on the channel's own thread, one item at a time, in order. `dropped` is told
     /// (on that thread) how many items were dropped since it was last told, whenever some were.
-    public init(name: String, limit: Int, write: @escaping @Sendable (Item) -> Void,
+    /// What is queued and not yet written costs at most `limit`, each item `cost(item)` (1 by default:
+    /// a count).
+    public init(name: String, limit: Int, cost: @escaping @Sendable (Item) -> Int = { _ in 1 }, write: @escaping @Sendable (Item) -> Void,
                 dropped: @escaping @Sendable (UInt64) -> Void = { _ in }) throws(SystemError) {
         self.limit = limit
+        self.cost = cost
         thread = PosixThread(name: name)
         wake = try sys("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
         // The writer holds the channel until stop() lets it end (the owner's deinit calls it).
@@ -67,15 +75,18 @@ public final class SideChannel<Item: Sendable>: Sendable {
     /// items are kept even past the limit.
     @discardableResult
     public func submit(_ item: Item, essential: Bool = false, replaces: ((Item) -> Bool)? = nil) -> Bool {
+        let c = cost(item)
         let (taken, signal) = state.withLock { s -> (Bool, Bool) in
             if let replaces, let last = s.items.last, replaces(last) {
+                s.queued += c - cost(last)
                 s.items[s.items.count - 1] = item
                 return (true, false)
             }
-            guard essential || s.items.count < limit else {
+            guard essential || s.queued + c <= limit else {
                 s.dropped += 1
                 return (false, false)
             }
+            s.queued += c
             s.items.append(item)
             let signal = s.idle
             s.idle = false
@@ -92,9 +103,13 @@ public final class SideChannel<Item: Sendable>: Sendable {
     /// is dropped and counted. Returns how many were taken.
     @discardableResult
     public func submit(contentsOf items: [Item]) -> Int {
+        let costs = items.map(cost)
         let (taken, signal) = state.withLock { s -> (Int, Bool) in
-            let room = max(0, limit - s.items.count)
-            let taken = min(room, items.count)
+            var taken = 0
+            while taken < items.count && s.queued + costs[taken] <= limit {
+                s.queued += costs[taken]
+                taken += 1
+            }
             if taken == items.count { s.items.append(contentsOf: items) } else { s.items.append(contentsOf: items[..<taken]) }
             s.dropped += UInt64(items.count - taken)
             let signal = taken > 0 && s.idle
@@ -124,6 +139,9 @@ public final class SideChannel<Item: Sendable>: Sendable {
             let (batch, lost) = state.withLock { s -> ([Item], UInt64) in
                 let lost = s.dropped
                 s.dropped = 0
+                // The batch just written is no longer held.
+                s.queued -= s.writing
+                s.writing = s.queued
                 if s.items.isEmpty {
                     s.busy = false
                     s.idle = !s.stopping

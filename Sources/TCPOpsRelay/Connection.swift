@@ -67,7 +67,7 @@ public final class Connection: EventHandler, TimerSlot {
     /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
     private var flags: UInt8 = 0
     private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, hungUpBit: UInt8 = 8
-    private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32, balancerOwnBit: UInt8 = 64
+    private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32, balancerOwnBit: UInt8 = 64, journalHeldBit: UInt8 = 128
 
     @inline(__always) private func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
     @inline(__always) private func set(_ bit: UInt8, _ on: Bool) { flags = on ? flags | bit : flags & ~bit }
@@ -102,6 +102,12 @@ public final class Connection: EventHandler, TimerSlot {
     package var balancerOwn: Bool {
         get { flag(Self.balancerOwnBit) }
         set { set(Self.balancerOwnBit, newValue) }
+    }
+    /// Its tcp:closed is held by the dispatcher for the journal, to be one entry with the other
+    /// side's (`[events] journal = "all"`).
+    package var journalHeld: Bool {
+        get { flag(Self.journalHeldBit) }
+        set { set(Self.journalHeldBit, newValue) }
     }
     /// Counted among its worker's connections (RelayContext.track) and found by conid.
     package var tracked: Bool {

@@ -20,6 +20,10 @@ public final class EventDispatcher: TurnEndHandler {
     package let hooks: HookSink?
     private var byKind = [UInt64](repeating: 0, count: EventKind.allCases.count)
     private var pending: [TCPEvent] = []
+    /// This turn's journal entries: events, and relays' two normal closes folded into one.
+    private var journal: [JournalItem] = []
+    /// tcp:closed events held for the journal until their relay's other side closes (by conid).
+    private var held: [UInt64: TCPEvent] = [:]
     private unowned(unsafe) var loop: EventLoop?
     /// The worker's configuration generation (set by its RelayContext): which hooks to run.
     package var generation: Generation?
@@ -43,19 +47,50 @@ public final class EventDispatcher: TurnEndHandler {
         var event = event
         event.unixMicros = Clock.unixMicroseconds()
         byKind[event.kind.index] += 1
-        if pending.isEmpty {
-            loop?.atTurnEnd(self)
-            pending.reserveCapacity(16)  // one allocation a turn, not one per doubling
-        }
+        turnHasWork()
         pending.append(event)
+        switch event.journal {
+        case .write: journal.append(.event(event))
+        case .skip: break
+        case .hold: held[event.conid] = event
+        case .fold(let other):
+            if let first = held.removeValue(forKey: other) {
+                journal.append(.pair(ClosedPair(first, event)))
+            } else {
+                journal.append(.event(event))
+            }
+        }
         if loop == nil { turnEnded() }
     }
 
+    /// The relay will not fold `conid`'s held close (its other side ended otherwise, or the relay
+    /// ended): it is an entry of its own.
+    public func releaseHeld(_ conid: UInt64) {
+        guard let event = held.removeValue(forKey: conid) else { return }
+        turnHasWork()
+        journal.append(.event(event))
+        if loop == nil { turnEnded() }
+    }
+
+    /// Tcp:closed events held for the journal now (a relay between its two closes).
+    public var heldCount: Int { held.count }
+
+    private func turnHasWork() {
+        guard pending.isEmpty && journal.isEmpty else { return }
+        loop?.atTurnEnd(self)
+        pending.reserveCapacity(16)  // one allocation a turn, not one per doubling
+        journal.reserveCapacity(16)
+    }
+
     public func turnEnded() {
+        if !journal.isEmpty {
+            let entries = journal
+            journal = []
+            logger.logJournal(entries)
+        }
         guard !pending.isEmpty else { return }
         let batch = pending
         pending = []
-        logger.logEvents(batch)
         if let hooks, let settings = generation?.hooks, settings.hasCommands {
             for e in batch { hooks.submit(e, settings) }
         }

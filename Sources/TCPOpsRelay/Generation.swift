@@ -20,19 +20,22 @@ public final class Generation: Sendable {
     /// [events] opened: raise tcp:opened when a relay is established.
     public let openedEvents: Bool
     public let logLevel: LogLevel
+    /// [events] journal: which events become journal entries.
+    public let journal: JournalEvents
     /// The hook runner's settings (the relays' side reads `hooks.hasCommands` and the queue limit).
     public let hooks: HookSettings
     /// Each listening socket's settings for new connections, by its address.
     public let listeners: [SocketAddress: ListenerSettings]
 
     public init(number: UInt64, maxConnections: Int, closedEventMode: Int, openedEvents: Bool = false, logLevel: LogLevel = .info,
-                hooks: HookSettings = HookSettings(EventSettings(), controlSocket: ""),
+                journal: JournalEvents = .all, hooks: HookSettings = HookSettings(EventSettings(), controlSocket: ""),
                 listeners: [ListenerSettings] = []) {
         self.number = number
         self.maxConnections = maxConnections
         self.closedEventMode = closedEventMode
         self.openedEvents = openedEvents
         self.logLevel = logLevel
+        self.journal = journal
         self.hooks = hooks
         self.listeners = Dictionary(listeners.map { ($0.listen, $0) }, uniquingKeysWith: { $1 })
     }
@@ -42,7 +45,7 @@ public final class Generation: Sendable {
     /// daemon serves (a change of it waits for the next start).
     public convenience init(number: UInt64, config: Configuration, fdLimit: UInt64, listening: [ListenerSettings], controlSocket: String) {
         self.init(number: number, maxConnections: config.daemon.maxConnections(fdLimit: fdLimit), closedEventMode: config.events.closedEvent,
-                  openedEvents: config.events.opened, logLevel: config.daemon.logLevel,
+                  openedEvents: config.events.opened, logLevel: config.daemon.logLevel, journal: config.events.journal,
                   hooks: HookSettings(config.events, controlSocket: controlSocket), listeners: listening)
     }
 }

@@ -67,6 +67,9 @@ extension Relay {
     /// connections broken.
     package func release() {
         enter(.ended)
+        // A close held for the journal whose other side raised nothing: an entry of its own.
+        if client.journalHeld { ctx.events.releaseHeld(client.conid) }
+        if let upstream, upstream.journalHeld { ctx.events.releaseHeld(upstream.conid) }
         cancelPhaseTimer()
         toUpstream.releasePipe(to: ctx.pipes)
         toClient.releasePipe(to: ctx.pipes)
@@ -84,7 +87,34 @@ extension Relay {
         else { return }
         metrics.event(kind, reason, conn.side)
         conn.raisedEvent = true
-        ctx.events.emit(event(conn, kind, reason))
+        var e = event(conn, kind, reason)
+        e.journal = journalDisposition(conn, kind)
+        ctx.events.emit(e)
+    }
+
+    /// What the journal does with `conn`'s event of `kind` ([events] journal): with "all", a
+    /// tcp:closed is held while the other side may still close normally (and raise its own), so
+    /// that the two become one entry; any other end of the other side writes the held one alone.
+    private func journalDisposition(_ conn: Connection, _ kind: EventKind) -> JournalDisposition {
+        switch ctx.generation.journal {
+        case .none: return .skip
+        case .abnormal: return kind == .reset || kind == .timeout ? .write : .skip
+        case .all:
+            let other = conn === client ? upstream : client
+            guard let other else { return .write }
+            if other.journalHeld {
+                other.journalHeld = false
+                if kind == .closed { return .fold(other.conid) }
+                ctx.events.releaseHeld(other.conid)
+                return .write
+            }
+            if kind == .closed, other.closeReason == nil, other.fdOpen,
+               EventPolicy.raises(mode: ctx.closedEventMode, enabled: other.eventsEnabled, side: other.side, sides: listener.eventSides) {
+                conn.journalHeld = true
+                return .hold
+            }
+            return .write
+        }
     }
 
     /// The event of `c`'s close, with its TCP state as it is now (the socket is still open).

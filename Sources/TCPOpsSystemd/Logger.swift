@@ -28,6 +28,7 @@ public final class Logger: Sendable {
             /// An event, or a relay's end: its message and fields are made from the event schema
             /// on the writer thread, its journal entry straight into bytes.
             case event(TCPEvent)
+            case pair(ClosedPair)
             case ended(RelayEnded)
         }
 
@@ -38,7 +39,17 @@ public final class Logger: Sendable {
     }
 
     /// Entries waiting for the writer beyond this are dropped (and counted, and reported).
-    package static let queueLimit = 10_000
+    /// What entries waiting for the writer may hold, in bytes (each entry its own size and its
+    /// text's): 64 MiB, about 90,000 event entries; past it, entries are dropped (and counted, and
+    /// reported). A burst of closes is in bytes what it is in entries: a count would be a limit
+    /// that one burst exceeds.
+    package static let queueBytes = 64 << 20
+
+    /// The memory an entry holds while it waits.
+    static func cost(_ e: Entry) -> Int {
+        guard case let .text(message, _, fields) = e.body else { return MemoryLayout<Entry>.stride }
+        return fields.reduce(MemoryLayout<Entry>.stride + message.utf8.count) { $0 + $1.0.utf8.count + $1.1.utf8.count + 32 }
+    }
 
     private let useJournal: Bool
     private let threshold: Atomic<Int>
@@ -54,7 +65,7 @@ public final class Logger: Sendable {
         useJournal = journal
         threshold = Atomic(level.rawValue)
         let scratch = Scratch()  // the writer thread's alone
-        writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueLimit, write: { Logger.write($0, journal: journal, scratch) }, dropped: { n in
+        writer = try? SideChannel<Entry>(name: "tcpops-log", limit: Logger.queueBytes, cost: Logger.cost, write: { Logger.write($0, journal: journal, scratch) }, dropped: { n in
             Logger.write(Entry(.warning, .text("\(n) log entries dropped: the log's receiver was not reading (\(journal ? "journal" : "stderr"))",
                                                id: nil, fields: [("TCPOPS_LOG_DROPPED", String(n))])), journal: journal, scratch)
         })
@@ -98,14 +109,17 @@ public final class Logger: Sendable {
         }
     }
 
-    /// Queues a turn's events (notice level; tcp:opened at debug) in one go; their text is made on
-    /// the writer thread.
-    public func logEvents(_ events: [TCPEvent]) {
-        guard enabled(.notice), !events.isEmpty else { return }
+    /// Queues a turn's journal entries (events at notice, tcp:opened at debug; relays' folded
+    /// closes) in one go; their text is made on the writer thread.
+    public func logJournal(_ items: [JournalItem]) {
+        guard enabled(.notice), !items.isEmpty else { return }
         let debug = enabled(.debug)
-        let entries = events.compactMap { e -> Entry? in
-            if e.kind == .opened { return debug ? Entry(.debug, .event(e)) : nil }
-            return Entry(.notice, .event(e))
+        let entries = items.compactMap { item -> Entry? in
+            switch item {
+            case .event(let e) where e.kind == .opened: return debug ? Entry(.debug, .event(e)) : nil
+            case .event(let e): return Entry(.notice, .event(e))
+            case .pair(let p): return Entry(.notice, .pair(p))
+            }
         }
         guard !entries.isEmpty else { return }
         if let writer {
@@ -156,7 +170,10 @@ public final class Logger: Sendable {
         switch e.body {
         case .event(let event):
             if journal && sendToJournal(event, scratch) { return }
-            writeLine(event, scratch)
+            writeLine(event, debug: event.kind == .opened, scratch)
+        case .pair(let pair):
+            if journal && sendToJournal(pair, scratch) { return }
+            writeLine(pair, debug: false, scratch)
         case .ended(let r):
             if journal && sendToJournal(r, scratch) { return }
             // On a terminal, what says how it ended; the journal has every field.
@@ -204,12 +221,12 @@ public final class Logger: Sendable {
     /// 127.0.0.1:5060, reason rst) peer_conid=8 listener=sip duration_ms=302 bytes_in=10
     /// bytes_out=0 errno=ECONNRESET` (the errno only when there is one). The journal, the hooks
     /// and `events --json` have every field, the TCP_INFO snapshot too.
-    private static func writeLine(_ e: TCPEvent, _ scratch: Scratch) {
+    private static func writeLine(_ e: some ByteRendered & Schematic, debug: Bool, _ scratch: Scratch) {
         scratch.reset()
         var t = ByteText(capacity: 0)
         swap(&t, &scratch.text)
         defer { swap(&t, &scratch.text) }
-        t.put(e.kind == .opened ? "DEBUG " : "NOTICE ")
+        t.put(debug ? "DEBUG " : "NOTICE ")
         e.putMessage(&t)
         e.putTerminalFields(&t)
         t.put(byte: UInt8(ascii: "\n"))
@@ -274,6 +291,11 @@ protocol ByteRendered {
 extension TCPEvent: ByteRendered {
     package var logLevel: LogLevel { .notice }
     package var messageID: MessageID { kind.messageID }
+}
+
+extension ClosedPair: ByteRendered {
+    var logLevel: LogLevel { .notice }
+    var messageID: MessageID { client.kind.messageID }
 }
 
 extension RelayEnded: ByteRendered {
