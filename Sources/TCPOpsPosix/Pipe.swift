@@ -7,6 +7,13 @@
 // of its pipes takes; when none can be had at that size (or at all: out of fds), `take` fails and
 // the relay copies through memory instead, and for a moment no pipe is even tried (no syscalls
 // spent on a budget that is spent). The pool's idle pipes are kept within a share of that budget.
+//
+// A direction that streams may grow its pipe to `bulkCapacity` (a bigger pipe moves more per
+// splice: fewer syscalls a byte). Back in the pool, a few grown pipes are kept for the next
+// streaming direction (`keepGrownIdle`: a stream that empties its pipe at every pump takes the same
+// one again, without a syscall); the others are shrunk to `capacity`. Grown pipes, idle or in use,
+// are bounded per pool (`growLimit`, another share of the budget), and a refusal by the kernel
+// stops growing for a moment, as a failed `take` does.
 import CShims
 import Glibc
 
@@ -25,10 +32,77 @@ package final class PipePool {
     private var lastShortage: SystemError?
     /// How long a failed `take` keeps the pool from trying again.
     package static let shortageBackoff: UInt64 = 1_000_000_000
+    /// Bytes a streaming direction's pipe grows to.
+    package let bulkCapacity: Int
+    /// Pipes of this pool grown now (in use or idle), and how many may be.
+    package private(set) var grownCount = 0
+    private let growLimit: Int
+    /// Grown pipes back in the pool, kept for the next streaming direction.
+    private var idleGrown: [Pipe] = []
+    private let keepGrownIdle: Int
+    /// After the kernel refused to grow a pipe, none is grown before this.
+    private var growUntil: UInt64 = 0
 
-    package init(keepIdle: Int = 256, capacity: Int = 1 << 16) {
+    package init(keepIdle: Int = 256, capacity: Int = 1 << 16, bulkCapacity: Int = 1 << 18, growLimit: Int = 32, keepGrownIdle: Int = 4) {
         self.keepIdle = keepIdle
         self.capacity = capacity
+        self.bulkCapacity = max(capacity, bulkCapacity)
+        self.growLimit = bulkCapacity > capacity ? growLimit : 0
+        self.keepGrownIdle = keepGrownIdle
+    }
+
+    /// An idle grown pipe, for a direction that streams (nil: none kept).
+    package func takeGrown() -> Pipe? { idleGrown.popLast() }
+
+    /// Grown pipes waiting in the pool.
+    package var idleGrownCount: Int { idleGrown.count }
+
+    /// How many pipes one pool may grow to `bulk` bytes so that the grown pipes of `pools` pools
+    /// stay within a quarter of the user's pipe budget (beside the quarter for idle pipes), and
+    /// never more than `most`.
+    package static func growShare(pools: Int, bulk: Int = 1 << 18, most: Int = 64) -> Int {
+        guard let text = try? Files.read("/proc/sys/fs/pipe-user-pages-soft"),
+              let pages = Int(String(decoding: text, as: UTF8.self).filter { $0.isNumber }), pages > 0 else { return most }
+        return min(most, pages / 4 / max(1, bulk / Int(getpagesize())) / max(1, pools))
+    }
+
+    /// Grows `p` (in use by a streaming direction) to `bulkCapacity`; false when this pool's share
+    /// of grown pipes is taken, or the kernel refused (the user's budget: then none is tried for a
+    /// moment).
+    package func grow(_ p: Pipe) -> Bool {
+        guard grownCount < growLimit else { return false }
+        if growUntil != 0 {
+            if Clock.monotonicNanoseconds() < growUntil { return false }
+            growUntil = 0
+        }
+        guard let size = try? sys("F_SETPIPE_SZ", { tcpops_set_pipe_size(p.write, Int32(bulkCapacity)) }), size >= bulkCapacity else {
+            growUntil = Clock.monotonicNanoseconds() + PipePool.shortageBackoff
+            return false
+        }
+        grownCount += 1
+        return true
+    }
+
+    /// Gives back a pipe `grow` grew (empty): kept grown for the next stream while fewer than
+    /// `keepGrownIdle` wait, else shrunk to `capacity` (closed when the kernel will not shrink it).
+    package func give(grown p: Pipe) {
+        assert(bytesIn(p) == 0, "a pipe given back to the pool still holds bytes")
+        if idleGrown.count < keepGrownIdle {
+            idleGrown.append(p)
+            return
+        }
+        grownCount -= 1
+        guard let size = try? sys("F_SETPIPE_SZ", { tcpops_set_pipe_size(p.write, Int32(capacity)) }), size < bulkCapacity else {
+            close(p)
+            return
+        }
+        give(p)
+    }
+
+    /// Closes a pipe `grow` grew (it still held bytes).
+    package func close(grown p: Pipe) {
+        grownCount -= 1
+        close(p)
     }
 
     /// How many idle pipes one pool may keep so that the idle pipes of `pools` pools stay within a
@@ -109,8 +183,10 @@ package final class PipePool {
     }
 
     package func drain() {
-        for p in idle { close(p) }
+        for p in idle + idleGrown { close(p) }
+        grownCount -= idleGrown.count
         idle.removeAll()
+        idleGrown.removeAll()
     }
 
     package var idleCount: Int { idle.count }

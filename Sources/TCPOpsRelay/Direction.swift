@@ -14,7 +14,7 @@ import TCPOpsEvents
 import TCPOpsSystemd
 
 package struct Direction {
-    // Stored properties widest first (Swift lays them out in this order): 30 bytes, held inline in
+    // Stored properties widest first (Swift lays them out in this order): 31 bytes, held inline in
     // the relay. Counts are 32-bit (a pipe holds at most 1 MiB, held bytes at most what
     // `tcpopsctl send` may queue plus one read).
     /// Bytes in memory, written after the pipe's: given by `tcpopsctl send`, read while the
@@ -46,6 +46,8 @@ package struct Direction {
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer.
     package var bulk = false
+    /// The pipe was grown to the pool's bulkCapacity while this direction streams.
+    package var grown = false
 
     /// Reads of at most this many bytes into an empty direction are copied, not spliced (the size
     /// of a worker's scratch buffer).
@@ -80,7 +82,10 @@ package struct Direction {
     package var pending: Int { fill + held.count - heldSent }
 
     /// The source may be read: not ended, room in the pipe, nothing held, the destination not blocked.
-    package func wantsSource(capacity: Int) -> Bool { !eof && !blocked && held.isEmpty && fill < capacity }
+    package func wantsSource(pipes: PipePool) -> Bool { !eof && !blocked && held.isEmpty && fill < capacity(pipes) }
+
+    /// What this direction's pipe holds: grown while it streams.
+    @inline(__always) package func capacity(_ pipes: PipePool) -> Int { grown ? pipes.bulkCapacity : pipes.capacity }
 
     /// Bytes wait and the destination said EAGAIN: it must be watched for EPOLLOUT.
     package var wantsDestination: Bool { !drained && blocked }
@@ -94,7 +99,7 @@ package struct Direction {
     package mutating func pump(from source: Int32, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
                        canWrite: Bool, mayRead: Bool = true, closeSendsFIN: Bool = false) -> Report {
         var report = Report()
-        let capacity = pipes.capacity
+        var capacity = self.capacity(pipes)
         var readDrained = sourceDry
         while true {
             var progress = false
@@ -119,6 +124,12 @@ package struct Direction {
                         held.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
                     case .splice:
                         fill += n
+                        // One read filled the whole pipe: the source streams. A bigger pipe moves
+                        // more per splice (once; the pool bounds how many grow).
+                        if !grown && fill == capacity && n == want && pipes.grow(pipe!) {
+                            grown = true
+                            capacity = pipes.bulkCapacity
+                        }
                     }
                 case .endOfFile:
                     eof = true
@@ -146,8 +157,15 @@ package struct Direction {
             }
             if !progress { break }
         }
+        // An empty pipe goes back to the pool (a grown one to the pool's grown ones: the next pump
+        // of a stream takes it again).
         if fill == 0, let p = pipe {
-            pipes.give(p)
+            if grown {
+                grown = false
+                pipes.give(grown: p)
+            } else {
+                pipes.give(p)
+            }
             pipe = nil
         }
         if eof && drained && !shut && canWrite {
@@ -168,8 +186,14 @@ package struct Direction {
     /// Gives the pipe back at the relay's end (closed instead when bytes are still in it).
     package mutating func releasePipe(to pipes: PipePool) {
         guard let p = pipe else { return }
-        if fill == 0 { pipes.give(p) } else { pipes.close(p) }
+        switch (fill == 0, grown) {
+        case (true, false): pipes.give(p)
+        case (true, true): pipes.give(grown: p)
+        case (false, false): pipes.close(p)
+        case (false, true): pipes.close(grown: p)
+        }
         pipe = nil
+        grown = false
     }
 
     private enum ReadMode { case copy, splice, hold }
@@ -189,6 +213,11 @@ package struct Direction {
 
     private mutating func takePipe(_ pipes: PipePool, _ report: inout Report) -> Bool {
         guard pipe == nil else { return true }
+        if bulk, let p = pipes.takeGrown() {
+            pipe = p
+            grown = true
+            return true
+        }
         do {
             pipe = try pipes.take()
             return true

@@ -248,7 +248,7 @@ public final class Relay: TurnEndHandler, TimerSlot {
         if c.state == .connecting { return Events.write }
         if phase == .draining || phase == .quieting { return writing.wantsDestination ? Events.write : 0 }
         var m: UInt32 = 0
-        if reading.wantsSource(capacity: ctx.pipes.capacity) { m |= Events.read }
+        if reading.wantsSource(pipes: ctx.pipes) { m |= Events.read }
         if writing.wantsDestination { m |= Events.write }
         return m
     }

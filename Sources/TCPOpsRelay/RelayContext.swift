@@ -107,14 +107,14 @@ public final class RelayContext {
 
     /// `idlePipes`: how many empty pipes this worker keeps for reuse (PipePool.idleShare).
     public init(loop: EventLoop, logger: Logger, events: EventDispatcher, shared: RelayShared, generation: Generation,
-                metrics: DaemonMetrics = DaemonMetrics(), idlePipes: Int = 256) {
+                metrics: DaemonMetrics = DaemonMetrics(), idlePipes: Int = 256, growPipes: Int = 32) {
         self.metrics = metrics
         self.loop = loop
         self.logger = logger
         self.events = events
         self.shared = shared
         self.generation = generation
-        self.pipes = PipePool(keepIdle: idlePipes)
+        self.pipes = PipePool(keepIdle: idlePipes, growLimit: growPipes)
         events.generation = generation
     }
 

@@ -34,7 +34,7 @@ public final class RelayWorker {
         exclusive = count > 1
         dispatcher = EventDispatcher(logger: logger, hooks: hooks)
         ctx = RelayContext(loop: loop, logger: logger, events: dispatcher, shared: shared, generation: generation, metrics: metrics,
-                           idlePipes: PipePool.idleShare(pools: count))
+                           idlePipes: PipePool.idleShare(pools: count), growPipes: PipePool.growShare(pools: count))
         ctx.workerCount = count
         dispatcher.attach(loop)
     }

@@ -113,7 +113,7 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(rig.d.pipe == nil && !rig.d.bulk)  // copied: no pipe taken
         #expect(rig.d.drained && rig.d.sourceDry)
         #expect(rig.take() == message)
-        #expect(rig.d.wantsSource(capacity: rig.pipes.capacity) && !rig.d.wantsDestination)
+        #expect(rig.d.wantsSource(pipes: rig.pipes) && !rig.d.wantsDestination)
     }
 
     @Test func bulkIsSplicedInOrderAndThePipeGoesBack() throws {
@@ -151,10 +151,10 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
             if fed < data.count { fed += rig.feed(data[fed..<min(fed + 100_000, data.count)]) }
             rig.d.sourceDry = false  // epoll: readable (the destination is not writable: blocked stays)
             _ = rig.pump()
-            if rig.d.blocked && !rig.d.wantsSource(capacity: rig.pipes.capacity) { break }
+            if rig.d.blocked && !rig.d.wantsSource(pipes: rig.pipes) { break }
         }
         #expect(rig.d.blocked && rig.d.wantsDestination)
-        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))
+        #expect(!rig.d.wantsSource(pipes: rig.pipes))
         #expect(!rig.d.drained)
         // While blocked a pump reads nothing more: the source's bytes wait in the kernel.
         rig.d.sourceDry = false
@@ -185,7 +185,7 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(rig.d.eof && rig.d.shut)
         #expect(rig.take() == message)
         #expect(rig.peek().0 == 0)  // the FIN came through
-        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))
+        #expect(!rig.d.wantsSource(pipes: rig.pipes))
         // A later pump reports no second FIN.
         #expect(!rig.pump().finArrived)
     }
@@ -206,7 +206,7 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         let held = rig.pump(canWrite: false)
         #expect(held.read == message.count && held.written == 0)
         #expect(rig.d.held == message && rig.d.pending == message.count)
-        #expect(!rig.d.wantsSource(capacity: rig.pipes.capacity))  // one read's worth, no more
+        #expect(!rig.d.wantsSource(pipes: rig.pipes))  // one read's worth, no more
         #expect(rig.take().isEmpty)
         let sent = rig.pump(canWrite: true)
         #expect(sent.written == message.count && rig.d.drained)
@@ -294,5 +294,81 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         normal.give(p)
         #expect(normal.idleCount == 1)
         normal.drain()
+    }
+
+    /// A pipe's size as the kernel has it (F_GETPIPE_SZ).
+    private static func pipeSize(_ fd: Int32) -> Int { Int(fcntl(fd, 1032)) }
+
+    @Test func aStreamGrowsItsPipeAndTheNextTakesItGrown() throws {
+        let rig = try Rig()
+        var sent: [UInt8] = []
+        var got: [UInt8] = []
+        var grownSeen = 0
+        var pattern: UInt8 = 0
+        while sent.count < 4 << 20 {
+            var chunk = [UInt8](repeating: 0, count: 1 << 18)
+            for i in chunk.indices {
+                chunk[i] = pattern
+                pattern &+= 7
+            }
+            var off = 0
+            while off < chunk.count {
+                let n = rig.feed(chunk[off...])
+                off += n
+                sent += chunk[off - n..<off]
+                _ = rig.pumpAsRelay()
+                grownSeen = max(grownSeen, rig.pipes.grownCount)
+                if rig.d.grown, let p = rig.d.pipe {
+                    #expect(DirectionTests.pipeSize(p.write) == rig.pipes.bulkCapacity)
+                }
+                got += rig.take()
+                if n == 0 && off < chunk.count { usleep(100) }
+            }
+        }
+        for _ in 0..<1000 where got.count < sent.count {
+            _ = rig.pumpAsRelay()
+            got += rig.take()
+        }
+        #expect(got == sent, "every byte once, in order")
+        #expect(grownSeen > 0, "a streaming direction's pipe grew")
+        #expect(rig.pipes.grownCount == 1, "the one stream grew one pipe and took it again at each pump")
+        // The stream is over: a small message is copied; the grown pipe waits in the pool, grown,
+        // for the next stream; a normal take gets a pipe of the pool's size.
+        _ = rig.feed([1, 2, 3][...])
+        _ = rig.pumpAsRelay()
+        #expect(rig.take() == [1, 2, 3])
+        #expect(rig.d.pipe == nil && !rig.d.grown && rig.pipes.idleGrownCount == 1)
+        let back = try rig.pipes.take()
+        #expect(DirectionTests.pipeSize(back.write) == rig.pipes.capacity)
+        rig.pipes.give(back)
+    }
+
+    @Test func aGrownPipeBeyondThoseKeptIsShrunkWhenItComesBack() throws {
+        let pool = PipePool(keepIdle: 4, growLimit: 4, keepGrownIdle: 1)
+        let a = try pool.take(), b = try pool.take()
+        #expect(pool.grow(a) && pool.grow(b) && pool.grownCount == 2)
+        pool.give(grown: a)  // kept grown
+        pool.give(grown: b)  // one is kept already: shrunk, and back among the normal pipes
+        #expect(pool.idleGrownCount == 1 && pool.grownCount == 1 && pool.idleCount == 1)
+        let normal = try pool.take()
+        #expect(DirectionTests.pipeSize(normal.write) == pool.capacity)
+        let grown = try #require(pool.takeGrown())
+        #expect(DirectionTests.pipeSize(grown.write) == pool.bulkCapacity)
+        pool.give(normal)
+        pool.give(grown: grown)
+        pool.drain()
+        #expect(pool.grownCount == 0)
+    }
+
+    @Test func noPipeGrowsPastThePoolsShare() throws {
+        let pool = PipePool(keepIdle: 4, growLimit: 1)
+        let a = try pool.take(), b = try pool.take()
+        #expect(pool.grow(a) && !pool.grow(b), "one grown pipe at most")
+        #expect(DirectionTests.pipeSize(b.write) == pool.capacity)
+        pool.close(grown: a)
+        #expect(pool.grow(b), "the share is free again once the grown pipe is gone")
+        pool.close(grown: b)
+        #expect(pool.grownCount == 0)
+        pool.drain()
     }
 }
