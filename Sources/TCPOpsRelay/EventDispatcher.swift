@@ -79,14 +79,13 @@ public final class EventDispatcher: TurnEndHandler {
         guard pending.isEmpty && journal.isEmpty else { return }
         loop?.atTurnEnd(self)
         pending.reserveCapacity(16)  // one allocation a turn, not one per doubling
-        journal.reserveCapacity(16)
     }
 
     public func turnEnded() {
         if !journal.isEmpty {
-            let entries = journal
-            journal = []
-            logger.logJournal(entries)
+            // The logger makes its own entries of them: this array's storage serves every turn.
+            logger.logJournal(journal)
+            journal.removeAll(keepingCapacity: true)
         }
         guard !pending.isEmpty else { return }
         let batch = pending
