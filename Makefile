@@ -78,9 +78,12 @@ MINUTES ?= 5
 soak: release
 	$(PYTHON) scripts/soak.py $(MINUTES)
 
-# tcpopsd (default configuration: events on) beside HAProxy, nginx stream, systemd-socket-proxyd
-# and socat, one table with ratios to direct (Benchmarks/bench.py, docs/benchmarks.md). ~8 minutes.
+# tcpopsd (default configuration: events on) beside HAProxy, nginx stream (each without logs and
+# with a line per connection into the same journald), systemd-socket-proxyd and socat: 3
+# interleaved rounds, medians with ratios to direct, then the like-with-like tables (a) and (b)
+# (Benchmarks/bench.py, docs/benchmarks.md). ~40 minutes; ROUNDS=1 or ONLY=name,... for less.
 # Before/after a change, in one run: make bench BASELINE=path/to/old/tcpopsd ROUNDS=5 ONLY=tcpopsd-auto,tcpopsd-before
+ROUNDS ?= 3
 BENCH_PACKAGES = haproxy nginx libnginx-mod-stream iperf3 socat gcc systemd linux-perf
 bench: release
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

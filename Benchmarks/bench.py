@@ -31,6 +31,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = len(os.sched_getaffinity(0))
 IPERF_PORT, ECHO_PORT = 5201, 5300
 LIFETIME_S = 2.0
+# journald's syslog socket: where HAProxy's and nginx's log lines go (as /dev/log does under systemd).
+DEV_LOG = "/run/systemd/journal/dev-log"
+# systemd (PID 1) raises net.unix.max_dgram_qlen to 512 at boot; a machine without it has the
+# kernel's 10, and a journald whose sockets queue 10 datagrams drops (or, for a blocking sender,
+# stalls) far sooner than one under systemd. The journald the bench starts gets systemd's.
+SYSTEMD_DGRAM_QLEN = 512
 
 
 def sh(*args, **kw):
@@ -119,14 +125,21 @@ class Direct(Relay):
 
 
 class TCPOpsd(Relay):
-    def __init__(self, name, work, binary, workers=None, events=True):
+    ident = "tcpopsd"
+
+    def __init__(self, name, work, binary, workers=None, events=True, journal=None):
         super().__init__(name, work)
-        self.binary, self.workers, self.events = binary, workers, events
+        self.binary, self.workers, self.events, self.journal = binary, workers, events, journal
+        # A journal entry per connection (a relay that closes normally is one), none with
+        # journal = "abnormal" (these connections all close normally) or without events.
+        self.lines_per_conn = 1 if events and journal in (None, "all") else 0
         self.ports = {IPERF_PORT: 15201, ECHO_PORT: 15300, "lifetime": 15400, "idle": 15500}
 
     def start(self):
         workers = f"workers = {json.dumps(self.workers)}\n" if self.workers else ""
         events = "" if self.events else "[events]\nclosed_event = 0\n"
+        if self.journal:
+            events = f"[events]\njournal = {json.dumps(self.journal)}\n"
         conf = os.path.join(self.work, f"{self.name}.toml")
         with open(conf, "w") as f:
             f.write(f"""[daemon]
@@ -162,16 +175,26 @@ keepalive = {{ idle = 600, count = 3, interval = 60 }}
 
 
 class HAProxy(Relay):
+    ident = "haproxy"
+
+    def __init__(self, name, work, logging=False):
+        super().__init__(name, work)
+        self.logging = logging
+        # `option tcplog`: a line per connection, sent to journald's syslog socket (dev-log).
+        self.lines_per_conn = 1 if logging else 0
+
     def start(self):
         self.ports = {IPERF_PORT: 16201, ECHO_PORT: 16300, "lifetime": 16400, "idle": 16500}
-        cfg = os.path.join(self.work, "haproxy.cfg")
+        cfg = os.path.join(self.work, f"{self.name}.cfg")
+        log_global = f"  log {DEV_LOG} local0\n" if self.logging else ""
+        log_defaults = "  log global\n  option tcplog\n" if self.logging else ""
         with open(cfg, "w") as f:
             f.write(f"""global
   maxconn {max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 800) // 2)}
   maxpipes 200
   nbthread {NCPU}
-defaults
-  mode tcp
+{log_global}defaults
+{log_defaults}  mode tcp
   option splice-auto
   timeout connect 5s
   timeout client 1h
@@ -197,10 +220,19 @@ listen idle
 
 class Nginx(Relay):
     MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+    ident = "nginx"
+
+    def __init__(self, name, work, logging=False):
+        super().__init__(name, work)
+        self.logging = logging
+        # stream `access_log syslog:`: a line per session, to journald's syslog socket.
+        self.lines_per_conn = 1 if logging else 0
 
     def start(self):
         self.ports = {IPERF_PORT: 17201, ECHO_PORT: 17300, "lifetime": 17400, "idle": 17500}
-        cfg = os.path.join(self.work, "nginx.conf")
+        cfg = os.path.join(self.work, f"{self.name}.conf")
+        log = ("  log_format basic '$remote_addr [$time_local] $protocol $status $bytes_sent $bytes_received $session_time';\n"
+               f"  access_log syslog:server=unix:{DEV_LOG},nohostname basic;\n") if self.logging else ""
         with open(cfg, "w") as f:
             f.write(f"""load_module {self.MODULE};
 worker_processes {NCPU};
@@ -209,7 +241,7 @@ pid {self.work}/nginx.pid;
 error_log {self.work}/nginx.err;
 events {{ worker_connections 40000; }}
 stream {{
-  server {{ listen 127.0.0.1:17201; proxy_pass 127.0.0.1:{IPERF_PORT}; }}
+{log}  server {{ listen 127.0.0.1:17201; proxy_pass 127.0.0.1:{IPERF_PORT}; }}
   server {{ listen 127.0.0.1:17300; proxy_pass 127.0.0.1:{ECHO_PORT}; }}
   server {{ listen 127.0.0.1:17400; proxy_pass 127.0.0.1:{ECHO_PORT}; proxy_timeout {int(LIFETIME_S * 1000)}ms; }}
   server {{ listen 127.0.0.1:17500; proxy_pass 127.0.0.1:{ECHO_PORT}; proxy_timeout 1h; }}
@@ -297,10 +329,23 @@ def settle(timeout=60):
         last = now
 
 
-def connrate(tool, port, seconds, pid):
-    """connections/s, the proxy's CPU per connection, and journald's (what the proxy's log
-    entries cost it, written before settle() returns)."""
+def journal_cursor():
+    out = subprocess.run(["journalctl", "-n", "0", "--show-cursor", "--no-pager"], capture_output=True, text=True).stdout
+    return next((l.split("cursor: ", 1)[1] for l in out.splitlines() if "cursor: " in l), None)
+
+
+def journal_lines(cursor, ident):
+    """Entries journald received from `ident` (SYSLOG_IDENTIFIER) since `cursor`."""
+    args = ["journalctl", "--no-pager", "-o", "cat", f"SYSLOG_IDENTIFIER={ident}"] + ([f"--after-cursor={cursor}"] if cursor else [])
+    return len(subprocess.run(args, capture_output=True, text=True).stdout.splitlines())
+
+
+def connrate(tool, port, seconds, pid, ident=None):
+    """connections/s, the proxy's CPU per connection, journald's (what the proxy's log entries
+    cost it, written before settle() returns), how many connections were made and how many
+    entries journald received from the proxy meanwhile."""
     jd = journald_pid()
+    cursor = journal_cursor() if jd and ident else None
     t0 = cpu_ticks(pid) if pid else 0
     j0 = cpu_ticks(jd) if jd else 0
     out = sh(tool, "client", str(port), str(seconds), "8")
@@ -311,7 +356,8 @@ def connrate(tool, port, seconds, pid):
     n = int(out.split("(")[1].split()[0])
     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / n if pid and n else None
     journal_us = (j1 - j0) * 1e6 / CLK_TCK / n if pid and n and jd else None
-    return rate, cpu_us, journal_us
+    entries = journal_lines(cursor, ident) if jd and ident else None
+    return rate, cpu_us, journal_us, n, entries
 
 
 def malloc_probe():
@@ -480,10 +526,20 @@ def journald():
             os.unlink(sock)
     if os.getuid() != 0 or not os.path.exists("/lib/systemd/systemd-journald"):
         return None
-    p = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 5
-    while not os.path.exists(sock) and time.time() < end:
-        time.sleep(0.05)
+    qlen_path = "/proc/sys/net/unix/max_dgram_qlen"
+    with open(qlen_path) as f:
+        old = f.read().strip()
+    with open(qlen_path, "w") as f:
+        f.write(str(SYSTEMD_DGRAM_QLEN))  # for the sockets journald makes now; put back below
+    try:
+        p = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.time() + 5
+        while not os.path.exists(sock) and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        with open(qlen_path, "w") as f:
+            f.write(old)
     return p
 
 
@@ -541,10 +597,14 @@ def main():
         relays.insert(len(relays) - 1, TCPOpsd("tcpopsd-before", work, args.baseline, workers=after.workers))
     # For comparison only (not its default): what the events cost.
     relays.append(TCPOpsd("tcpopsd-auto-no-events", work, args.tcpopsd, workers="auto" if len(relays) > 2 else None, events=False))
+    # (a): events on, no journal entry for a normal close, against the peers without logs.
+    relays.append(TCPOpsd("tcpopsd-abnormal", work, args.tcpopsd, workers="auto" if len(relays) > 2 else None, journal="abnormal"))
     if shutil.which("haproxy"):
         relays.append(HAProxy("haproxy", work))
+        relays.append(HAProxy("haproxy-tcplog", work, logging=True))  # (b): a line per connection
     if shutil.which("nginx") and os.path.exists(Nginx.MODULE):
         relays.append(Nginx("nginx", work))
+        relays.append(Nginx("nginx-syslog", work, logging=True))
     if os.path.exists(SocketProxyd.BIN) and shutil.which("systemd-socket-activate"):
         relays.append(SocketProxyd("socket-proxyd", work))
     if shutil.which("socat"):
@@ -555,7 +615,8 @@ def main():
 
     version = subprocess.run([args.tcpopsd, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().release}, {NCPU} CPUs, loadavg {os.getloadavg()[0]:.2f}; {version}; "
-          f"tcpopsd with its default configuration (events on), logging to {'the journal' if os.path.exists('/run/systemd/journal/socket') else 'stderr'}")
+          f"tcpopsd with its default configuration (events on), logging to {'the journal' if os.path.exists('/run/systemd/journal/socket') else 'stderr'}"
+          f"{f' (a journald started here, its datagram queue {SYSTEMD_DGRAM_QLEN} as under systemd)' if jd else ''}")
     results = {}
     rounds = {}
     T = args.seconds
@@ -574,7 +635,13 @@ def main():
                 p_echo = r.ports[ECHO_PORT]
                 res["1 stream Gb/s"] = iperf(r.ports[IPERF_PORT], T, 1)
                 res["8 streams Gb/s"] = iperf(r.ports[IPERF_PORT], T, 8)
-                res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"] = connrate(tool, p_echo, T, pid_for(r, p_echo))
+                res["conn/s"], res["CPU µs/conn"], res["journald µs/conn"], made, entries = connrate(
+                    tool, p_echo, T, pid_for(r, p_echo), getattr(r, "ident", None))
+                if entries is not None:
+                    res["entries/conn"] = entries / made if made else None
+                    want = made * getattr(r, "lines_per_conn", 0)
+                    if want:
+                        res["lines lost"] = max(0, want - entries)
                 if r.pid:
                     res["syscalls/conn"], res["mallocs/conn"] = per_connection(tool, p_echo, min(T, 2), pid_for(r, p_echo), with_malloc)
                     settle()
@@ -623,6 +690,8 @@ def main():
             ("journald CPU per connection, µs (its log entries)", "journald µs/conn", ".0f", False),
             ("syscalls per connection (the relay's threads)", "syscalls/conn", ".1f", False),
             ("mallocs per connection (glibc malloc calls)", "mallocs/conn", ".1f", False),
+            ("journal entries per connection (received by journald)", "entries/conn", ".2f", False),
+            ("log lines lost (of one per connection)", "lines lost", "d", False),
             ("64 B round trip p50 / p99, µs (1 conn)", ("p50 µs (1 conn)", "p99 µs (1 conn)"), ".0f", False),
             ("64 B round trip p50 / p99, µs (100 conns)", ("p50 µs (100 conns)", "p99 µs (100 conns)"), ".0f", False),
             (f"userspace per idle relay, B ({args.idle:,} held)", "B/idle relay", ",.0f", False), ("idle relays held", "idle held", "d", False),
@@ -646,6 +715,41 @@ def main():
                 cells.append("" if x is None else fmt(x, spec, d))
         if any(cells):
             print(f"| {label} | " + " | ".join(cells) + " |")
+    pairs(rounds, results)
+
+
+def pairs(rounds, results):
+    """Issue 21's fair comparisons: (a) tcpopsd with events on and no journal entry for a normal
+    close against the peers without logs; (b) tcpopsd's default (an entry per relay) against the
+    peers logging a line per connection into the same journald. Medians, and the rounds' range."""
+    def spread(name, key):
+        v = [r[key] for r in rounds.get(name, []) if r.get(key) is not None]
+        return f"{min(v):,.0f}-{max(v):,.0f}" if len(v) > 1 else ""
+
+    for title, ours, peers in (("(a) no line per connection", "tcpopsd-abnormal", ("haproxy", "nginx")),
+                               ("(b) a line per connection, same journald", "tcpopsd-auto", ("haproxy-tcplog", "nginx-syslog"))):
+        peers = [p for p in peers if p in results]
+        if ours not in results or not peers:
+            continue
+        best = max(peers, key=lambda p: results[p].get("conn/s") or 0)
+        o, b = results[ours], results[best]
+        print(f"\n{title}: {ours} against the best of {', '.join(peers)} ({best})")
+        print("| | " + ours + " | " + " | ".join(peers) + " | ratio to " + best + " |")
+        print("|---|" + "---|" * (len(peers) + 2))
+        for label, key, better_low in (("new connections/s", "conn/s", False), ("relay CPU per connection, µs", "CPU µs/conn", True),
+                                       ("journald CPU per connection, µs", "journald µs/conn", True),
+                                       ("syscalls per connection", "syscalls/conn", True),
+                                       ("journal entries per connection", "entries/conn", False), ("log lines lost", "lines lost", True)):
+            def cell(name):
+                v = results[name].get(key)
+                if v is None:
+                    return ""
+                r = spread(name, key)
+                return f"{v:,.2f}" if key == "entries/conn" else f"{v:,.1f}" + (f" ({r})" if r else "")
+            ratio = ""
+            if o.get(key) is not None and b.get(key):
+                ratio = f"{o[key] / b[key]:.2f}x"
+            print(f"| {label} | {cell(ours)} | " + " | ".join(cell(p) for p in peers) + f" | {ratio} |")
 
 
 if __name__ == "__main__":
