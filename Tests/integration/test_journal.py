@@ -53,6 +53,19 @@ def journal():
         pass
 
 
+def echoed_relay(daemon, echo, name, payload, **kw):
+    """A tcpopsd logging to the journal with one listener `name` to an echo upstream, and a client
+    that had `payload` echoed through it: (daemon, client socket, listening port, client port)."""
+    up = echo()
+    port = free_port()
+    d = daemon(listeners=[listener(name, port, up.address)], log_target="journal", **kw)
+    d.upstream_address = up.address
+    s = connect(port)
+    s.sendall(payload)
+    assert s.recv(100) == payload
+    return d, s, port, s.getsockname()[1]
+
+
 def journal_entries(*matches):
     p = subprocess.run(["journalctl", "--no-pager", "-o", "json", *matches], capture_output=True, text=True)
     return [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
@@ -102,13 +115,7 @@ def test_reset_event_in_journal_with_fields(journal, daemon, echo, tmp_path):
 
 def test_relay_ended_in_journal_with_fields(journal, daemon, echo):
     """A relay tcpopsd closes (no events) is logged at info with both sides' reasons and bytes."""
-    up = echo()
-    port = free_port()
-    d = daemon(listeners=[listener("summed", port, up.address)], log_target="journal")
-    s = connect(port)
-    cport = s.getsockname()[1]
-    s.sendall(b"0123456789")
-    assert s.recv(100) == b"0123456789"
+    d, s, port, cport = echoed_relay(daemon, echo, "summed", b"0123456789")
     rows = json.loads(d.ctl("list", "--json").stdout)
     conid = [r for r in rows if r["side"] == "client"][0]["conid"]
     assert d.ctl("close", str(conid)).returncode == 0
@@ -146,13 +153,8 @@ def stream_events(d, *conids):
 def test_a_relay_that_closes_normally_is_one_journal_entry(journal, daemon, echo):
     """Issue 21: both sides closed normally (tcp:closed each) is one entry with both conids; either
     conid finds it; hooks' and the stream's events stay one per side."""
-    up = echo()
-    port = free_port()
-    d = daemon(listeners=[listener("folded", port, up.address)], log_target="journal")
-    s = connect(port)
-    cport = s.getsockname()[1]
-    s.sendall(b"hello")
-    assert s.recv(100) == b"hello"
+    d, s, port, cport = echoed_relay(daemon, echo, "folded", b"hello")
+    up_address = d.upstream_address
     s.shutdown(socket.SHUT_WR)
     assert s.recv(100) == b""  # the upstream's FIN came back: both sides closed
     s.close()
@@ -169,7 +171,7 @@ def test_a_relay_that_closes_normally_is_one_journal_entry(journal, daemon, echo
     assert e["TCPOPS_SIDE"] == "client" and e["TCPOPS_REASON"] == "fin" and e["TCPOPS_UPSTREAM_REASON"] == "fin"
     assert e["TCPOPS_BYTES_IN"] == "5" and e["TCPOPS_BYTES_OUT"] == "5"
     assert e["TCPOPS_UPSTREAM_BYTES_IN"] == "5" and e["TCPOPS_UPSTREAM_BYTES_OUT"] == "5"
-    assert e["TCPOPS_UPSTREAM_LOCAL"].startswith("127.0.0.1:") and e["TCPOPS_UPSTREAM_REMOTE"] == up.address
+    assert e["TCPOPS_UPSTREAM_LOCAL"].startswith("127.0.0.1:") and e["TCPOPS_UPSTREAM_REMOTE"] == up_address
     assert e["TCPOPS_LOCAL"] == f"127.0.0.1:{port}" and "TCPOPS_TCP_RTT_US" in e and "TCPOPS_UPSTREAM_DURATION_MS" in e
     assert e["MESSAGE"] == f"tcp:closed on conid {client} and {upstream} (client 127.0.0.1:{cport}, reason fin; upstream reason fin)"
     assert e["PRIORITY"] == "5"
