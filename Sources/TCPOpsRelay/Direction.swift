@@ -105,6 +105,7 @@ package struct Direction {
             var progress = false
             if mayRead && !eof && !readDrained && !blocked && held.isEmpty && fill < capacity {
                 let mode = readMode(canWrite: canWrite, pipes: pipes, report: &report)
+                capacity = self.capacity(pipes)  // the pipe readMode took may be a grown one
                 let want = mode == .splice ? capacity - fill : scratch.count
                 let result = mode == .splice ? Splice.move(from: source, to: pipe!.write, length: want)
                                              : Socket.receive(source, into: scratch)

@@ -332,6 +332,31 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(got == sent, "every byte once, in order")
         #expect(grownSeen > 0, "a streaming direction's pipe grew")
         #expect(rig.pipes.grownCount == 1, "the one stream grew one pipe and took it again at each pump")
+        // Taken again from the pool, the grown pipe holds its whole size: with the destination
+        // full, one pump reads more than the pool's 64 KiB into it.
+        #expect(rig.pipes.idleGrownCount == 1 && rig.d.pipe == nil)
+        var junk: [UInt8] = []
+        let block = [UInt8](repeating: 0xEE, count: 65536)
+        while true {
+            let n = block.withUnsafeBytes { send(rig.destination, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n <= 0 { break }
+            junk += block[..<n]
+        }
+        var more: [UInt8] = []
+        while more.count < 200_000 {
+            let chunk = [UInt8]((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            let n = rig.feed(chunk[...])
+            if n == 0 { break }
+            more += chunk[..<n]
+        }
+        _ = rig.pumpAsRelay()
+        #expect(rig.d.grown && rig.d.fill > rig.pipes.capacity, "fill \(rig.d.fill) of a grown pipe")
+        var tail: [UInt8] = []
+        for _ in 0..<10_000 where tail.count < junk.count + more.count {
+            _ = rig.pumpAsRelay()
+            tail += rig.take()
+        }
+        #expect(tail == junk + more)
         // The stream is over: a small message is copied; the grown pipe waits in the pool, grown,
         // for the next stream; a normal take gets a pipe of the pool's size.
         _ = rig.feed([1, 2, 3][...])
