@@ -724,7 +724,7 @@ def pairs(rounds, results):
     peers logging a line per connection into the same journald. Medians, and the rounds' range."""
     def spread(name, key):
         v = [r[key] for r in rounds.get(name, []) if r.get(key) is not None]
-        return f"{min(v):,.0f}-{max(v):,.0f}" if len(v) > 1 else ""
+        return f"{min(v):,.1f}-{max(v):,.1f}" if len(v) > 1 else ""  # the median's precision
 
     for title, ours, peers in (("(a) no line per connection", "tcpopsd-abnormal", ("haproxy", "nginx")),
                                ("(b) a line per connection, same journald", "tcpopsd-auto", ("haproxy-tcplog", "nginx-syslog"))):
