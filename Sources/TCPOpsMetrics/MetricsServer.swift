@@ -138,6 +138,10 @@ package final class MetricsWorker: LoopWorker {
         var incomplete = clients.values.filter { !$0.answered }
         while incomplete.count > MetricsWorker.maxClients, let oldest = incomplete.min(by: { $0.since < $1.since }) {
             incomplete.removeAll { $0 === oldest }
+            // Its request may have come since it was accepted, its readiness not yet handled (a
+            // flood's accepts come first in this turn): read it once more before evicting a scraper.
+            oldest.handleEvents(Events.read)
+            guard clients[oldest.fd] === oldest, !oldest.answered else { continue }
             evict(oldest, why: "\(MetricsWorker.maxClients) requests under way: the oldest incomplete one was answered 503 and closed")
             oldest.refuse()
         }
