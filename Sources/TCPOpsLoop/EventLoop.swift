@@ -28,16 +28,20 @@ public enum Events {
     public static let error = EPOLLERR.rawValue
     /// Wake only one of the loops waiting on a shared fd (registration only; never modified).
     public static let exclusive = EPOLLEXCLUSIVE.rawValue
+    /// Edge-triggered: an fd is reported when its state changes (bytes came, room came, it hung
+    /// up), not for as long as it stays so. Its owner must read until the socket says EAGAIN (or
+    /// remember that it did not), and needs no epoll_ctl to stop watching what it cannot use now.
+    public static let edge = EPOLLET.rawValue
 }
 
 public final class EventLoop {
     /// 16 bytes: the handler, its generation, and the interest mask with the parked flag in its
-    /// top bit (EPOLLET, which tcpopsd never asks for).
+    /// bit 30 (EPOLLONESHOT, which tcpopsd never asks for).
     private struct Registration {
         package let handler: EventHandler
         package let generation: UInt32
         private var bits: UInt32
-        private static let parkedBit: UInt32 = 1 << 31
+        private static let parkedBit: UInt32 = EPOLLONESHOT.rawValue
 
         package init(handler: EventHandler, generation: UInt32, mask: UInt32) {
             self.handler = handler
@@ -50,7 +54,7 @@ public final class EventLoop {
             set { bits = newValue & ~Registration.parkedBit | bits & Registration.parkedBit }
         }
 
-        /// Taken out of epoll while nothing is wanted from a hung-up fd (see park).
+        /// Taken out of epoll while nothing is wanted from it (see park).
         package var parked: Bool {
             get { bits & Registration.parkedBit != 0 }
             set { bits = newValue ? bits | Registration.parkedBit : bits & ~Registration.parkedBit }
@@ -100,6 +104,7 @@ public final class EventLoop {
     }
 
     /// Changes the interest mask; a no-op when it is unchanged. A parked fd goes back into epoll.
+    /// (With `Events.edge`, a mask that gains an event already pending reports it at the next wait.)
     public func modify(_ fd: Int32, mask: UInt32) {
         let index = Int(fd)
         guard index < registrations.count, var reg = registrations[index], reg.mask != mask || reg.parked else { return }
@@ -114,9 +119,9 @@ public final class EventLoop {
         registrations[index] = reg
     }
 
-    /// Takes an fd out of epoll but keeps its registration: EPOLLHUP and EPOLLERR cannot be
-    /// masked, so a hung-up fd from which nothing is wanted for now would wake the loop forever.
-    /// `modify` puts it back.
+    /// Takes an fd out of epoll but keeps its registration (a level-triggered listening socket
+    /// that cannot be served for a while would wake the loop at once, forever, and an
+    /// EPOLLEXCLUSIVE registration cannot be modified). `modify` puts it back.
     public func park(_ fd: Int32) {
         let index = Int(fd)
         guard index < registrations.count, var reg = registrations[index], !reg.parked else { return }

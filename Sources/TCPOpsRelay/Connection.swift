@@ -66,7 +66,7 @@ public final class Connection: EventHandler, TimerSlot {
     package var closeReason: CloseReason?
     /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
     private var flags: UInt8 = 0
-    private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, hungUpBit: UInt8 = 8
+    private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4
     private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32, balancerOwnBit: UInt8 = 64, journalHeldBit: UInt8 = 128
 
     @inline(__always) private func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
@@ -86,11 +86,6 @@ public final class Connection: EventHandler, TimerSlot {
     package var fdOpen: Bool {
         get { flag(Self.fdOpenBit) }
         set { set(Self.fdOpenBit, newValue) }
-    }
-    /// epoll said EPOLLHUP: both directions are shut; an empty interest mask must park the fd.
-    package var hungUp: Bool {
-        get { flag(Self.hungUpBit) }
-        set { set(Self.hungUpBit, newValue) }
     }
     /// The socket is connected and its local address not yet asked for.
     package var localUnasked: Bool {

@@ -8,10 +8,28 @@
 // through the worker's scratch buffer straight to the destination (cheaper than two splices for a
 // small message). Backpressure is state: the source is read only while the pipe has room, nothing
 // is held in memory and the destination is not blocked.
+//
+// The relay's sockets are edge-triggered: epoll tells of new bytes once. So a direction stops
+// reading its source only when the source is known empty (`sourceDry`: a copy came back short, or
+// a read said EAGAIN with the pipe empty) or when it must wait for room (then the destination's
+// EPOLLOUT resumes it, and it reads again). A short splice proves nothing (a pipe also fills by
+// its slots, one per socket buffer fragment, before its bytes): the pipe is written out and the
+// source asked again.
 import Glibc
 import TCPOpsPosix
 import TCPOpsEvents
 import TCPOpsSystemd
+
+/// What the last edge said of a source's end.
+package enum SourceEnding: UInt8 {
+    case none
+    /// Its FIN came (EPOLLRDHUP, no error): every byte before it is in the socket, so a read that
+    /// comes back short has them all, and the FIN is next (no read that says 0 is needed).
+    case fin
+    /// It failed (EPOLLERR), or hung up without a FIN seen: it is read until it says how (0 or
+    /// its error).
+    case unknown
+}
 
 package struct Direction {
     // Stored properties widest first (Swift lays them out in this order): 31 bytes, held inline in
@@ -40,9 +58,13 @@ package struct Direction {
     package var shut = false
     /// The destination said EAGAIN; wait for EPOLLOUT before moving more.
     package var blocked = false
-    /// The source's last read came back short (or would block) and no EPOLLIN came since: there
-    /// is nothing to read, and asking again would only cost a syscall that says EAGAIN.
+    /// The source is empty: its last read came back short or said EAGAIN, and no EPOLLIN came
+    /// since. Set only when that is sure: its edge came and went (edge-triggered), so a direction
+    /// that thought its source dry while bytes waited would never read them.
     package var sourceDry = false
+    /// What epoll said of the source's end (edge-triggered, the end that came with the last bytes
+    /// has no edge of its own: a short read must not leave it unread).
+    package var ending = SourceEnding.none
     /// The last read filled its buffer: bulk data, moved by splice. Otherwise a read into an
     /// empty direction copies through a small buffer.
     package var bulk = false
@@ -87,7 +109,7 @@ package struct Direction {
     /// What this direction's pipe holds: grown while it streams.
     @inline(__always) package func capacity(_ pipes: PipePool) -> Int { grown ? pipes.bulkCapacity : pipes.capacity }
 
-    /// Bytes wait and the destination said EAGAIN: it must be watched for EPOLLOUT.
+    /// Bytes wait and the destination said EAGAIN: its EPOLLOUT resumes this direction.
     package var wantsDestination: Bool { !drained && blocked }
 
     /// Moves bytes from `source` to `destination` while either step progresses, then passes a FIN
@@ -101,9 +123,13 @@ package struct Direction {
         var report = Report()
         var capacity = self.capacity(pipes)
         var readDrained = sourceDry
+        // A splice that came back short, or said EAGAIN, while the pipe held bytes: the source is
+        // asked again once they are all written (the pipe may have been full by its slots; an
+        // EAGAIN into an empty pipe is the source's).
+        var askAgainWhenWritten = false
         while true {
             var progress = false
-            if mayRead && !eof && !readDrained && !blocked && held.isEmpty && fill < capacity {
+            if mayRead && !readDrained && wantsSource(pipes: pipes) {
                 let mode = readMode(canWrite: canWrite, pipes: pipes, report: &report)
                 capacity = self.capacity(pipes)  // the pipe readMode took may be a grown one
                 let want = mode == .splice ? capacity - fill : scratch.count
@@ -115,7 +141,16 @@ package struct Direction {
                     progress = true
                     if n < want {
                         readDrained = true
-                        sourceDry = true
+                        if mode == .splice {
+                            askAgainWhenWritten = true
+                        } else if ending == .fin {
+                            eof = true  // (the read that would say 0 is not needed)
+                            report.finArrived = true
+                        } else if ending == .unknown {
+                            readDrained = false  // asked again: it says 0 or its error
+                        } else {
+                            sourceDry = true
+                        }
                     }
                     bulk = n >= Direction.copyLimit
                     switch mode {
@@ -137,7 +172,7 @@ package struct Direction {
                     report.finArrived = true
                 case .wouldBlock:
                     readDrained = true
-                    sourceDry = true
+                    if mode == .splice && fill > 0 { askAgainWhenWritten = true } else { sourceDry = true }
                 case .failed(let e):
                     report.status = .sourceFailed(e)
                     return report
@@ -147,6 +182,10 @@ package struct Direction {
                 guard let n = wrote(Splice.move(from: p.read, to: destination, length: fill), &report) else { return report }
                 fill -= n
                 progress = progress || n > 0
+                if fill == 0 && askAgainWhenWritten {
+                    askAgainWhenWritten = false
+                    readDrained = false
+                }
             } else if fill == 0 && !held.isEmpty && canWrite && !blocked {
                 guard let n = wrote(Socket.send(destination, held[heldSent...]), &report) else { return report }
                 heldSent += n

@@ -107,8 +107,7 @@ extension Relay {
                 why: "cannot be carried across the restart (state \(client.state.name)/\(upstream?.state.name ?? "awaiting its PROXY header"))")
             return false
         }
-        enter(.quieting)
-        updateInterest()
+        enter(.quieting)  // (its reads stop: a direction reads nothing while quieting)
         return true
     }
 
@@ -177,7 +176,8 @@ extension Relay {
         for fd in [c.fd, upstreamFD] {
             Socket.adoptFD(fd)
         }
-        guard relay.register(client, mask: Events.read), relay.register(up, mask: Events.read) else { return }
+        // Registering reports what is already there: bytes that came while no process ran are read.
+        guard relay.register(client, mask: Relay.watchRead), relay.register(up, mask: Relay.watchRead) else { return }
         relay.armLifetime(client)
         relay.armLifetime(up)
     }

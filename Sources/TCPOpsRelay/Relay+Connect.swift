@@ -40,7 +40,7 @@ extension Relay {
             ctx.socketOptionsLog.log(.warning, "cannot set options on an accepted connection: \(error)", relay.fields(client))
         }
         // Read at once: bytes that come while the upstream connects are held (one read's worth).
-        guard relay.register(client, mask: Events.read) else { return true }
+        guard relay.register(client, mask: Relay.watchRead) else { return true }
         relay.armLifetime(client)
         if listener.acceptProxy {
             relay.awaitProxyHeader()
@@ -104,7 +104,7 @@ extension Relay {
         } catch {
             ctx.socketOptionsLog.log(.warning, "cannot set options on an upstream connection: \(error)", fields(up))
         }
-        guard register(up, mask: Events.write) else { return true }
+        guard register(up, mask: Relay.watchReadWrite) else { return true }
         if connectedAtOnce {
             connected()
         } else {
@@ -113,7 +113,6 @@ extension Relay {
             // connection.)
             armPhaseTimer(at: min(now + listener.connectTimeout.nanoseconds, connectDeadline))  // (timerFired says what came)
         }
-        updateInterest()
         return true
     }
 

@@ -14,7 +14,6 @@ import TCPOpsProtocol
 extension Relay {
     package func awaitProxyHeader() {
         enter(.awaitingHeader)
-        ctx.loop.modify(client.fd, mask: Events.read)
         armPhaseTimer(at: ctx.loop.now + listener.proxyHeaderTimeout.nanoseconds)  // (timerFired says what came)
     }
 
@@ -25,9 +24,16 @@ extension Relay {
             quietly: true)
     }
 
-    /// The client is readable while its header is awaited.
+    /// The client is readable while its header is awaited: read until the header is whole, the
+    /// client has nothing more now (edge-triggered: a FIN behind a partial header has no edge of
+    /// its own), or it ends.
     package func readProxyHeader() {
-        guard phase == .awaitingHeader else { return }
+        while phase == .awaitingHeader && readProxyHeaderOnce() {}
+    }
+
+    /// One read of the awaited header; true when the header is still incomplete and the client may
+    /// have more now.
+    private func readProxyHeaderOnce() -> Bool {
         var input = proxyInput
         let room = ProxyProtocol.maxHeader - input.count
         switch Socket.receive(client.fd, into: UnsafeMutableRawBufferPointer(rebasing: ctx.scratch[0..<room])) {
@@ -36,19 +42,21 @@ extension Relay {
             client.lastActivity = ctx.loop.now
             input.append(contentsOf: UnsafeRawBufferPointer(rebasing: ctx.scratch[0..<n]))
         case .wouldBlock:
-            return
+            return false
         case .endOfFile:
             rejectProxy("the client closed before its header was complete (\(input.count) bytes came)")
-            return
+            return false
         case .failed(let e):
             rejectProxy("the client's connection failed before its header was complete: \(errnoName(e))")
-            return
+            return false
         }
         switch ProxyProtocol.parse(input) {
         case .needMore:
             proxyInput = input  // parse says invalid before the buffer could exceed the limit
+            return true
         case .invalid(let why):
             rejectProxy(why)
+            return false
         case .header(let h):
             cancelPhaseTimer()
             enter(.connecting)
@@ -60,7 +68,7 @@ extension Relay {
                                        id: .listener, [("TCPOPS_LISTENER", listener.name), ("TCPOPS_REJECTED", String(ctx.rejected))])
                 Socket.resetOnClose(client.fd)
                 end(failed: nil, reason: .local, why: "max_connections reached when its PROXY header came", quietly: true)
-                return
+                return false
             }
             if let source = h.source, let destination = h.destination {
                 client.remote = source
@@ -74,6 +82,7 @@ extension Relay {
             toUpstream.held = Array(input[h.length...])
             ctx.logger.log(.debug, "PROXY \(h.version.rawValue) header: client \(client.remote?.description ?? "?")", fields(client))
             connectUpstream()
+            return false
         }
     }
 

@@ -10,11 +10,17 @@
 //
 // Each call into a relay (epoll readiness, a timer, a control command) does its phase's work and
 // ends at one settle point (`settle`): an ended relay has nothing more to do; a draining one whose
-// survivor has every byte ends; one whose two directions passed their FIN on ends; any other
-// gets its epoll interest recomputed from its directions' state at the end of the loop turn, so
-// backpressure falls out of state. Every end goes through one teardown (`retire` for a
-// connection, `release` for the relay), whether the relay ended, was handed over at a restart,
-// or an upstream attempt failed.
+// survivor has every byte ends; one whose two directions passed their FIN on ends. Every end goes
+// through one teardown (`retire` for a connection, `release` for the relay), whether the relay
+// ended, was handed over at a restart, or an upstream attempt failed.
+//
+// Its two sockets are watched edge-triggered, each registered once and never changed but for one
+// thing (a client gains EPOLLOUT the first time a write to it blocks): epoll says what changed, and
+// the directions remember what it said until they act on it (`sourceDry`: nothing left to read;
+// `blocked`: no room to write). Backpressure is state, not interest: a direction that stops
+// reading because its destination is full reads again when the destination's EPOLLOUT comes. So a
+// relay costs no epoll_ctl after its two registrations (level-triggered, a connect's EPOLLOUT
+// became EPOLLIN and a FIN's socket had to leave the interest: two a relay).
 import Glibc
 import TCPOpsConfig
 import TCPOpsEvents
@@ -23,7 +29,7 @@ import TCPOpsLoop
 import TCPOpsMetrics
 import TCPOpsPosix
 
-public final class Relay: TurnEndHandler, TimerSlot {
+public final class Relay: TimerSlot {
     /// Where the relay is in its life (see the top of this file).
     package enum Phase: UInt8 {
         /// accept_proxy: the client's PROXY header is awaited; there is no upstream yet.
@@ -92,8 +98,6 @@ public final class Relay: TurnEndHandler, TimerSlot {
     /// Its place in its loop's timers (TimerSlot; -1: no phase deadline armed).
     public var timerSlot: Int32 = -1
     private(set) var phase: Phase = .connecting
-    /// updateInterest was asked this turn: the masks are set at its end.
-    package var interestPending = false
 
     package var ended: Bool { phase == .ended }
 
@@ -115,6 +119,12 @@ public final class Relay: TurnEndHandler, TimerSlot {
         self.metrics = metrics
     }
 
+    /// What a relay's socket is watched for: bytes, the peer's FIN (EPOLLRDHUP; a hang-up or an
+    /// error epoll always reports), and room to write once a write to it blocked (an upstream
+    /// from its connect on).
+    package static let watchRead = Events.read | Events.readHangup | Events.edge
+    package static let watchReadWrite = Events.read | Events.readHangup | Events.write | Events.edge
+
     @discardableResult
     package func register(_ c: Connection, mask: UInt32) -> Bool {
         do {
@@ -131,7 +141,11 @@ public final class Relay: TurnEndHandler, TimerSlot {
     package func handle(_ conn: Connection, _ events: UInt32) {
         switch phase {
         case .ended: return
-        case .awaitingHeader: readProxyHeader()
+        case .awaitingHeader:
+            if events & (Events.read | Events.hangup | Events.error) != 0 {
+                readable(.toUpstream, events)  // (what comes after the header is read once relaying)
+                readProxyHeader()
+            }
         case .connecting, .relaying, .draining, .quieting:
             guard let upstream else { return }
             if conn === upstream && upstream.state == .connecting {
@@ -156,14 +170,10 @@ public final class Relay: TurnEndHandler, TimerSlot {
         case .relaying, .quieting:
             if toUpstream.shut && toClient.shut {
                 end(failed: nil, reason: .fin, why: "both sides closed")
-                return
             }
-        case .awaitingHeader:
-            return  // the client alone, read until its header is whole (its interest stays read)
-        case .connecting:
-            break
+        case .awaitingHeader, .connecting:
+            return
         }
-        updateInterest()
     }
 
     /// The upstream's connect has news: a failed connect is reported with EPOLLERR (and
@@ -178,29 +188,60 @@ public final class Relay: TurnEndHandler, TimerSlot {
         }
         connected()
         shovel(.toUpstream)
+        // Bytes that came with the connect (a server that speaks first) are read now: their edge
+        // is this one.
+        if events & (Events.read | Events.hangup) != 0 && !ended {
+            readable(.toClient, events)
+            shovel(.toClient)
+        }
     }
 
     /// `conn` is ready: what is held for it is written, what it sent is read (not while draining).
     private func move(_ conn: Connection, _ upstream: Connection, _ events: UInt32) {
         let (readWay, writeWay): (Way, Way) = conn === client ? (.toUpstream, .toClient) : (.toClient, .toUpstream)
-        if events & Events.hangup != 0 { conn.hungUp = true }
-        if events & Events.error != 0 && events & Events.read == 0 {
-            // No bytes to read first: the pending error is the whole story (reading it clears it,
-            // so it is read only here, never after a read).
+        if events & Events.error != 0 && (events & Events.read == 0 || !willRead(readWay)) {
+            // No bytes to read first, or this turn will not read them (its destination is full, or
+            // the relay drains): the pending error is the whole story, and no later edge would
+            // tell it again (reading it clears it, so it is read only here, never after a read).
             let err = Socket.pendingError(conn.fd)
             if err != 0 {
                 fail(conn, errno: err)
                 return
             }
         }
-        if events & Events.write != 0 {
+        // EPOLLOUT comes with every edge of a socket watched for it while it has room: only a
+        // direction whose bytes for it were blocked has work.
+        if events & Events.write != 0 && (writeWay == .toClient ? toClient.wantsDestination : toUpstream.wantsDestination) {
             if writeWay == .toClient { toClient.blocked = false } else { toUpstream.blocked = false }
             shovel(writeWay)
         }
         guard phase != .ended, phase != .draining else { return }
         if events & (Events.read | Events.hangup | Events.error) != 0 {
-            if readWay == .toClient { toClient.sourceDry = false } else { toUpstream.sourceDry = false }
+            readable(readWay, events)
             shovel(readWay)
+        }
+    }
+
+    /// Whether a pump of `way` now would read its source.
+    private func willRead(_ way: Way) -> Bool {
+        guard phase == .relaying || phase == .connecting else { return false }
+        return (way == .toUpstream ? toUpstream : toClient).wantsSource(pipes: ctx.pipes)
+    }
+
+    /// epoll's edge for the source of `way`: it is worth reading again, and what it said of the
+    /// source's end (a FIN; a hang-up or an error, read until the socket says which).
+    private func readable(_ way: Way, _ events: UInt32) {
+        // (EPOLLHUP with EPOLLRDHUP and no error is a FIN after ours: clean.)
+        let ending: SourceEnding = events & Events.error != 0 ? .unknown
+            : events & Events.readHangup != 0 ? .fin
+            : events & Events.hangup != 0 ? .unknown : .none
+        switch way {
+        case .toUpstream:
+            toUpstream.sourceDry = false
+            if ending.rawValue > toUpstream.ending.rawValue { toUpstream.ending = ending }
+        case .toClient:
+            toClient.sourceDry = false
+            if ending.rawValue > toClient.ending.rawValue { toClient.ending = ending }
         }
     }
 
@@ -233,6 +274,9 @@ public final class Relay: TurnEndHandler, TimerSlot {
             (way == .toUpstream ? metrics.bytesToUpstream : metrics.bytesToClient).increment(by: Int64(report.written))
         }
         if let e = report.pipeShortage { ctx.noPipe(e) }
+        // Blocked: the destination's EPOLLOUT resumes this direction (a client is watched for it
+        // from its first blocked write on; an upstream is from its connect).
+        if to.fdOpen && (way == .toClient ? toClient.blocked : toUpstream.blocked) { ctx.loop.modify(to.fd, mask: Relay.watchReadWrite) }
         if report.finArrived {
             from.state = .eof
             raise(from, .fin)
@@ -241,40 +285,6 @@ public final class Relay: TurnEndHandler, TimerSlot {
         case .moving: break
         case .sourceFailed(let e): fail(from, errno: e)
         case .destinationFailed(let e): fail(to, errno: e)
-        }
-    }
-
-    private func interest(_ c: Connection, reading: Direction, writing: Direction) -> UInt32 {
-        if c.state == .connecting { return Events.write }
-        if phase == .draining || phase == .quieting { return writing.wantsDestination ? Events.write : 0 }
-        var m: UInt32 = 0
-        if reading.wantsSource(pipes: ctx.pipes) { m |= Events.read }
-        if writing.wantsDestination { m |= Events.write }
-        return m
-    }
-
-    /// The interest masks follow the relay's state at the end of the loop turn: several changes
-    /// in one turn (a read that fills a direction, the write that empties it) cost at most one
-    /// epoll_ctl per side, and none when they cancel out.
-    package func updateInterest() {
-        guard !interestPending else { return }
-        interestPending = true
-        ctx.loop.atTurnEnd(self)
-    }
-
-    public func turnEnded() {
-        interestPending = false
-        guard phase != .ended, phase != .awaitingHeader, let upstream else { return }
-        setInterest(client, interest(client, reading: toUpstream, writing: toClient))
-        setInterest(upstream, interest(upstream, reading: toClient, writing: toUpstream))
-    }
-
-    private func setInterest(_ c: Connection, _ mask: UInt32) {
-        guard c.fdOpen else { return }  // its fd number may already belong to another connection
-        if mask == 0 && c.hungUp {
-            ctx.loop.park(c.fd)
-        } else {
-            ctx.loop.modify(c.fd, mask: mask)
         }
     }
 

@@ -190,6 +190,54 @@ private func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(!rig.pump().finArrived)
     }
 
+    /// Edge-triggered, bytes and the FIN behind them can be one edge (EPOLLIN|EPOLLRDHUP): one
+    /// pump passes both on, and no read that says 0 is made for the FIN.
+    @Test func aFINThatCameWithTheLastBytesNeedsNoEdgeOfItsOwn() throws {
+        let rig = try Rig()
+        let message = pattern(5000, seed: 11)
+        #expect(rig.feed(message[...]) == message.count)
+        shutdown(rig.sourcePeer, Int32(SHUT_WR))
+        rig.d.ending = .fin  // what the relay sets from EPOLLRDHUP
+        let r = rig.pump()
+        #expect(r.read == message.count && r.finArrived && r.status == .moving)
+        #expect(rig.d.eof && rig.d.shut)
+        #expect(rig.take() == message)
+        #expect(rig.peek().0 == 0)
+    }
+
+    /// A hang-up or an error edge: the source is read past its last bytes until it says which.
+    @Test func aHangUpEdgeIsReadUntilTheSourceSaysHow() throws {
+        let rig = try Rig()
+        let message = pattern(3000, seed: 12)
+        #expect(rig.feed(message[...]) == message.count)
+        close(rig.sourcePeer)
+        rig.sourcePeer = -1
+        rig.d.ending = .unknown
+        let r = rig.pump()
+        #expect(r.read == message.count && r.finArrived)
+        #expect(rig.take() == message)
+    }
+
+    /// A pipe fills by its slots (one per socket buffer: here 200 sends of 100 bytes) before its
+    /// bytes: a splice that comes back short does not mean the source is empty. Edge-triggered,
+    /// no edge would come for what it left, so the same pump asks again until the source is.
+    @Test func aShortSpliceIsNotTakenForAnEmptySource() throws {
+        let rig = try Rig()
+        rig.d.bulk = true  // a stream: read by splice
+        var sent: [UInt8] = []
+        for i in 0..<200 {
+            let m = pattern(100, seed: UInt64(100 + i))
+            #expect(rig.feed(m[...]) == m.count)
+            sent += m
+        }
+        let r = rig.pump()  // one edge
+        #expect(r.status == .moving && r.read == sent.count && r.written == sent.count)
+        #expect(rig.d.drained && rig.d.sourceDry)
+        let got = rig.take()
+        let same = got == sent
+        #expect(got.count == sent.count && same)
+    }
+
     @Test func theLastFINIsLeftToTheRelaysClose() throws {
         let rig = try Rig()
         shutdown(rig.sourcePeer, Int32(SHUT_WR))

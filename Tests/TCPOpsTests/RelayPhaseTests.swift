@@ -160,6 +160,41 @@ private func resetClose(_ fd: Int32) {
         #expect(rig.loop.timers.count == 0)
     }
 
+    /// Edge-triggered: the client's last bytes and its FIN come as one edge while the upstream
+    /// still connects. No later edge tells of the FIN, and none is needed: the upstream gets the
+    /// bytes, then the FIN.
+    @Test func bytesAndTheirFINInOneEdgeWhileTheUpstreamConnects() throws {
+        let rig = try Rig()
+        let (up, upAddress) = try Rig.listener()
+        _ = rig.keep(up)
+        let (client, relay) = try rig.start(rig.settings([upAddress]))
+        write(client, "last words")
+        shutdown(client, Int32(SHUT_WR))
+        #expect(readable(relay.client.fd))
+        relay.handle(relay.client, Events.read | Events.readHangup)
+        #expect(relay.phase == .connecting)
+        let upstream = try #require(relay.upstream)
+        let server = rig.keep(try #require(try waitAccept(up)))
+        relay.handle(upstream, Events.write)
+        #expect(read(server) == "last words")
+        #expect(read(server) == "")
+        #expect(rig.events(of: relay.client.conid).map(\.reason) == [.fin])
+    }
+
+    /// Edge-triggered: the client resets while its bytes wait for an upstream that does not read
+    /// (the relay cannot read the client now). The error edge is the only one: it is taken now.
+    @Test func anErrorEdgeWhileTheDestinationIsFullIsTakenAtOnce() throws {
+        let rig = try Rig()
+        let (client, relay, _, _, _) = try rig.established()
+        relay.toUpstream.blocked = true  // the upstream's buffer is full: the client is not read
+        write(client, "more")
+        rig.forget(client)
+        resetClose(client)
+        #expect(readable(relay.client.fd))
+        relay.handle(relay.client, Events.read | Events.readHangup | Events.error | Events.hangup)
+        #expect(rig.events(of: relay.client.conid).map(\.kind) == [.reset])
+    }
+
     /// The upstream resets with nothing held for the client: the relay ends at once, the upstream
     /// raises tcp:reset, the client is closed by tcpopsd (no event).
     @Test func aResetEndsTheRelay() throws {
