@@ -1,5 +1,6 @@
-// The epoll reactor: one per thread. Owns its epoll fd, the fd registrations (a flat array indexed
-// by fd, with a generation packed beside the fd to drop stale events), its timers and its inbox.
+// The epoll reactor: one per thread. Owns its epoll fd, its fds' registrations (slots of the
+// process-wide FDTable, with a generation packed beside the fd in each epoll event to drop stale
+// events), its timers and its inbox.
 import CShims
 import Glibc
 import TCPOpsPosix
@@ -35,35 +36,23 @@ public enum Events {
 }
 
 public final class EventLoop {
-    /// 16 bytes: the handler, its generation, and the interest mask with the parked flag in its
-    /// bit 30 (EPOLLONESHOT, which tcpopsd never asks for).
-    private struct Registration {
-        package let handler: EventHandler
-        package let generation: UInt32
-        private var bits: UInt32
-        private static let parkedBit: UInt32 = EPOLLONESHOT.rawValue
-
-        package init(handler: EventHandler, generation: UInt32, mask: UInt32) {
-            self.handler = handler
-            self.generation = generation
-            bits = mask & ~Registration.parkedBit
-        }
-
-        package var mask: UInt32 {
-            get { bits & ~Registration.parkedBit }
-            set { bits = newValue & ~Registration.parkedBit | bits & Registration.parkedBit }
-        }
-
-        /// Taken out of epoll while nothing is wanted from it (see park).
-        package var parked: Bool {
-            get { bits & Registration.parkedBit != 0 }
-            set { bits = newValue ? bits | Registration.parkedBit : bits & ~Registration.parkedBit }
-        }
-    }
+    /// A slot's bits: the interest mask, with the parked flag in bit 30 (EPOLLONESHOT, which
+    /// tcpopsd never asks for).
+    private static let parkedBit: UInt32 = EPOLLONESHOT.rawValue
 
     private let epfd: Int32
-    private var registrations: [Registration?] = []
-    private var nextGeneration: UInt32 = 1
+    private let table = FDTable.shared
+    /// Which fds this loop registered in the table (a bit each): what `close` gives back.
+    private var owned: [UInt64] = []
+    /// Registrations of an fd that other loops watch too (EPOLLEXCLUSIVE: a listening socket every
+    /// worker accepts on): this loop's own, kept here (few), their generations marked by the top bit.
+    private struct Shared {
+        let handler: EventHandler
+        let generation: UInt32
+        var bits: UInt32
+    }
+    private var shared: [Int32: Shared] = [:]
+    private static let sharedBit: UInt32 = 1 << 31
     private var events: [epoll_event]
     private var stopped = false
     public private(set) var now: UInt64
@@ -89,65 +78,114 @@ public final class EventLoop {
         closeFD(epfd)
     }
 
+    /// Watches `fd` for `mask`. With `Events.exclusive` the fd may be watched by other loops too.
     public func register(_ fd: Int32, mask: UInt32, handler: EventHandler) throws(SystemError) {
         let index = Int(fd)
-        if index >= registrations.count {
-            registrations.append(contentsOf: repeatElement(nil, count: max(index + 1 - registrations.count, registrations.count)))
-        }
-        let gen = nextGeneration
-        nextGeneration &+= 1
+        let isShared = mask & Events.exclusive != 0
+        guard isShared || table.slot(index) != nil else { throw SystemError("epoll_ctl(ADD)", EMFILE) }
+        let gen = table.newGeneration() | (isShared ? EventLoop.sharedBit : 0)
         var ev = epoll_event()
         ev.events = mask
         ev.data.u64 = UInt64(gen) << 32 | UInt64(UInt32(bitPattern: fd))
         try sys("epoll_ctl(ADD)") { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) }
-        registrations[index] = Registration(handler: handler, generation: gen, mask: mask)
+        if isShared {
+            shared[fd] = Shared(handler: handler, generation: gen, bits: mask & ~EventLoop.parkedBit)
+        } else {
+            table.fill(index, handler: handler, generation: gen, bits: mask & ~EventLoop.parkedBit)
+            setOwned(index, true)
+        }
+    }
+
+    /// The interest bits of `fd`'s registration in this loop (nil: none), and their update.
+    private func bits(_ fd: Int32) -> UInt32? {
+        if let s = ownSlot(fd) { return s.pointee.bits }
+        return shared.isEmpty ? nil : shared[fd]?.bits
+    }
+
+    private func setBits(_ fd: Int32, _ bits: UInt32) {
+        if let s = ownSlot(fd) {
+            s.pointee.bits = bits
+        } else {
+            shared[fd]?.bits = bits
+        }
+    }
+
+    private func generation(_ fd: Int32) -> UInt32 {
+        if let s = ownSlot(fd) { return s.pointee.generation }
+        return shared[fd]?.generation ?? 0
+    }
+
+    /// Whether `fd` is registered in this loop.
+    public func isRegistered(_ fd: Int32) -> Bool { bits(fd) != nil }
+
+    /// Drops `fd`'s registration in this loop (not epoll's).
+    private func drop(_ fd: Int32) {
+        if isOwned(Int(fd)) {
+            table.clear(Int(fd))
+            setOwned(Int(fd), false)
+        } else {
+            shared[fd] = nil
+        }
+    }
+
+    private func setOwned(_ fd: Int, _ on: Bool) {
+        let word = fd >> 6
+        if word >= owned.count {
+            guard on else { return }
+            owned.append(contentsOf: repeatElement(0, count: max(word + 1 - owned.count, owned.count)))
+        }
+        if on { owned[word] |= 1 << UInt64(fd & 63) } else { owned[word] &= ~(1 << UInt64(fd & 63)) }
+    }
+
+    private func isOwned(_ fd: Int) -> Bool {
+        let word = fd >> 6
+        return fd >= 0 && word < owned.count && owned[word] & (1 << UInt64(fd & 63)) != 0
+    }
+
+    /// The slot of an fd this loop registered.
+    private func ownSlot(_ fd: Int32) -> UnsafeMutablePointer<FDTable.Slot>? {
+        isOwned(Int(fd)) ? table.slot(Int(fd)) : nil
     }
 
     /// Changes the interest mask; a no-op when it is unchanged. A parked fd goes back into epoll.
     /// (With `Events.edge`, a mask that gains an event already pending reports it at the next wait.)
     public func modify(_ fd: Int32, mask: UInt32) {
-        let index = Int(fd)
-        guard index < registrations.count, var reg = registrations[index], reg.mask != mask || reg.parked else { return }
+        guard let old = bits(fd), old != mask else { return }  // (a parked fd's bits differ from any mask)
+        let parked = old & EventLoop.parkedBit != 0
         var ev = epoll_event()
         ev.events = mask
-        ev.data.u64 = UInt64(reg.generation) << 32 | UInt64(UInt32(bitPattern: fd))
+        ev.data.u64 = UInt64(generation(fd)) << 32 | UInt64(UInt32(bitPattern: fd))
         // Only fails for an fd that is not registered, which would be our bug; the next
         // dispatch then finds no registration and nothing is lost.
-        _ = epoll_ctl(epfd, reg.parked ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev)
-        reg.mask = mask
-        reg.parked = false
-        registrations[index] = reg
+        _ = epoll_ctl(epfd, parked ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev)
+        setBits(fd, mask & ~EventLoop.parkedBit)
     }
 
     /// Takes an fd out of epoll but keeps its registration (a level-triggered listening socket
     /// that cannot be served for a while would wake the loop at once, forever, and an
     /// EPOLLEXCLUSIVE registration cannot be modified). `modify` puts it back.
     public func park(_ fd: Int32) {
-        let index = Int(fd)
-        guard index < registrations.count, var reg = registrations[index], !reg.parked else { return }
+        guard let old = bits(fd), old & EventLoop.parkedBit == 0 else { return }
         var ev = epoll_event()
         _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
-        reg.mask = 0
-        reg.parked = true
-        registrations[index] = reg
+        setBits(fd, EventLoop.parkedBit)
     }
 
     /// Forgets an fd that is about to be closed, without epoll_ctl(DEL): closing the fd's only
     /// reference removes it from epoll, and a stale event already in this batch is dropped by
     /// its generation. Only for fds never shared with another process (all ours are CLOEXEC).
     public func forget(_ fd: Int32) {
-        let index = Int(fd)
-        guard index < registrations.count else { return }
-        registrations[index] = nil
+        drop(fd)
     }
 
     /// Forgets an fd. Call before closing it.
     public func unregister(_ fd: Int32) {
-        let index = Int(fd)
-        guard index < registrations.count, registrations[index] != nil else { return }
-        var ev = epoll_event()
-        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
-        registrations[index] = nil
+        guard let old = bits(fd) else { return }
+        if old & EventLoop.parkedBit == 0 {
+            var ev = epoll_event()
+            _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev)
+        }
+        drop(fd)
     }
 
     public func stop() { stopped = true }
@@ -169,7 +207,11 @@ public final class EventLoop {
     public func close() {
         endTurn()
         turnEnd.removeAll()
-        registrations.removeAll()
+        for (w, word) in owned.enumerated() where word != 0 {
+            for bit in 0..<64 where word & (1 << UInt64(bit)) != 0 { table.clear(w << 6 | bit) }
+        }
+        owned.removeAll()
+        shared.removeAll()
         timers.removeAll()
         inbox.discard()
     }
@@ -198,8 +240,18 @@ public final class EventLoop {
                 let data = events[i].data.u64
                 let fd = Int(UInt32(truncatingIfNeeded: data))
                 let gen = UInt32(truncatingIfNeeded: data >> 32)
-                guard fd < registrations.count, let reg = registrations[fd], reg.generation == gen else { continue }
-                reg.handler.handleEvents(events[i].events)
+                let handler: EventHandler
+                if gen & EventLoop.sharedBit != 0 {
+                    guard let r = shared[Int32(fd)], r.generation == gen else { continue }
+                    handler = r.handler
+                } else {
+                    // The generation first: a stale event's fd may be another loop's by now.
+                    guard table.generation(fd) == gen, let p = table.slot(fd)?.pointee.handler else { continue }
+                    handler = Unmanaged<EventHandler>.fromOpaque(p).takeUnretainedValue()
+                }
+                // (kept alive through its call: it may unregister itself)
+                let mask = events[i].events
+                withExtendedLifetime(handler) { handler.handleEvents(mask) }
             }
             timers.fire(now: now)
             endTurn()

@@ -39,6 +39,10 @@ size_t tcpops_malloc_usable_size(void *p);
 /* Names the calling thread (prctl PR_SET_NAME: the kernel keeps 15 bytes). */
 void tcpops_name_thread(const char *name);
 
+/* A 32-bit word read and written across threads (the fd table's generations). */
+static inline unsigned int tcpops_load_acquire_u32(const unsigned int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void tcpops_store_release_u32(unsigned int *p, unsigned int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
 /* The git revision the build came from ("" when unknown): see Package.swift. */
 const char *tcpops_git_revision(void);
 #endif
