@@ -25,6 +25,11 @@ extension Relay {
         client.remote = remote
         client.lifetime = listener.lifetime.nanoseconds
         let relay = Relay(ctx: ctx, listener: listener, client: client, metrics: metrics)
+        // Nothing was read yet, and nothing needs to be asked for: a socket registered
+        // edge-triggered reports the bytes already in it as its first edge. (A client that waits
+        // for the server costs no recv that says EAGAIN when its upstream connects.)
+        relay.toUpstream.sourceDry = true
+        relay.toClient.sourceDry = true
         client.relay = relay
         ctx.track(client)
         ctx.added(relay)
