@@ -166,7 +166,9 @@ def test_a_relay_that_closes_normally_is_one_journal_entry(journal, daemon, echo
     [e] = wait_for(entries, timeout=10, what="the relay's close in the journal")
     conids = e["TCPOPS_CONID"]
     assert isinstance(conids, list) and len(conids) == 2, conids  # the field twice: journald keeps both values
-    client, upstream = int(conids[0]), int(conids[1])
+    # (journald lists an entry's values in the order of its data objects, not as sent: a value
+    # an earlier entry already had comes first. The client's conid is the lower: it is taken first.)
+    client, upstream = sorted(int(c) for c in conids)
     assert e["TCPOPS_PEER_CONID"] == str(upstream)
     assert e["TCPOPS_SIDE"] == "client" and e["TCPOPS_REASON"] == "fin" and e["TCPOPS_UPSTREAM_REASON"] == "fin"
     assert e["TCPOPS_BYTES_IN"] == "5" and e["TCPOPS_BYTES_OUT"] == "5"
