@@ -7,7 +7,8 @@ phase, waiting until PID 1 is idle again:
   - fill: FILL stores one after another (µs of PID 1 per store, averaged over the growing store);
   - churn: PAIRS times one store and one removal at that size (µs of PID 1 per relay that begins
     and one that ends).
-Usage (root): fdstore_cost.py [PAIRS (5000)] [FILL ...] (1000 5000 10000)."""
+Usage (root): fdstore_cost.py [PAIRS (5000)] [FILL[:MAX] ...] (1000 5000 10000); MAX is the
+unit's FileDescriptorStoreMax= (FILL + 16 when not given)."""
 import os
 import subprocess
 import sys
@@ -51,21 +52,22 @@ def main():
     if why:
         sys.exit(f"no container: {why}")
     pairs = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    fills = [int(a) for a in sys.argv[2:]] or [1000, 5000, 10000]
+    rows = [(int(a.split(":")[0]), int(a.split(":")[1]) if ":" in a else int(a.split(":")[0]) + 16)
+            for a in sys.argv[2:]] or [(n, n + 16) for n in (1000, 5000, 10000)]
     work = tempfile.mkdtemp(prefix="fdstore-cost.")
     subprocess.run(["gcc", "-O2", "-o", os.path.join(work, "fdstore_churn"), os.path.join(HERE, "fdstore_churn.c")], check=True)
     box = Container("fdstore-cost", binds=[(work, "/opt/churn")])
     try:
         print(f"# PID 1 (systemd in the test container) CPU, {pairs:,} store+remove pairs a row ({time.strftime('%Y-%m-%d %H:%M')})")
-        print("| fds in the store | µs a store while filling | µs a store + removal at that size |")
-        print("|---|---|---|")
-        for fill in fills:
+        print("| fds in the store | FileDescriptorStoreMax= | µs a store while filling | µs a store + removal at that size |")
+        print("|---|---|---|---|")
+        for fill, most in rows:
             box.run("rm", "-rf", "/run/churn")
             box.run("mkdir", "-p", "/run/churn")
             box.write("/etc/systemd/system/churn.service", f"""[Service]
 Type=notify
 ExecStart=/opt/churn/fdstore_churn {fill} {pairs} /run/churn
-FileDescriptorStoreMax={fill + 16}
+FileDescriptorStoreMax={most}
 """)
             box.run("systemctl", "daemon-reload")
             t0 = settle(box.pid)
@@ -79,7 +81,7 @@ FileDescriptorStoreMax={fill + 16}
             settle(box.pid)
             per_store = (t1 - t0) / CLK_TCK / fill * 1e6
             per_pair = (t2 - t1) / CLK_TCK / pairs * 1e6
-            print(f"| {fill:,} | {per_store:.1f} | {per_pair:.1f} |", flush=True)
+            print(f"| {fill:,} | {most:,} | {per_store:.1f} | {per_pair:.1f} |", flush=True)
     finally:
         box.close()
 
