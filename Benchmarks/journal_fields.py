@@ -15,23 +15,12 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CLK_TCK, cpu_ticks, journald_pid  # noqa: E402
+
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 RATE = 4000  # entries/s: well below what journald takes, so that the queue never blocks
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def journald_pid():
-    out = subprocess.run(["pgrep", "-x", "systemd-journal"], capture_output=True, text=True).stdout.split()
-    if not out:
-        sys.exit("no journald runs")
-    return int(out[0])
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def settle(pid):
@@ -67,6 +56,8 @@ def main():
     first = ["MESSAGE", "SYSLOG_IDENTIFIER", "PRIORITY", "MESSAGE_ID", "TCPOPS_EVENT", "TCPOPS_REASON", "TCPOPS_CONID"]
     keys = first + [k for k in entry if not k.startswith("_") and k not in first]
     pid = journald_pid()
+    if not pid:
+        sys.exit("no journald runs")
     native = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     native.connect("/run/systemd/journal/socket")
     syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
