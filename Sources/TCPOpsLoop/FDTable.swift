@@ -79,22 +79,26 @@ final class FDTable: @unchecked Sendable {
     }
 
     /// Fills `fd`'s slot (releasing a handler left there) and publishes its generation last.
+    /// The generation is read first: the loop that had this fd number before published its
+    /// slot's emptying with it, so what it wrote happens before what this loop writes.
     func fill(_ fd: Int, handler: EventHandler, generation: UInt32, bits: UInt32) {
         let s = slots + fd
+        _ = tcpops_load_acquire_u32(generationWord(s))
         if let old = s.pointee.handler { Unmanaged<EventHandler>.fromOpaque(old).release() }
         s.pointee.handler = Unmanaged.passRetained(handler).toOpaque()
         s.pointee.bits = bits
         tcpops_store_release_u32(generationWord(s), generation)
     }
 
-    /// Empties `fd`'s slot: its generation first (a stale event sees it gone), then its handler.
+    /// Empties `fd`'s slot, its generation last (published: the next loop to fill the slot reads
+    /// it first). Another loop's stale event never matches either generation, so it reads nothing
+    /// else of the slot meanwhile.
     func clear(_ fd: Int) {
         let s = slots + fd
-        tcpops_store_release_u32(generationWord(s), 0)
         s.pointee.bits = 0
-        if let old = s.pointee.handler {
-            s.pointee.handler = nil
-            Unmanaged<EventHandler>.fromOpaque(old).release()
-        }
+        let old = s.pointee.handler
+        s.pointee.handler = nil
+        tcpops_store_release_u32(generationWord(s), 0)
+        if let old { Unmanaged<EventHandler>.fromOpaque(old).release() }
     }
 }
