@@ -46,6 +46,11 @@ package final class MetricsWorker: LoopWorker {
     /// Requests under way (incomplete) at most; answered clients that still read their response,
     /// or have not hung up, are bounded by `maxAnswered`.
     package static let maxClients = 16
+    /// A client younger than this is not evicted to make room while fewer than `hardMaxClients`
+    /// requests are under way: a scraper whose request is a moment behind its connect (its
+    /// process busy elsewhere) is not taken for a silent one by a flood of newer connections.
+    package static let grace: UInt64 = 500_000_000
+    package static let hardMaxClients = 512
     package static let maxAnswered = 64
     package static let maxRequest = 8192
     package static let deadline: UInt64 = 5_000_000_000
@@ -133,10 +138,13 @@ package final class MetricsWorker: LoopWorker {
     }
 
     /// Past `maxClients` requests under way, the oldest incomplete one is closed (with a 503): the
-    /// newcomer is served. Past `maxAnswered` answered ones, the oldest goes.
+    /// newcomer is served. One younger than `grace` stays while fewer than `hardMaxClients` are
+    /// under way. Past `maxAnswered` answered ones, the oldest goes.
     private func makeRoom() {
         var incomplete = clients.values.filter { !$0.answered }
-        while incomplete.count > MetricsWorker.maxClients, let oldest = incomplete.min(by: { $0.since < $1.since }) {
+        let now = loop.now
+        while incomplete.count > MetricsWorker.maxClients, let oldest = incomplete.min(by: { $0.since < $1.since }),
+              incomplete.count > MetricsWorker.hardMaxClients || now &- oldest.since >= MetricsWorker.grace {
             incomplete.removeAll { $0 === oldest }
             // Its request may have come since it was accepted, its readiness not yet handled (a
             // flood's accepts come first in this turn): read it once more before evicting a scraper.
