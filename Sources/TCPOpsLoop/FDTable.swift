@@ -11,7 +11,6 @@
 // a relay of which 32 were used). The table is reserved once (virtual, MAP_NORESERVE) for the
 // most fds the process can ever have; only the pages of fd numbers in use are ever touched.
 import CShims
-import Glibc
 import Synchronization
 import TCPOpsPosix
 
@@ -33,21 +32,14 @@ final class FDTable: @unchecked Sendable {
     private let nextGeneration = Atomic<UInt32>(1)
 
     private init() {
-        // No fd can be past fs.nr_open (the hard RLIMIT_NOFILE cannot exceed it).
-        let text = (try? Files.read("/proc/sys/fs/nr_open")).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let nrOpen = Int(text.filter(\.isNumber)) ?? (1 << 20)
-        var limit = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        let hard = limit.rlim_max > UInt(Int32.max) ? nrOpen : Int(limit.rlim_max)  // (RLIM_INFINITY is ~0)
-        let cap = min(max(nrOpen, hard, 1024), 1 << 24)
-        let bytes = cap * MemoryLayout<Slot>.stride
-        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        if let p, p != MAP_FAILED {
+        let most = FileLimit.most()
+        let cap = min(max(most, 1024), 1 << 24)
+        if let p = Memory.reserve(bytes: cap * MemoryLayout<Slot>.stride) {
             capacity = cap
             slots = p.bindMemory(to: Slot.self, capacity: cap)
         } else {
             // Without a reservation (a tight address-space limit): as many as fit an allocation.
-            capacity = max(hard, 1024)
+            capacity = cap
             slots = .allocate(capacity: capacity)
             slots.initialize(repeating: Slot(handler: nil, generation: 0, bits: 0), count: capacity)
         }
