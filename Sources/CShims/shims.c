@@ -8,6 +8,9 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <malloc.h>
+#include <string.h>
+#include <errno.h>
+#include <sys/mman.h>
 #include "CShims.h"
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
@@ -82,3 +85,54 @@ void tcpops_name_thread(const char *name) {
 }
 
 size_t tcpops_malloc_usable_size(void *p) { return malloc_usable_size(p); }
+
+ssize_t tcpops_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * 253)]; } control;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (nfds < 0 || nfds > 253) { errno = EINVAL; return -1; }
+    if (nfds > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    return sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+ssize_t tcpops_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds) {
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * 253)]; } control;
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (maxfds > 253) maxfds = 253;
+    if (maxfds > 0) {
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)maxfds);
+    }
+    *nfds = 0;
+    ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 || maxfds == 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof fd);
+            if (*nfds < maxfds) fds[(*nfds)++] = fd; else close(fd);
+        }
+    }
+    return n;
+}
+
+int tcpops_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int tcpops_disconnect(int fd) {
+    struct sockaddr sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_family = AF_UNSPEC;
+    return connect(fd, &sa, sizeof sa);
+}

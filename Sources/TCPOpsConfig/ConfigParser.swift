@@ -407,7 +407,8 @@ private struct Walker {
     package mutating func daemon(_ t: TOMLTable) -> DaemonSettings {
         let tb = "daemon"
         var d = DaemonSettings()
-        checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout", "workers"])
+        checkKeys(t, tb, allowed: ["control_socket", "control_mode", "control_group", "max_connections", "log_level", "shutdown_timeout", "workers",
+                                 "crash_safe"])
         if let v = t["workers"] {
             switch v.value {
             case .string("auto"): d.workers = nil
@@ -444,6 +445,7 @@ private struct Walker {
             }
         }
         if let s = duration(t, tb, "shutdown_timeout") { d.shutdownTimeout = s }
+        if let b = bool(t, tb, "crash_safe") { d.crashSafe = b }
         return d
     }
 

@@ -63,6 +63,9 @@ public struct DaemonSettings: Sendable, Equatable {
     public var shutdownTimeout = 10.0
     /// Event loops (threads) relaying; nil: "auto", one per CPU the process may run on.
     public var workers: Int? = nil
+    /// Relays, their bytes and the event counters survive a crash of tcpopsd (the crash keep,
+    /// in systemd's fd store; without one, as when not run by systemd, nothing can).
+    public var crashSafe = true
 
     /// The number of event loops to run: `workers`, or the CPUs this process may run on.
     public var workerCount: Int { workers ?? max(1, min(DaemonSettings.maxWorkers, CPUs.allowed())) }

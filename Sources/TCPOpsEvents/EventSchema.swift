@@ -102,6 +102,7 @@ extension TCPEvent: ConnectionFacts, Schematic {
     private static let tail: [EventField<TCPEvent>] = [
         EventField("TCPOPS_ORIGIN", "origin", .everywhere) { .text($0.reason.origin.rawValue) },
         EventField("TCPOPS_ERRNO", "errno", [.journal, .json, .hook, .terminal]) { .text($0.errnoText) },
+        EventField("TCPOPS_LATE", "late", [.journal, .json, .hook, .terminal]) { .number($0.late ? 1 : nil) },
         EventField("TCPOPS_TCP_RTT_US", "tcp_rtt_us", .everywhere, emptyInJournal: true) { .number($0.tcp?.rttMicros.map(UInt64.init)) },
         EventField("TCPOPS_TCP_RTTVAR_US", "tcp_rttvar_us", .everywhere, emptyInJournal: true) { .number($0.tcp?.rttvarMicros.map(UInt64.init)) },
         EventField("TCPOPS_TCP_RETRANSMITS", "tcp_retransmits", .everywhere, emptyInJournal: true) { .number($0.tcp.map { UInt64($0.retransmits) }) },

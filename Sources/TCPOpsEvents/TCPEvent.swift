@@ -117,6 +117,8 @@ public struct TCPEvent: Sendable {
     public var tcp: TCPInfo?
     /// What the journal does with it (the relay that raised it decides, by `[events] journal`).
     public var journal = JournalDisposition.write
+    /// The peer closed while no tcpopsd ran (a crash, a restart): the event comes late.
+    public var late = false
     /// Set by the dispatcher: the event's number (1, 2, ...) and wall-clock time.
     public var seq: UInt64 = 0
     public var unixMicros: UInt64 = 0

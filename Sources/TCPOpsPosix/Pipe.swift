@@ -21,6 +21,10 @@ package final class PipePool {
     package struct Pipe {
         package let read: Int32
         package let write: Int32
+        package init(read: Int32, write: Int32) {
+            self.read = read
+            self.write = write
+        }
     }
 
     private var idle: [Pipe] = []
@@ -42,6 +46,9 @@ package final class PipePool {
     private let keepGrownIdle: Int
     /// After the kernel refused to grow a pipe, none is grown before this.
     private var growUntil: UInt64 = 0
+    /// Told of every pipe the pool makes and closes (the crash keep parks them).
+    package var made: ((Pipe) -> Void)?
+    package var closed: ((Pipe) -> Void)?
 
     package init(keepIdle: Int = 256, capacity: Int = 1 << 16, bulkCapacity: Int = 1 << 18, growLimit: Int = 32, keepGrownIdle: Int = 4) {
         self.keepIdle = keepIdle
@@ -139,7 +146,9 @@ package final class PipePool {
             closeFD(fds[1])
             throw short(error)
         }
-        return Pipe(read: fds[0], write: fds[1])
+        let p = Pipe(read: fds[0], write: fds[1])
+        made?(p)
+        return p
     }
 
     private func short(_ e: SystemError) -> SystemError {
@@ -166,6 +175,7 @@ package final class PipePool {
     }
 
     package func close(_ p: Pipe) {
+        closed?(p)
         closeFD(p.read)
         closeFD(p.write)
     }
@@ -181,6 +191,9 @@ package final class PipePool {
         }
         return off
     }
+
+    /// The pool's idle pipes (plain and grown).
+    package var idlePipes: [Pipe] { idle + idleGrown }
 
     package func drain() {
         for p in idle + idleGrown { close(p) }

@@ -66,7 +66,7 @@ public final class Connection: EventHandler, TimerSlot {
     package var closeReason: CloseReason?
     /// The yes/no state below, one bit each (six Bools would cost the object a 16-byte malloc step).
     private var flags: UInt8 = 0
-    private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4
+    private static let eventsBit: UInt8 = 1, raisedBit: UInt8 = 2, fdOpenBit: UInt8 = 4, lateBit: UInt8 = 8
     private static let localUnaskedBit: UInt8 = 16, trackedBit: UInt8 = 32, balancerOwnBit: UInt8 = 64, journalHeldBit: UInt8 = 128
 
     @inline(__always) private func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
@@ -76,6 +76,12 @@ public final class Connection: EventHandler, TimerSlot {
     public var eventsEnabled: Bool {
         get { flag(Self.eventsBit) }
         set { set(Self.eventsBit, newValue) }
+    }
+    /// Its peer closed while no tcpopsd ran (seen when a crash's relays were taken back): its
+    /// event says it comes late.
+    package var late: Bool {
+        get { flag(Self.lateBit) }
+        set { set(Self.lateBit, newValue) }
     }
     /// Its close raised a tcp:* event.
     package var raisedEvent: Bool {

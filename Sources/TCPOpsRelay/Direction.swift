@@ -118,8 +118,12 @@ package struct Direction {
     /// - mayRead: the source may be read (false while the relay quiets for a handover).
     /// - closeSendsFIN: the relay ends as soon as this FIN is passed on, and its close() sends it;
     ///   no shutdown() is needed.
+    /// - keepMark: the relay is kept for a crash (RelayKeep): every byte goes through a pipe (none
+    ///   waits in memory), and which pipe holds them is written here the moment it is taken (its
+    ///   read end + 1; 0 once it is given back).
     package mutating func pump(from source: Int32, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
-                       canWrite: Bool, mayRead: Bool = true, closeSendsFIN: Bool = false) -> Report {
+                       canWrite: Bool, mayRead: Bool = true, closeSendsFIN: Bool = false,
+                       keepMark: UnsafeMutablePointer<Int32>? = nil) -> Report {
         var report = Report()
         var capacity = self.capacity(pipes)
         var readDrained = sourceDry
@@ -130,7 +134,7 @@ package struct Direction {
         while true {
             var progress = false
             if mayRead && !readDrained && wantsSource(pipes: pipes) {
-                let mode = readMode(canWrite: canWrite, pipes: pipes, report: &report)
+                let mode = readMode(canWrite: canWrite, pipes: pipes, report: &report, keepMark: keepMark)
                 capacity = self.capacity(pipes)  // the pipe readMode took may be a grown one
                 let want = mode == .splice ? capacity - fill : scratch.count
                 let result = mode == .splice ? Splice.move(from: source, to: pipe!.write, length: want)
@@ -155,7 +159,7 @@ package struct Direction {
                     bulk = n >= Direction.copyLimit
                     switch mode {
                     case .copy:
-                        guard forward(n, to: destination, pipes: pipes, scratch: scratch, report: &report) else { return report }
+                        guard forward(n, to: destination, pipes: pipes, scratch: scratch, report: &report, keepMark: keepMark) else { return report }
                     case .hold:
                         held.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
                     case .splice:
@@ -200,6 +204,7 @@ package struct Direction {
         // An empty pipe goes back to the pool (a grown one to the pool's grown ones: the next pump
         // of a stream takes it again).
         if fill == 0, let p = pipe {
+            keepMark?.pointee = 0
             if grown {
                 grown = false
                 pipes.give(grown: p)
@@ -242,24 +247,27 @@ package struct Direction {
     /// to a writable destination; bulk reads are spliced through a pipe; bytes that arrive while
     /// the destination is still connecting are held in memory (one read's worth). Without a pipe
     /// (out of fds), bulk is copied too: slower, never a reset.
-    private mutating func readMode(canWrite: Bool, pipes: PipePool, report: inout Report) -> ReadMode {
-        if fill == 0 {
+    private mutating func readMode(canWrite: Bool, pipes: PipePool, report: inout Report, keepMark: UnsafeMutablePointer<Int32>?) -> ReadMode {
+        if fill == 0 && keepMark == nil {
             if !canWrite { return .hold }
             if !bulk { return .copy }
         }
-        if takePipe(pipes, &report) { return .splice }
+        if takePipe(pipes, &report, keepMark) { return .splice }
         return canWrite ? .copy : .hold  // no pipe means an empty direction: fill is 0
     }
 
-    private mutating func takePipe(_ pipes: PipePool, _ report: inout Report) -> Bool {
+    private mutating func takePipe(_ pipes: PipePool, _ report: inout Report, _ keepMark: UnsafeMutablePointer<Int32>?) -> Bool {
         guard pipe == nil else { return true }
         if bulk, let p = pipes.takeGrown() {
             pipe = p
             grown = true
+            keepMark?.pointee = p.read + 1
             return true
         }
         do {
-            pipe = try pipes.take()
+            let p = try pipes.take()
+            pipe = p
+            keepMark?.pointee = p.read + 1
             return true
         } catch {
             report.pipeShortage = error
@@ -288,7 +296,7 @@ package struct Direction {
     /// Sends `n` bytes just read into the scratch buffer; what the destination cannot take now
     /// goes into the pipe, ahead of anything read later.
     private mutating func forward(_ n: Int, to destination: Int32, pipes: PipePool, scratch: UnsafeMutableRawBufferPointer,
-                                  report: inout Report) -> Bool {
+                                  report: inout Report, keepMark: UnsafeMutablePointer<Int32>?) -> Bool {
         guard let sent = wrote(Socket.send(destination, UnsafeRawBufferPointer(rebasing: scratch[0..<n])), &report) else {
             return false
         }
@@ -298,7 +306,7 @@ package struct Direction {
             // Into the (empty) pipe as far as it takes them, what it does not take into memory
             // after them: `fill` counts exactly what the pipe holds, so a pipe is never given back
             // with bytes in it.
-            let loaded = takePipe(pipes, &report) ? pipes.load(pipe!, rest) : 0
+            let loaded = takePipe(pipes, &report, keepMark) ? pipes.load(pipe!, rest) : 0
             fill += loaded
             if loaded < rest.count { held.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[loaded...])) }
         }

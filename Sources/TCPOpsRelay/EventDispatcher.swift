@@ -29,6 +29,9 @@ public final class EventDispatcher: TurnEndHandler {
     package var generation: Generation?
     /// Also told of every event, a turn's events at a time (the control socket's subscribers).
     public var observers: [([TCPEvent]) -> Void] = []
+    /// The crash keep's header: every event raised is counted there (what the stream numbered is
+    /// counted too, so the next process can say how many a death lost).
+    public var keepHeader: KeepHeader?
 
     public init(logger: Logger, hooks: HookSink?) {
         self.logger = logger
@@ -47,6 +50,7 @@ public final class EventDispatcher: TurnEndHandler {
         var event = event
         event.unixMicros = Clock.unixMicroseconds()
         byKind[event.kind.index] += 1
+        keepHeader?.raised()
         turnHasWork()
         pending.append(event)
         switch event.journal {

@@ -129,13 +129,16 @@ extension Relay {
         }
     }
 
-    /// Stored: close our copies quietly (systemd's copies keep the connections open; no FIN).
+    /// Stored (or kept: its record and parked fds stay for the next tcpopsd): close our copies
+    /// quietly (systemd's copies keep the connections open; no FIN).
     package func handedOver() {
         guard phase != .ended, let upstream else { return }
+        let kept = keepSlot >= 0
+        if kept { ctx.keep?.save(self) }
         enter(.ended)
-        retire(client, state: .gone)
-        retire(upstream, state: .gone)
-        release()  // quiet and drained: its pipes are empty, back to the pool
+        retire(client, state: .gone, handingOver: kept)
+        retire(upstream, state: .gone, handingOver: kept)
+        release(handingOver: kept)  // quiet and drained: its pipes are empty, back to the pool
     }
 
     /// Rebuilds a relay from two stored sockets, under their old conids.

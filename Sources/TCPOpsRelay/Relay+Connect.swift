@@ -110,6 +110,7 @@ extension Relay {
             ctx.socketOptionsLog.log(.warning, "cannot set options on an upstream connection: \(error)", fields(up))
         }
         guard register(up, mask: Relay.watchReadWrite) else { return true }
+        ctx.keep?.admit(self)
         if connectedAtOnce {
             connected()
         } else {
@@ -159,6 +160,7 @@ extension Relay {
         cancelPhaseTimer()
         raise(failed, reason)
         retire(failed, state: .error)
+        if keepSlot >= 0 { ctx.keep?.attemptClosed() }
         ctx.untrack(failed)
         failed.relay = nil
         ctx.upstreamAttemptLog.log(.info, "upstream \(failed.remote?.description ?? "?") failed (\(why)): trying \(next.address)"

@@ -72,7 +72,10 @@ extension Connection {
     /// side is closed with FIN. Neither raises an event (tcpopsd started the close).
     public func close(reset: Bool) -> Bool {
         guard let r = liveRelay else { return false }
-        if reset && fdOpen { Socket.resetOnClose(fd) }
+        if reset && fdOpen {
+            Socket.resetOnClose(fd)
+            if r.keepSlot >= 0 { Socket.abort(fd) }  // (the keep's copy would outlive the close)
+        }
         r.end(failed: nil, reason: .local, why: reset ? "reset by tcpopsctl (conid \(conid))" : "closed by tcpopsctl (conid \(conid))")
         return true
     }

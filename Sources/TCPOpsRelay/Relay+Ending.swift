@@ -51,12 +51,22 @@ extension Relay {
     /// The one teardown of a connection, whatever ends it (the relay's end, a handover, a failed
     /// attempt, a side that broke): its close is classified (local unless it raised its event),
     /// its lifetime disarmed, its socket forgotten by epoll and closed, its state set.
-    package func retire(_ c: Connection, state: ConnectionState) {
+    /// A kept relay's socket is also parked in the crash keep, whose copy would hold the connection
+    /// open: unless both FINs were passed (or it is handed over), it is shut down (aborted while it
+    /// connects) before the close.
+    package func retire(_ c: Connection, state: ConnectionState, handingOver: Bool = false) {
         if c.closeReason == nil { c.closeReason = .local }
         if c.fdOpen {
             c.fdOpen = false
             ctx.loop.timers.disarm(c)
             ctx.loop.forget(c.fd)
+            if keepSlot >= 0 && !handingOver {
+                if c.state == .connecting {
+                    Socket.abort(c.fd)
+                } else if !(toUpstream.shut && toClient.shut) {
+                    Socket.shutdownBoth(c.fd)
+                }
+            }
             closeFD(c.fd)
         }
         c.state = state
@@ -65,8 +75,9 @@ extension Relay {
     /// The one teardown of the relay, after its connections were retired: its phase timer
     /// cancelled, its pipes back in the pool, out of its worker's list, the cycles with its
     /// connections broken.
-    package func release() {
+    package func release(handingOver: Bool = false) {
         enter(.ended)
+        if keepSlot >= 0, !handingOver { ctx.keep?.release(self, parkedFDs: upstream == nil ? 1 : 2) }
         // A close held for the journal whose other side raised nothing: an entry of its own.
         if client.journalHeld { ctx.events.releaseHeld(client.conid) }
         if let upstream, upstream.journalHeld { ctx.events.releaseHeld(upstream.conid) }
@@ -87,7 +98,10 @@ extension Relay {
         else { return }
         metrics.event(kind, reason, conn.side)
         conn.raisedEvent = true
+        // Written before it is sent: a crash after this raises it no second time.
+        if keepSlot >= 0 { ctx.keep?.save(self) }
         var e = event(conn, kind, reason)
+        e.late = conn.late
         e.journal = journalDisposition(conn, kind)
         ctx.events.emit(e)
     }

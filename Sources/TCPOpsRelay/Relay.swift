@@ -97,6 +97,8 @@ public final class Relay: TimerSlot {
     package var listSlot: Int32 = -1
     /// Its place in its loop's timers (TimerSlot; -1: no phase deadline armed).
     public var timerSlot: Int32 = -1
+    /// Its record in its worker's crash keep (RelayKeep; -1: not kept).
+    package var keepSlot: Int32 = -1
     private(set) var phase: Phase = .connecting
 
     package var ended: Bool { phase == .ended }
@@ -159,6 +161,7 @@ public final class Relay: TimerSlot {
 
     /// The one point every call into the relay ends at (see the top of this file).
     package func settle() {
+        if keepSlot >= 0 && phase != .ended { ctx.keep?.save(self) }
         switch phase {
         case .ended:
             return
@@ -254,13 +257,14 @@ public final class Relay: TimerSlot {
         let (from, to): (Connection, Connection) = way == .toUpstream ? (client, upstream) : (upstream, client)
         let canWrite = to.state == .ok || to.state == .eof
         let mayRead = phase != .quieting
+        let mark = keepSlot >= 0 ? ctx.keep?.pipeMark(self, way) : nil
         let report = switch way {
         case .toUpstream:
             toUpstream.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: mayRead,
-                            closeSendsFIN: toClient.shut)
+                            closeSendsFIN: toClient.shut && keepSlot < 0, keepMark: mark)
         case .toClient:
             toClient.pump(from: from.fd, to: to.fd, pipes: ctx.pipes, scratch: ctx.scratch, canWrite: canWrite, mayRead: mayRead,
-                          closeSendsFIN: toUpstream.shut)
+                          closeSendsFIN: toUpstream.shut && keepSlot < 0, keepMark: mark)
         }
         let now = ctx.loop.now
         if report.read > 0 {

@@ -33,6 +33,30 @@ public final class RelayShared: Sendable {
 
     public var peekNextConid: UInt64 { nextConid.load(ordering: .relaxed) }
     public var connectionsNow: Int { connections.load(ordering: .relaxed) }
+
+    /// With a crash keep, conids are reserved in blocks in its header before they are handed out:
+    /// after any death the next process starts past every conid this one may have given.
+    package let reservedTo = Atomic<UInt64>(UInt64.max)
+    private let reserving = Locked<KeepHeader?>(nil)
+    package static let conidBlock: UInt64 = 4096
+
+    /// Conids continue from what `header` says was reserved, and are reserved there from now on.
+    public func keepConids(in header: KeepHeader) {
+        adopted(last: max(header.conidsReserved, 1) - 1)
+        reserving.withLock { $0 = header }
+        reserve(through: peekNextConid)
+    }
+
+    package func reserve(through id: UInt64) {
+        reserving.withLock { header in
+            guard let header else { return }
+            let current = reservedTo.load(ordering: .relaxed)
+            guard current == .max || id >= current else { return }
+            let to = id + RelayShared.conidBlock
+            header.conidsReserved = to
+            reservedTo.store(to, ordering: .relaxed)
+        }
+    }
 }
 
 /// One worker's counters, written by its loop only and readable from any thread (status, stats).
@@ -162,7 +186,26 @@ public final class RelayContext {
 
     package var peekNextConid: UInt64 { shared.peekNextConid }
 
-    package func newConid() -> UInt64 { shared.nextConid.wrappingAdd(1, ordering: .relaxed).oldValue }
+    package func newConid() -> UInt64 {
+        let id = shared.nextConid.wrappingAdd(1, ordering: .relaxed).oldValue
+        if id >= shared.reservedTo.load(ordering: .relaxed) { shared.reserve(through: id) }
+        return id
+    }
+
+    /// The crash keep (nil: relays are not kept across a crash).
+    public private(set) var keep: RelayKeep?
+
+    /// Keeps this worker's relays from now on (relays running already are parked too), and the
+    /// pipes its pool makes.
+    public func install(keep: RelayKeep) {
+        self.keep = keep
+        keep.liveRelays = { [unowned self] in self.liveRelays }
+        pipes.made = { [unowned keep] in keep.pipeMade($0) }
+        pipes.closed = { [unowned keep] in keep.pipeClosed($0) }
+        for p in pipes.idlePipes { keep.pipeAdopted(p) }
+        for r in liveRelays where r.keepSlot < 0 && (r.phase == .connecting || r.phase == .relaying) { keep.admit(r) }
+        keep.flush()
+    }
 
     /// `c` must already belong to its relay (for the relay's metrics).
     package func track(_ c: Connection) {

@@ -43,6 +43,20 @@ void tcpops_name_thread(const char *name);
 static inline unsigned int tcpops_load_acquire_u32(const unsigned int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void tcpops_store_release_u32(unsigned int *p, unsigned int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+/* The crash keep (RelayKeep): fds parked in a unix socket's queue, a shared memory file. */
+/* Sends `len` bytes and `nfds` fds (at most 253) in one message; -1 with errno. */
+ssize_t tcpops_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* Receives one message: its bytes into buf, up to `maxfds` fds (close-on-exec) into fds, their
+ * count in *nfds (with maxfds 0 the message's fds are dropped by the kernel unseen); -1 with errno. */
+ssize_t tcpops_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+int tcpops_memfd(const char *name);
+/* connect(AF_UNSPEC): a TCP socket's connection is aborted at once (an RST; a connect in
+ * progress stops), whoever else holds the file. */
+int tcpops_disconnect(int fd);
+static inline unsigned long long tcpops_fetch_add_u64(unsigned long long *p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline unsigned long long tcpops_load_u64(const unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void tcpops_store_u64(unsigned long long *p, unsigned long long v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
 /* The git revision the build came from ("" when unknown): see Package.swift. */
 const char *tcpops_git_revision(void);
 #endif

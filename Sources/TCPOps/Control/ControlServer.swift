@@ -49,8 +49,12 @@ public final class ControlServer: Sendable {
 
     /// Serves requests about `workers`' connections (and the hook runner's counters), under
     /// `generation` until `apply` brings another.
-    func start(workers: [RelayWorker], hooks: HookRunner?, generation: Generation) throws(SystemError) {
+    func start(workers: [RelayWorker], hooks: HookRunner?, generation: Generation, keepHeader: KeepHeader? = nil) throws(SystemError) {
         let worker = runner.unstartedWorker
+        if let keepHeader {
+            worker.keepHeader = keepHeader
+            worker.nextSeq = max(1, keepHeader.nextSeq)
+        }
         worker.target = ControlTarget(workers: workers, hooks: hooks, subscriberCount: { [unowned self] in self.subscriberCount },
                                       loop: worker.loop, generation: generation)
         let gauge = worker.metrics?.subscribers
@@ -64,11 +68,15 @@ public final class ControlServer: Sendable {
 
     /// Called on the relay's loop with a turn's events: one post to the control thread, where
     /// they are kept (the recent ones) and rendered, only when someone reads them.
-    public func publish(_ events: [TCPEvent]) {
+    /// `keep`: the crash keep's header, which counts what the stream delivered (with nobody
+    /// following it, a batch counts as delivered at once: no one waits for it).
+    public func publish(_ events: [TCPEvent], keep: KeepHeader? = nil) {
         let batch = Handoff(events)
         // Nobody follows the stream: the batch only joins the recent events, and need not wake
         // the control thread (it is taken at its next turn, before any request is read).
-        runner.post(quietly: subscriberCount == 0) { $0.broadcast(batch.value) }
+        let quietly = subscriberCount == 0
+        if quietly { keep?.streamed(UInt64(events.count)) }
+        runner.post(quietly: quietly) { $0.broadcast(batch.value, counted: quietly) }
     }
 
     /// A reload's generation reaches the control thread (the listeners' names).
@@ -301,12 +309,18 @@ final class ControlWorker: LoopWorker {
     /// Event numbers for the stream: given here, in the order the events reach the control
     /// thread (each worker's in the order it raised them, so a conid's events stay in order).
     var nextSeq: UInt64 = 1
+    /// The crash keep's header: the seq continues there, and what reached subscribers is counted.
+    var keepHeader: KeepHeader?
 
-    func broadcast(_ events: [TCPEvent]) {
+    func broadcast(_ events: [TCPEvent], counted: Bool = false) {
         var events = events
         for i in events.indices {
             events[i].seq = nextSeq
             nextSeq += 1
+        }
+        if let h = keepHeader {
+            h.nextSeq = nextSeq
+            if !counted { h.streamed(UInt64(events.count)) }
         }
         for event in events {
             if recent.count < ControlWorker.recentEvents {

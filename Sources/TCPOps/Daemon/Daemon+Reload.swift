@@ -15,7 +15,11 @@ extension Daemon {
     private func applyListeners(_ wanted: [ListenerSettings], unusable: [String: String] = [:]) -> [String] {
         let workers = self.workers
         let plan = ListenerReconciliation<ListenerGroup>(current: listeners.mapValues { ($0, $0.settings) }, wanted: wanted,
-                                                         unusable: unusable) { s in try ListenerGroup(settings: s, workers: workers) }
+                                                         unusable: unusable) { [unowned self] s in
+            let g = try ListenerGroup(settings: s, workers: workers)
+            storeListening(g.fd, s.listen)
+            return g
+        }
         for step in plan.steps {
             switch step {
             case let .kept(s, changed):
@@ -33,6 +37,7 @@ extension Daemon {
         }
         // Every address still wanted is listening: only now do the others go.
         for old in plan.retire {
+            unstoreListening(old.settings.listen)
             let (name, address, logger) = (old.settings.name, old.settings.listen, logger)
             retirementsInFlight += 1
             old.group.retire { [unowned self] taken in

@@ -60,6 +60,8 @@ public final class Daemon {
     private(set) var metricsAddress: SocketAddress?
     /// systemd's fd store, when the unit hands relays over at a restart.
     private var fdStore: FDStore?
+    /// The crash keep, when on (and while a previous one is taken back).
+    private var crashKeep: CrashKeep?
     private(set) var stopping = false
     private var stopStartedAt: UInt64 = 0
     /// The open-files limit after raising it at start (max_connections' default fits it).
@@ -129,6 +131,17 @@ public final class Daemon {
     /// its subscribers, and hooks still running at the stop can still use tcpopsctl. Hooks start
     /// before the workers that submit to them and stop after them.
     private func start(_ services: inout Services) throws(DaemonError) {
+        // What systemd passed: listening sockets (socket activation, or stored by a previous
+        // tcpopsd), relays handed over at a restart, the crash keep.
+        let handed = ListenFDs.takeAll(stored: { FDStore.isStored($0) || CrashKeep.claims($0) })
+        crashKeep = CrashKeep(stored: handed.stored.filter { CrashKeep.claims($0.name) },
+                              enabled: config.daemon.crashSafe && FDStore.configuredSize != nil, logger: logger)
+        if let k = crashKeep {
+            shared.keepConids(in: k.header)
+            hooks.keepHeader = k.header
+            for w in workers { w.dispatcher.keepHeader = k.header }
+            k.reportUndelivered()
+        }
         // Worker 0's loop is the main thread's: what it holds goes last.
         services.add("worker 0") { [workers] _ in workers[0].finish() }
         try services.start("signals", { () throws(DaemonError) in
@@ -167,8 +180,7 @@ public final class Daemon {
         })
         // Socket activation: a passed socket serves the [[listener]] named by its
         // FileDescriptorName, else the one with its address; listeners left over bind as usual.
-        let handed = ListenFDs.takeAll(stored: FDStore.isStored)
-        let (carried, marker) = FDStore.read(handed.stored)
+        let (carried, marker) = FDStore.read(handed.stored.filter { !CrashKeep.claims($0.name) })
         for r in handed.rejected { logger.log(.warning, "ignoring a socket passed by systemd: \(r)", id: .listener) }
         try services.start("listeners", { () throws(DaemonError) in try listen(passed: handed.sockets) },
                            stop: { [unowned self] _ in closeListeners() })
@@ -177,8 +189,16 @@ public final class Daemon {
                 if let error = serveMetrics(at) { throw .metrics(address: at, error) }
             }, stop: { [unowned self] _ in metricsServer?.shutdown() })
         }
+        let keepHeader = crashKeep?.header
         for w in workers {
-            w.post { w in w.dispatcher.observers.append { control.publish($0) } }
+            w.post { w in w.dispatcher.observers.append { control.publish($0, keep: keepHeader) } }
+        }
+        if let k = crashKeep {
+            if config.daemon.crashSafe && FDStore.configuredSize != nil { k.install(workers, relays: Int(min(fdLimit, 1 << 22) / 2)) }
+            k.takeBack(workers) { [unowned self] hash in
+                listeners.values.first { KeepRecord.hash($0.settings.name) == hash }?.settings
+                    ?? config.listeners.first { KeepRecord.hash($0.name) == hash }
+            }
         }
         fdStore = FDStore(logger: logger, shared: shared)
         FDStore.adopt(carried, marker: marker, workers: workers, shared: shared, logger: logger) { [unowned self] name in
@@ -186,7 +206,7 @@ public final class Daemon {
         }
         fdStore?.announce(fdLimit: fdLimit)
         do {
-            try control.start(workers: workers, hooks: hooks, generation: generation)
+            try control.start(workers: workers, hooks: hooks, generation: generation, keepHeader: crashKeep?.header)
         } catch {
             throw .resource(error)
         }
@@ -208,7 +228,11 @@ public final class Daemon {
             let match = passed.firstIndex { $0.name == l.name } ?? passed.firstIndex { $0.address == l.listen }
             let inherited = match.map { passed.remove(at: $0) }
             do {
-                listeners[l.name] = try ListenerGroup(settings: l, workers: workers, passed: inherited?.fd)
+                let group = try ListenerGroup(settings: l, workers: workers, passed: inherited?.fd)
+                listeners[l.name] = group
+                // Bound here: into the fd store, so that clients wait in its queue while no
+                // tcpopsd runs (a crash, a restart) instead of being refused.
+                if inherited == nil { storeListening(group.fd, l.listen) }
                 if let inherited {
                     logger.log(.info, "listener \"\(l.name)\" uses the socket systemd passed as \"\(inherited.name)\" (\(inherited.address?.description ?? "?"))",
                                id: .listener, [("TCPOPS_LISTENER", l.name)])
@@ -219,8 +243,30 @@ public final class Daemon {
             }
         }
         for p in passed {
+            if p.name.hasPrefix(Daemon.storedListening) {
+                // A listener stored by a previous tcpopsd that the file no longer has.
+                Notify.send("FDSTOREREMOVE=1\nFDNAME=\(p.name)")
+                logger.log(.notice, "the listening socket on \(p.address?.description ?? "?") kept for a previous listener is no longer configured: closed", id: .listener)
+                continue
+            }
             logger.log(.warning, "socket passed by systemd as \"\(p.name)\" (\(p.address?.description ?? "?")) matches no [[listener]]: closed", id: .listener)
         }
+    }
+
+    /// Listening sockets tcpopsd bound are stored as `tl.` and their address (in hex) when the crash
+    /// keep is on: they outlive the process, and the next one takes them back by address.
+    static let storedListening = "tl."
+
+    func storeListening(_ fd: Int32, _ at: SocketAddress) {
+        guard crashKeep != nil, config.daemon.crashSafe else { return }
+        if !Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(Daemon.storedListening)\(CarriedSide.hex(at))", fds: [fd]) {
+            logger.log(.warning, "systemd's fd store refused the listening socket on \(at): clients are refused while no tcpopsd runs", id: .listener)
+        }
+    }
+
+    func unstoreListening(_ at: SocketAddress) {
+        guard crashKeep != nil else { return }
+        Notify.send("FDSTOREREMOVE=1\nFDNAME=\(Daemon.storedListening)\(CarriedSide.hex(at))")
     }
 
     private func closeListeners() {

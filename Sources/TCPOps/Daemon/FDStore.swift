@@ -78,7 +78,7 @@ final class FDStore {
     /// The size of systemd's fd store for this service, when the unit hands relays over on a
     /// restart: the unit says it in TCPOPSD_FDSTORE (the same number as its
     /// FileDescriptorStoreMax=); systemd 254 and later say it in $FDSTORE, which wins. nil: off.
-    private static var configuredSize: Int? {
+    static var configuredSize: Int? {
         guard getenv("NOTIFY_SOCKET") != nil, let v = getenv("TCPOPSD_FDSTORE"), let n = Int(String(cString: v)), n > 0 else { return nil }
         if let s = getenv("FDSTORE"), let real = Int(String(cString: s)), real >= 0 { return real }
         return n
@@ -209,10 +209,17 @@ final class FDStore {
                 ctx.loop.timers.schedule(at: ctx.loop.now + 20_000_000) { attempt() }
                 return
             }
-            var stored = 0, overflow = 0
+            var stored = 0, overflow = 0, kept = 0
             for r in live.sorted(by: { $0.client.conid < $1.client.conid }) {
                 guard r.readyToCarry else {
                     r.end(failed: nil, reason: .local, why: "bytes still held at the handover deadline: closed")
+                    continue
+                }
+                // Kept (the crash keep): its fds are parked already, its record is there; nothing
+                // is stored, and the store's size does not bound it.
+                if r.keepSlot >= 0 {
+                    r.handedOver()
+                    kept += 1
                     continue
                 }
                 guard stored < quota else {
@@ -231,7 +238,7 @@ final class FDStore {
                     r.end(failed: nil, reason: .local, why: "the fd store refused it: closed")
                 }
             }
-            done(stored, overflow)
+            done(stored + kept, overflow)
         }
         attempt()
     }

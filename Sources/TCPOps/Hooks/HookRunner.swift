@@ -35,6 +35,9 @@ public final class HookRunner: HookSink {
     private let runner: LoopThread<Worker>
 
     private let metrics: HookMetrics?
+    /// The crash keep's header, which counts hook runs queued and started (set before start, read
+    /// by the workers and the runner's thread after).
+    nonisolated(unsafe) var keepHeader: KeepHeader?
 
     public init(settings: Settings, logger: Logger, metrics: HookMetrics? = nil) throws(SystemError) {
         self.logger = logger
@@ -92,6 +95,7 @@ public final class HookRunner: HookSink {
                 continue
             }
             waiting.add(1, ordering: .relaxed)
+            keepHeader?.hookQueued()
             let job = Job(argv: argv, environment: env, event: event.kind, conid: event.conid)
             runner.post { $0.enqueue(job) }
         }
@@ -106,7 +110,10 @@ public final class HookRunner: HookSink {
         }
     }
 
-    fileprivate func dequeued() { waiting.subtract(1, ordering: .relaxed) }
+    fileprivate func dequeued() {
+        waiting.subtract(1, ordering: .relaxed)
+        keepHeader?.hookStarted()
+    }
     fileprivate enum Outcome { case started, failed, killed, dropped(UInt64) }
 
     /// Counts a hook's outcome, in the totals and in the metrics.
