@@ -170,7 +170,7 @@ extension Relay {
         relay.enter(.relaying)  // established on both sides, as it was when it was carried
         // Which of the listener's upstreams it is (for `list`), if the address is still one of them.
         if let remote = up.remote, let i = (0..<listener.candidateCount).first(where: { listener.candidate($0)?.address == remote }) {
-            relay.attempt = Int32(i)
+            relay.attempt = Int16(clamping: i)
         }
         ctx.track(client)
         ctx.track(up)

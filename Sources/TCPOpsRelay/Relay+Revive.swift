@@ -206,7 +206,7 @@ extension Relay {
         client.relay = relay
         up.relay = relay
         relay.upstream = up
-        relay.attempt = max(0, k.attempt)
+        relay.attempt = Int16(clamping: max(0, k.attempt))
         relay.toUpstream.eof = k.has(KeepRecord.toUpstreamEOF)
         relay.toUpstream.shut = k.has(KeepRecord.toUpstreamShut)
         relay.toClient.eof = k.has(KeepRecord.toClientEOF)

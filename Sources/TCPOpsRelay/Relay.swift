@@ -91,14 +91,14 @@ public final class Relay: TimerSlot {
     /// upstream's connect, or the drain after a side broke. The phases follow one another, so the
     /// relay itself is their one entry in its loop's timers (`phaseSlot` -1: none armed).
     public var timerDeadline: UInt64 = 0
-    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
-    package var attempt: Int32 = 0
     /// Its place in its worker's relay list (RelayContext.added; -1 when not in it).
     package var listSlot: Int32 = -1
     /// Its place in its loop's timers (TimerSlot; -1: no phase deadline armed).
     public var timerSlot: Int32 = -1
     /// Its record in its worker's crash keep (RelayKeep; -1: not kept).
     package var keepSlot: Int32 = -1
+    /// Which of the listener's upstream candidates (addresses, in order) is being tried or used.
+    package var attempt: Int16 = 0
     private(set) var phase: Phase = .connecting
 
     package var ended: Bool { phase == .ended }

@@ -282,7 +282,7 @@ public final class RelayKeep: TurnEndHandler {
             put(KeepRecord.upstreamOut, u.bytesOut)
         }
         put(KeepRecord.listenerHash, KeepRecord.hash(r.listener.name))
-        at(s, KeepRecord.attempt).storeBytes(of: r.attempt, as: Int32.self)
+        at(s, KeepRecord.attempt).storeBytes(of: Int32(r.attempt), as: Int32.self)
         at(s, KeepRecord.phase).storeBytes(of: r.phase.rawValue, as: UInt8.self)
         at(s, KeepRecord.clientReason).storeBytes(of: RelayKeep.code(c.closeReason), as: UInt8.self)
         at(s, KeepRecord.upstreamReason).storeBytes(of: RelayKeep.code(r.upstream?.closeReason), as: UInt8.self)

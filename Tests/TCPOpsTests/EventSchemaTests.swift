@@ -19,7 +19,7 @@ import Testing
             "TCPOPS_EVENT=tcp:reset", "TCPOPS_REASON=rst", "TCPOPS_CONID=7", "TCPOPS_PEER_CONID=8", "TCPOPS_SIDE=client",
             "TCPOPS_LISTENER=sip-1", "TCPOPS_PROTO=tcp", "TCPOPS_LOCAL_IP=127.0.0.1", "TCPOPS_LOCAL_PORT=5060",
             "TCPOPS_REMOTE_IP=10.20.30.255", "TCPOPS_REMOTE_PORT=65535", "TCPOPS_DURATION_MS=1234", "TCPOPS_BYTES_IN=0",
-            "TCPOPS_BYTES_OUT=18446744073709551615", "TCPOPS_ORIGIN=peer", "TCPOPS_ERRNO=ECONNRESET",
+            "TCPOPS_BYTES_OUT=18446744073709551615", "TCPOPS_ORIGIN=peer", "TCPOPS_ERRNO=ECONNRESET", "TCPOPS_LATE=",
             "TCPOPS_TCP_RTT_US=10", "TCPOPS_TCP_RTTVAR_US=", "TCPOPS_TCP_RETRANSMITS=0", "TCPOPS_TCP_UNACKED=3",
             "TCPOPS_TCP_LOST=0", "TCPOPS_TCP_LAST_DATA_RECV_MS=4294967295", "TCPOPS_TCP_LAST_ACK_RECV_MS=",
             "TCPOPS_TCP_PMTU=65535", "TCPOPS_TCP_SND_CWND=10",
@@ -29,7 +29,12 @@ import Testing
         e.local = nil
         let env = e.hookEnvironment
         #expect(env.contains("TCPOPS_PEER_CONID=") && env.contains("TCPOPS_LOCAL_IP=") && env.contains("TCPOPS_LOCAL_PORT="))
-        #expect(env.contains("TCPOPS_ERRNO=") && env.contains("TCPOPS_TCP_RTT_US=") && env.count == 25)
+        #expect(env.contains("TCPOPS_ERRNO=") && env.contains("TCPOPS_TCP_RTT_US=") && env.count == 26)
+        // A peer that closed while no tcpopsd ran (taken back after a crash): its event says so.
+        e.late = true
+        #expect(e.hookEnvironment.contains("TCPOPS_LATE=1"))
+        #expect(e.journalFields.contains { $0.0 == "TCPOPS_LATE" && $0.1 == "1" })
+        #expect(e.jsonLine().contains("\"late\":1,"))
     }
 
     @Test func theJournalEntry() throws {
@@ -52,7 +57,7 @@ import Testing
         #expect(try Self.event(tcp: EventTextTests.info).jsonLine() == "{\"seq\":99,\"time_us\":1790000000123456,\"event\":\"tcp:reset\","
             + "\"reason\":\"rst\",\"conid\":7,\"peer_conid\":8,\"side\":\"client\",\"listener\":\"sip-1\",\"local\":\"127.0.0.1:5060\","
             + "\"remote\":\"10.20.30.255:65535\",\"duration_ms\":1234,\"bytes_in\":0,\"bytes_out\":18446744073709551615,"
-            + "\"origin\":\"peer\",\"errno\":\"ECONNRESET\",\"tcp_rtt_us\":10,\"tcp_rttvar_us\":null,\"tcp_retransmits\":0,"
+            + "\"origin\":\"peer\",\"errno\":\"ECONNRESET\",\"late\":null,\"tcp_rtt_us\":10,\"tcp_rttvar_us\":null,\"tcp_retransmits\":0,"
             + "\"tcp_unacked\":3,\"tcp_lost\":0,\"tcp_last_data_recv_ms\":4294967295,\"tcp_last_ack_recv_ms\":null,"
             + "\"tcp_pmtu\":65535,\"tcp_snd_cwnd\":10}")
     }

@@ -110,3 +110,137 @@ def test_sigkill_loses_no_relay_and_no_byte(tmp_path, echo):
         assert "took back 20 relay(s)" in sup.logtext()
     finally:
         sup.close()
+
+
+def test_a_peer_that_closes_during_the_gap_gets_one_late_event(tmp_path, echo):
+    records = tmp_path / "records"
+    records.mkdir()
+    hook = write_hook(tmp_path / "hook.sh", records)
+    sup, port = start(tmp_path, echo, events={"callback": [hook]})
+    try:
+        s = connect(port)
+        s.sendall(b"hello")
+        assert s.recv(5) == b"hello"
+        conid = conids(tmp_path)[f"127.0.0.1:{s.getsockname()[1]}"]
+        sup.kill()
+        s.shutdown(socket.SHUT_WR)  # while no tcpopsd runs
+        time.sleep(0.3)
+        sup.start()
+        # The FIN is relayed: the echo server answers with its own, and the relay ends.
+        s.settimeout(10)
+        assert s.recv(10) == b""
+        s.close()
+
+        def mine():
+            return [r for r in read_records(records) if r.get("TCPOPS_CONID") == str(conid)]
+
+        wait_for(lambda: mine(), what="the client's event")
+        time.sleep(1.0)  # (a second one would come by now)
+        got = mine()
+        assert len(got) == 1, got
+        assert got[0]["TCPOPS_EVENT"] == "tcp:closed" and got[0]["TCPOPS_LATE"] == "1"
+        # The upstream closed after the restart: on time.
+        up = [r for r in read_records(records) if r.get("TCPOPS_PEER_CONID") == str(conid)]
+        assert len(up) == 1 and up[0]["TCPOPS_LATE"] == ""
+    finally:
+        sup.close()
+
+
+def test_conids_and_the_event_seq_continue_and_lost_hook_runs_are_counted(tmp_path, echo):
+    records = tmp_path / "records"
+    records.mkdir()
+    hook = write_hook(tmp_path / "hook.sh", records, sleep=30)
+    sup, port = start(tmp_path, echo, events={"callback": [hook], "max_running_hooks": 1})
+    try:
+        for _ in range(5):
+            s = connect(port)
+            s.close()
+
+        def seqs():
+            return [json.loads(l)["seq"] for l in ctl(tmp_path, "events", "--json").splitlines() if "\"seq\"" in l]
+
+        wait_for(lambda: len(seqs()) == 10, what="ten events (two closes a relay)")
+        before = seqs()
+        highest = max(conids(tmp_path).values(), default=0)
+        sup.restart_after(signal.SIGKILL)
+        log = sup.logtext()
+        # One hook ran (and sleeps); nine waited for a slot when tcpopsd died.
+        assert "and 9 hook run(s) queued but not started" in log, log[-2000:]
+        s = connect(port)
+        wait_for(lambda: conids(tmp_path), what="a relay")
+        assert min(conids(tmp_path).values()) > max(highest, 10)
+        s.close()
+        wait_for(lambda: len(seqs()) == 2, what="the new relay's two events")
+        assert min(seqs()) == max(before) + 1, (seqs(), before)
+    finally:
+        sup.close()
+
+
+def test_new_clients_during_the_gap_wait_and_are_served(tmp_path, echo):
+    sup, port = start(tmp_path, echo)
+    try:
+        results, stop = [], threading.Event()
+
+        def dialer():
+            while not stop.is_set():
+                try:
+                    s = connect(port, timeout=10)
+                    s.sendall(b"x")
+                    s.settimeout(10)
+                    results.append(s.recv(1) == b"x")
+                    s.close()
+                except OSError as e:
+                    results.append(repr(e))
+                time.sleep(0.01)
+
+        t = threading.Thread(target=dialer)
+        t.start()
+        for _ in range(3):
+            time.sleep(0.5)
+            sup.kill()
+            time.sleep(0.3)  # the gap: the listening socket lives on in the store
+            sup.start()
+        time.sleep(0.5)
+        stop.set()
+        t.join(30)
+        bad = [r for r in results if r is not True]
+        assert len(results) > 50 and not bad, (len(results), bad[:5])
+    finally:
+        sup.close()
+
+
+def test_a_poisoned_record_is_closed_and_logged_not_a_crash_loop(tmp_path, echo):
+    sup, port = start(tmp_path, echo)
+    try:
+        good, bad = connect(port), connect(port)
+        for s in (good, bad):
+            s.sendall(b"ok")
+            assert s.recv(2) == b"ok"
+        ids = conids(tmp_path)
+        bad_conid = ids[f"127.0.0.1:{bad.getsockname()[1]}"]
+        sup.kill()
+        # Damage the bad relay's record in the keep's memory file (as the store holds it).
+        with sup.store.lock:
+            files = [fd for name, fd in sup.store.fds.items() if name.startswith("km.")]
+        hit = 0
+        for fd in files:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, min(size, 1 << 20), 0)
+            for off in range(0, len(data) - 192 + 1, 192):
+                if int.from_bytes(data[off:off + 8], "little") == bad_conid:
+                    os.pwrite(fd, b"\xff" * 64, off + 104)  # pipes, phase, states, flags: nonsense
+                    hit += 1
+        assert hit == 1
+        sup.start()
+        assert "cannot be taken back" in sup.logtext()
+        left = conids(tmp_path)
+        assert bad_conid not in left.values() and ids[f"127.0.0.1:{good.getsockname()[1]}"] in left.values()
+        good.sendall(b"still")
+        assert good.recv(5) == b"still"
+        bad.settimeout(10)
+        assert bad.recv(10) == b""  # closed with a FIN, not left hanging
+        sup.restart_after(signal.SIGKILL)  # and the next start is clean
+        good.sendall(b"again")
+        assert good.recv(5) == b"again"
+    finally:
+        sup.close()
