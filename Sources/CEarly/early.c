@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <linux/close_range.h>
@@ -32,12 +33,15 @@ static void mark_inherited_fds_cloexec(void) {
 }
 
 static void tcpopsd_early(int argc, char **argv, char **envp) {
-    (void)argc; (void)argv; (void)envp;
+    (void)argc; (void)argv;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    /* Tests only: SIGUSR2 stalls the main loop (Daemon.debugStall), in no other thread. */
+    for (char **e = envp; e && *e; e++)
+        if (strcmp(*e, "TCPOPSD_DEBUG_STALL=1") == 0) sigaddset(&set, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &set, NULL) == 0) blocked = 1;
     signal(SIGPIPE, SIG_IGN);
     mark_inherited_fds_cloexec();

@@ -29,6 +29,7 @@ public final class SignalReader: EventHandler {
         var set = sigset_t()
         sigemptyset(&set)
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+        if let v = getenv("TCPOPSD_DEBUG_STALL"), String(cString: v) == "1" { sigaddset(&set, SIGUSR2) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
     }

@@ -16,6 +16,13 @@ package enum Parcel {
         return (fds[0], fds[1])
     }
 
+    /// Asks for the largest send buffer the kernel allows (net.core.wmem_max): what a queue of
+    /// parked fds holds is bounded by its sender's buffer.
+    package static func growSendBuffer(_ sock: Int32) {
+        var size: Int32 = 64 << 20
+        _ = setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// Sends `bytes` with `fds` (at most maxFDs) as one message, without waiting: 0, or the errno
     /// (EAGAIN: the sender's buffer is full; ETOOMANYREFS: more fds in flight than the fd limit).
     package static func send(_ sock: Int32, bytes: [UInt8], fds: [Int32]) -> Int32 {

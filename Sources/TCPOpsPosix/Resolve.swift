@@ -1,5 +1,8 @@
 // Host names to addresses (getaddrinfo). It blocks, so it runs only where nothing waits on it: at
 // start before the loop, and on reload in a thread of its own.
+// CShims too: without it a release (whole-module) build stopped finding SOCK_STREAM here once another
+// file of this module used SOCK_SEQPACKET through CShims' <sys/socket.h> (Swift 6.3).
+import CShims
 import Glibc
 
 public enum Resolve {

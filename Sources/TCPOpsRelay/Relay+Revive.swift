@@ -54,12 +54,12 @@ package struct TakenBack: @unchecked Sendable {
 extension RelayKeep {
     /// Reads a previous keep: drains its queue (every parked fd comes here once; the newest copy of
     /// each wins) and matches the fds to the live records. `records`: the file, mapped.
-    package static func takeBack(queue: Int32, records: SharedFile) -> TakenBack {
+    package static func takeBack(queues: [Int32], records: SharedFile) -> TakenBack {
         var out = TakenBack()
         var sockets: [UInt64: (fd: Int32, slot: UInt32, role: KeepEntry.Role)] = [:]  // by conid
         var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]  // by old read end
         var stray: [Int32] = []
-        while let (bytes, fds) = Parcel.receive(queue, keepFDs: true) {
+        for queue in queues { while let (bytes, fds) = Parcel.receive(queue, keepFDs: true) {
             let entries = KeepEntry.parse(bytes)
             for (i, fd) in fds.enumerated() {
                 guard i < entries.count else {
@@ -79,7 +79,7 @@ extension RelayKeep {
                     pipeEnds[e.key, default: (-1, -1)].write = fd
                 }
             }
-        }
+        } }
         let count = records.size / KeepRecord.size
         var usedPipes = Set<UInt64>()
         for slot in 0..<count {

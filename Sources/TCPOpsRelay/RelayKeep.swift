@@ -4,18 +4,22 @@
 //
 // - The sockets (and the splice pipes, whose bytes are the relay's) are parked in the receive
 //   queue of a unix socket pair (SCM_RIGHTS): a file in flight stays open while its message
-//   waits, whoever sent it. The queue's reading end is in systemd's fd store (one fd a worker, not
-//   two a relay: a store costs PID 1 work for every fd already stored, measured in
+//   waits, whoever sent it. The queue's reading end is in systemd's fd store (a few fds a worker,
+//   not two a relay: a store costs PID 1 work for every fd already stored, measured in
 //   docs/benchmarks.md). A relay's fds are parked once, when its upstream socket is made (batched
-//   per accept batch and loop turn); a pipe's when the pool makes it.
+//   per loop turn); a pipe's when the pool makes it. A queue holds what its sender's buffer
+//   allows (net.core.wmem_max, ~18 bytes a parked fd in full messages): when one is full a new
+//   pair (a shard) is made and stored.
 // - What changes (phase, conids, lifetimes and last activity, FINs passed, events raised, which pipe
 //   holds which direction's bytes) is a fixed-size record in a memory file (memfd, also in the fd
 //   store), written in place: at each call's settle point, and where a crash in between would lose
 //   or repeat something (a pipe taken or given back, an event raised) at once.
 // - Parked copies keep a connection open after tcpopsd's close(), so a kept connection that ends
 //   any way but both FINs passed is shut down (or aborted) first. Parked copies of ended relays are
-//   dropped by a compaction (the live ones parked again, then the older messages received with no
-//   room for fds: the kernel drops those unseen) once the dead outnumber the live.
+//   dropped by a compaction once the dead outnumber the live: the live ones are parked again in
+//   new shards, which are stored, then the old shards leave the store and are closed (the kernel
+//   drops what only they held). A crash in between leaves both: the next process takes each
+//   relay once, its newest copy.
 // - The bytes in flight are in the kernel: a kept relay splices everything (no copy through
 //   memory), so a byte is always in exactly one of the source socket, the pipe and the destination.
 import CShims
@@ -154,13 +158,18 @@ package struct KeepEntry: Equatable, Sendable {
     }
 }
 
-/// One worker's keep: its parking queue and its record file.
+/// One worker's keep: its parking queues (shards) and its record file.
 public final class RelayKeep: TurnEndHandler {
     public let generation: UInt64
     public let worker: Int
-    private let sendEnd: Int32
-    /// The queue's reading end: in systemd's fd store as `kq.GEN.WORKER`.
-    public let queue: Int32
+    /// A socket pair whose queue parks fds; its reading end is in systemd's fd store by `name`.
+    private struct Shard {
+        let send: Int32
+        let receive: Int32
+        let name: String
+    }
+    private var shards: [Shard] = []
+    private var shardsMade = 0
     /// The records: in the fd store as `km.GEN.WORKER`.
     package let records: SharedFile
     public let header: KeepHeader
@@ -169,46 +178,77 @@ public final class RelayKeep: TurnEndHandler {
     private var nextSlot: Int32 = 0
     private var pending: [(fd: Int32, entry: KeepEntry)] = []
     private var pendingArmed = false
-    /// Messages in the queue, fds parked in them, and of those the fds of ended relays and closed pipes.
-    private var messages = 0
+    /// Fds parked, and of those the fds of ended relays and closed pipes.
     private var parked = 0
     private var dead = 0
     /// Pipes made while this keep ran, by read end (parked with both ends).
     private var pipes: [Int32: PipePool.Pipe] = [:]
     private unowned(unsafe) let loop: EventLoop
     private let logger: Logger
+    /// Stores a shard's reading end in systemd's fd store under a name (false: refused), and
+    /// takes one out.
+    private let store: (Int32, String) -> Bool
+    private let unstore: (String) -> Void
     /// Parking that failed (logged, rate-limited): those relays would not survive a crash.
     public private(set) var unkept: UInt64 = 0
     private var lastFailureLog: UInt64 = 0
     /// Every live relay of this worker (for a compaction): set by the worker.
     package var liveRelays: () -> [Relay] = { [] }
 
+    /// The fd store name of the record file, and the prefix of the shards' (`kq.GEN.WORKER.N`).
     public static func names(generation: UInt64, worker: Int) -> (queue: String, records: String) {
         ("kq.\(generation).\(worker)", "km.\(generation).\(worker)")
     }
 
-    /// A keep with room for `relays` records (the file is sparse: only records in use cost memory).
-    public init(generation: UInt64, worker: Int, relays: Int, header: KeepHeader, loop: EventLoop, logger: Logger) throws(SystemError) {
+    /// A keep with room for `relays` records (the file is sparse: only records in use cost memory)
+    /// and its first shard (stored with `store`).
+    public init(generation: UInt64, worker: Int, relays: Int, header: KeepHeader, loop: EventLoop, logger: Logger,
+                store: @escaping (Int32, String) -> Bool, unstore: @escaping (String) -> Void) throws(SystemError) {
         self.generation = generation
         self.worker = worker
         self.header = header
         self.loop = loop
         self.logger = logger
+        self.store = store
+        self.unstore = unstore
         capacity = max(1024, relays)
-        (sendEnd, queue) = try Parcel.pair()
-        do {
-            records = try SharedFile(name: "tcpopsd-keep-\(worker)", size: capacity * KeepRecord.size)
-        } catch {
-            closeFD(sendEnd)
-            closeFD(queue)
-            throw error
+        records = try SharedFile(name: "tcpopsd-keep-\(worker)", size: capacity * KeepRecord.size)
+        if let e = openShard() {
+            records.close()
+            throw e
         }
     }
 
+    /// A new shard, stored; nil, or why not.
+    private func openShard() -> SystemError? {
+        let pair: (send: Int32, receive: Int32)
+        do {
+            pair = try Parcel.pair()
+        } catch {
+            return error
+        }
+        Parcel.growSendBuffer(pair.send)
+        let name = "\(RelayKeep.names(generation: generation, worker: worker).queue).\(shardsMade)"
+        shardsMade += 1
+        guard store(pair.receive, name) else {
+            closeFD(pair.send)
+            closeFD(pair.receive)
+            return SystemError("FDSTORE", EPERM)
+        }
+        shards.append(Shard(send: pair.send, receive: pair.receive, name: name))
+        return nil
+    }
+
+    /// Shards now (for tests and stats).
+    public var shardCount: Int { shards.count }
+
     /// Closes the keep (a clean stop: systemd drops its copies too).
     public func close() {
-        closeFD(sendEnd)
-        closeFD(queue)
+        for sh in shards {
+            closeFD(sh.send)
+            closeFD(sh.receive)
+        }
+        shards = []
         records.close()
     }
 
@@ -385,20 +425,32 @@ public final class RelayKeep: TurnEndHandler {
         compact()
     }
 
-    /// Sends entries in messages of at most Parcel.maxFDs fds; false at the first that fails.
+    /// Sends entries in messages of at most Parcel.maxFDs fds, into the newest shard (a new one
+    /// when it is full); false at the first that fails.
     private func send(_ entries: [(fd: Int32, entry: KeepEntry)]) -> Bool {
         var i = 0
+        var fresh = false
         while i < entries.count {
+            guard let shard = shards.last else { return false }
             let chunk = entries[i..<min(entries.count, i + Parcel.maxFDs)]
             var bytes: [UInt8] = []
             bytes.reserveCapacity(chunk.count * KeepEntry.size)
             for c in chunk { c.entry.append(to: &bytes) }
-            let err = Parcel.send(sendEnd, bytes: bytes, fds: chunk.map(\.fd))
+            let err = Parcel.send(shard.send, bytes: bytes, fds: chunk.map(\.fd))
+            if err == EAGAIN || err == ENOBUFS, !fresh {
+                // This shard's buffer is full: the next one.
+                if let e = openShard() {
+                    lastError = e.errno
+                    return false
+                }
+                fresh = true
+                continue
+            }
             if err != 0 {
                 lastError = err
                 return false
             }
-            messages += 1
+            fresh = false
             parked += chunk.count
             i += chunk.count
         }
@@ -407,8 +459,8 @@ public final class RelayKeep: TurnEndHandler {
 
     private var lastError: Int32 = 0
 
-    /// Parks every live relay's fds and every pipe again, then drops the older messages (the kernel
-    /// closes what only they held). A crash in between leaves both copies: the next process takes
+    /// Parks every live relay's fds and every pipe in new shards, then drops the old shards (the
+    /// kernel closes what only they held). A crash in between leaves both: the next process takes
     /// each relay once.
     package func compact() {
         pending.removeAll(keepingCapacity: true)
@@ -421,14 +473,22 @@ public final class RelayKeep: TurnEndHandler {
             live.append((p.read, KeepEntry(role: .pipeRead, slot: 0, key: UInt64(p.read))))
             live.append((p.write, KeepEntry(role: .pipeWrite, slot: 0, key: UInt64(p.read))))
         }
-        let old = messages
-        messages = 0
+        let old = shards
+        shards = []
+        if let e = openShard() {
+            shards = old  // the old ones stay: better the dead kept than the live lost
+            failed("a new shard for a compaction: \(e)")
+            return
+        }
         parked = 0
         let sent = send(live)
-        for _ in 0..<old where Parcel.receive(queue, capacity: 1, keepFDs: false) != nil {}
+        for sh in old {
+            unstore(sh.name)
+            closeFD(sh.send)
+            closeFD(sh.receive)
+        }
         dead = 0
         if !sent {
-            // Not even the live ones fit: park what fits, count the rest (logged).
             failed("parking \(live.count) fds failed: \(errnoName(lastError))")
         }
     }
@@ -444,5 +504,5 @@ public final class RelayKeep: TurnEndHandler {
     }
 
     /// Fds parked now, and of those dead (for tests and stats).
-    public var parkedCount: (messages: Int, fds: Int, dead: Int) { (messages, parked, dead) }
+    public var parkedCount: (fds: Int, dead: Int) { (parked, dead) }
 }

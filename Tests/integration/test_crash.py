@@ -10,62 +10,7 @@ import threading
 import time
 
 from fakestore import Supervisor
-from helpers import CTL, connect, free_port, listener, read_records, render_config, wait_for, write_hook
-
-
-def pattern(i, start, length):
-    return bytes((i * 7 + k) % 251 for k in range(start, start + length))
-
-
-class Streamer:
-    """A client that sends a checksummed pattern in chunks and reads its echo back."""
-
-    def __init__(self, port, i, chunk=4096, pause=0.005):
-        self.i, self.chunk, self.pause = i, chunk, pause
-        self.s = connect(port)
-        self.s.settimeout(60)
-        self.sent = 0
-        self.got = bytearray()
-        self.error = None
-        self.go = threading.Event()
-        self.go.set()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.writer = threading.Thread(target=self._write, daemon=True)
-
-    def start(self):
-        self.reader.start()
-        self.writer.start()
-        return self
-
-    def _read(self):
-        try:
-            while True:
-                d = self.s.recv(65536)
-                if not d:
-                    return
-                self.got.extend(d)
-        except OSError as e:
-            self.error = f"read: {e!r}"
-
-    def _write(self):
-        try:
-            while self.go.is_set():
-                self.s.sendall(pattern(self.i, self.sent, self.chunk))
-                self.sent += self.chunk
-                time.sleep(self.pause)
-            self.s.shutdown(socket.SHUT_WR)
-        except OSError as e:
-            self.error = f"write: {e!r}"
-
-    def finish(self, timeout=60):
-        self.go.clear()
-        self.writer.join(timeout)
-        self.reader.join(timeout)
-        self.s.close()
-
-    def verdict(self):
-        ok = self.error is None and len(self.got) == self.sent and bytes(self.got) == pattern(self.i, 0, self.sent)
-        return ok, f"client {self.i}: sent {self.sent}, got {len(self.got)}, error {self.error}"
+from helpers import CTL, Streamer, connect, free_port, listener, read_records, render_config, wait_for, write_hook
 
 
 def start(tmp_path, echo, **kw):

@@ -146,7 +146,9 @@ public final class Daemon {
         services.add("worker 0") { [workers] _ in workers[0].finish() }
         try services.start("signals", { () throws(DaemonError) in
             do throws(SystemError) {
-                signals = try SignalReader([SIGTERM, SIGINT, SIGHUP], loop: loop) { [unowned self] in self.signal($0) }
+                signals = try SignalReader([SIGTERM, SIGINT, SIGHUP] + (Daemon.debugStall ? [SIGUSR2] : []), loop: loop) { [unowned self] in
+                    self.signal($0)
+                }
             } catch {
                 throw .resource(error)
             }
@@ -362,8 +364,15 @@ public final class Daemon {
         }
     }
 
+    /// TCPOPSD_DEBUG_STALL=1 (tests only): SIGUSR2 stalls the main loop for good, as a bug that
+    /// hangs it would, so that the watchdog's abort can be tested.
+    static let debugStall = getenv("TCPOPSD_DEBUG_STALL").map { String(cString: $0) == "1" } ?? false
+
     private func signal(_ signo: Int32) {
         switch signo {
+        case SIGUSR2 where Daemon.debugStall:
+            logger.log(.warning, "TCPOPSD_DEBUG_STALL: SIGUSR2 stalls the main loop until the watchdog ends tcpopsd")
+            while true { sleep(60) }
         case SIGHUP: reload()
         default: beginStop(signo)
         }
