@@ -31,6 +31,10 @@ extension Relay {
         relay.toUpstream.sourceDry = true
         relay.toClient.sourceDry = true
         client.relay = relay
+        // Parked at once (the crash keep): from here a death of tcpopsd cannot reset this client.
+        // (A client whose PROXY header is awaited is parked with its upstream: bytes of the header
+        // read before a death could not be given back.)
+        if !listener.acceptProxy { ctx.keep?.admitClient(relay) }
         ctx.track(client)
         ctx.added(relay)
         ctx.accepted += 1

@@ -149,12 +149,17 @@ extension KeptRelay {
     /// Why this record cannot be taken back (nil: it can).
     var unusable: String? {
         guard clientFD >= 0, Socket.kind(clientFD) == S_IFSOCK else { return "its client socket did not come back" }
-        guard upstreamFD >= 0, Socket.kind(upstreamFD) == S_IFSOCK else { return "its upstream socket did not come back" }
-        guard upstreamConid != 0, upstreamConid != clientConid else { return "its record is damaged (conids)" }
         guard let phase = Relay.Phase(rawValue: phase), [.connecting, .relaying, .quieting].contains(phase) else {
             return "its phase (\(self.phase)) is not one a relay is taken back in"
         }
-        guard ConnectionState(rawValue: Int(clientState)) != nil, ConnectionState(rawValue: Int(upstreamState)) != nil else {
+        // Connecting, a relay whose upstream socket was not parked yet connects anew.
+        if upstreamFD >= 0 {
+            guard Socket.kind(upstreamFD) == S_IFSOCK else { return "its upstream socket is not a socket" }
+            guard upstreamConid != 0, upstreamConid != clientConid else { return "its record is damaged (conids)" }
+        } else if phase != .connecting {
+            return "its upstream socket did not come back"
+        }
+        guard ConnectionState(rawValue: Int(clientState)) != nil, upstreamFD < 0 || ConnectionState(rawValue: Int(upstreamState)) != nil else {
             return "its record is damaged (states)"
         }
         if (markToUpstream > 0) != (pipeToUpstream != nil) || (markToClient > 0) != (pipeToClient != nil) {
@@ -175,6 +180,7 @@ extension Relay {
     /// false (the relay closed, the reason logged by the caller) when its sockets cannot be watched.
     package static func revive(ctx: RelayContext, listener: ListenerSettings, kept k: KeptRelay) -> Bool {
         let now = ctx.loop.now
+        if k.upstreamFD < 0 { return reconnect(ctx: ctx, listener: listener, kept: k) }
         let clientState = ConnectionState(rawValue: Int(k.clientState)) ?? .ok
         let upState = ConnectionState(rawValue: Int(k.upstreamState)) ?? .ok
         let client = Connection(conid: k.clientConid, side: .client, fd: k.clientFD, state: clientState,
@@ -258,5 +264,41 @@ extension Relay {
         relay.armLifetime(up)
         relay.settle()
         return true
+    }
+
+    /// A kept client whose upstream was not parked (tcpopsd died while connecting it): the connect
+    /// starts again, from the attempt it was at; what the client sent meanwhile is in its socket
+    /// (or in the pipe the record names).
+    private static func reconnect(ctx: RelayContext, listener: ListenerSettings, kept k: KeptRelay) -> Bool {
+        let now = ctx.loop.now
+        let client = Connection(conid: k.clientConid, side: .client, fd: k.clientFD, state: .accepting,
+                                now: min(k.clientOpenedAt, now), eventsEnabled: k.has(KeepRecord.clientEvents))
+        client.local = Socket.localAddress(k.clientFD)
+        client.remote = Socket.peerAddress(k.clientFD)
+        client.lastActivity = min(k.clientActivity, now)
+        client.lifetime = k.clientLifetime
+        client.bytesIn = k.clientIn
+        let relay = Relay(ctx: ctx, listener: listener, client: client, metrics: ctx.metrics.listener(listener.name))
+        client.relay = relay
+        relay.attempt = Int16(clamping: max(0, k.attempt))
+        relay.toUpstream.eof = k.has(KeepRecord.toUpstreamEOF)
+        if let pipe = k.pipeToUpstream {
+            relay.toUpstream.pipe = pipe
+            relay.toUpstream.fill = max(0, ctx.pipes.bytesIn(pipe))
+            ctx.keep?.pipeAdopted(pipe)
+        }
+        if let pipe = k.pipeToClient { ctx.pipes.close(pipe) }  // (nothing came from an upstream)
+        relay.enter(.connecting)
+        ctx.track(client)
+        ctx.added(relay)
+        ctx.adopted(conids: [client.conid])
+        Socket.adoptFD(k.clientFD)
+        ctx.keep?.admitClient(relay)
+        if relay.keepSlot >= 0, let keep = ctx.keep, let p = relay.toUpstream.pipe { keep.pipeMark(relay, .toUpstream).pointee = p.read + 1 }
+        guard relay.register(client, mask: Relay.watchRead) else { return false }
+        relay.armLifetime(client)
+        relay.connectUpstream()
+        relay.settle()
+        return !relay.ended
     }
 }

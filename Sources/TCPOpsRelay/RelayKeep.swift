@@ -258,23 +258,42 @@ public final class RelayKeep: TurnEndHandler {
 
     // MARK: relays
 
-    /// A relay's upstream socket was made (the first attempt, or a later one): its fds are parked
-    /// (the client's the first time) and its record written. False: no room (it runs unkept).
+    /// A client was just accepted: its socket is parked at once (with whatever else waits), so
+    /// that a death from here on cannot reset it; the next tcpopsd connects its upstream if this
+    /// one did not get that far. False: no room (it runs unkept).
+    @discardableResult
+    package func admitClient(_ r: Relay) -> Bool {
+        guard r.keepSlot < 0, r.client.fdOpen, let slot = takeSlot() else { return false }
+        r.keepSlot = slot
+        save(r)
+        park(r.client.fd, KeepEntry(role: .client, slot: UInt32(slot), key: r.client.conid))
+        flush()
+        return true
+    }
+
+    /// A relay's upstream socket was made (the first attempt, or a later one): it is parked (with
+    /// the client's, if the client was not parked at its accept) and the record written. False: no
+    /// room (it runs unkept).
     @discardableResult
     package func admit(_ r: Relay) -> Bool {
         guard let up = r.upstream, up.fdOpen else { return false }
         if r.keepSlot < 0 {
-            guard let slot = freeSlots.popLast() ?? (Int(nextSlot) < capacity ? nextSlot : nil) else {
-                failed("no room for more than \(capacity) relays in the keep")
-                return false
-            }
-            if slot == nextSlot { nextSlot += 1 }
+            guard let slot = takeSlot() else { return false }
             r.keepSlot = slot
             park(r.client.fd, KeepEntry(role: .client, slot: UInt32(slot), key: r.client.conid))
         }
         park(up.fd, KeepEntry(role: .upstream, slot: UInt32(r.keepSlot), key: up.conid))
         save(r)
         return true
+    }
+
+    private func takeSlot() -> Int32? {
+        guard let slot = freeSlots.popLast() ?? (Int(nextSlot) < capacity ? nextSlot : nil) else {
+            failed("no room for more than \(capacity) relays in the keep")
+            return nil
+        }
+        if slot == nextSlot { nextSlot += 1 }
+        return slot
     }
 
     /// The relay ended: its record is freed; its parked fds are dead (dropped by a compaction).
