@@ -1,0 +1,111 @@
+// The crash keep's pieces: fds parked in a socket's queue, the entries that name them, and how a
+// previous process's queue and records are read back (the newest copy of an fd wins, ended relays'
+// fds are dropped, a damaged record is refused, never trusted).
+import Glibc
+import Testing
+@testable import TCPOpsPosix
+@testable import TCPOpsRelay
+
+@Suite struct CrashKeepTests {
+    @Test func entriesRoundTrip() {
+        let entries = [KeepEntry(role: .client, slot: 7, key: 1 << 40 | 5), KeepEntry(role: .pipeWrite, slot: 0, key: 19)]
+        var bytes: [UInt8] = []
+        for e in entries { e.append(to: &bytes) }
+        #expect(bytes.count == 2 * KeepEntry.size)
+        #expect(KeepEntry.parse(bytes) == entries)
+        // A role no version wrote is skipped, not guessed.
+        bytes[0] = 99
+        #expect(KeepEntry.parse(bytes) == [entries[1]])
+    }
+
+    @Test func aParkedFileOutlivesItsSenderAndADroppedOneIsClosed() throws {
+        let (send, receive) = try Parcel.pair()
+        defer { closeFD(receive) }
+        var p: [Int32] = [-1, -1]
+        #expect(pipe(&p) == 0)
+        #expect(Parcel.send(send, bytes: [1], fds: [p[1]]) == 0)
+        #expect(Parcel.send(send, bytes: [2], fds: [p[1]]) == 0)
+        closeFD(p[1])
+        closeFD(send)  // the sender is gone: its messages stay
+        // The first copy comes back and writes into the pipe.
+        let first = try #require(Parcel.receive(receive, keepFDs: true))
+        #expect(first.bytes == [1] && first.fds.count == 1)
+        #expect(Glibc.write(first.fds[0], "x", 1) == 1)
+        closeFD(first.fds[0])
+        var c: UInt8 = 0
+        #expect(Glibc.read(p[0], &c, 1) == 1 && c == UInt8(ascii: "x"))
+        // The second is dropped unseen: the pipe's last writer is gone, its reader sees the end.
+        #expect(Parcel.receive(receive, capacity: 1, keepFDs: false) != nil)
+        #expect(Glibc.read(p[0], &c, 1) == 0)
+        #expect(Parcel.receive(receive, keepFDs: true) == nil)
+        closeFD(p[0])
+    }
+
+    /// A record at `slot` as RelayKeep.save writes it (the fields takeBack reads).
+    private func record(_ file: SharedFile, slot: Int, client: UInt64, upstream: UInt64, phase: Relay.Phase = .relaying) {
+        let p = file.base + slot * KeepRecord.size
+        p.storeBytes(of: upstream, toByteOffset: KeepRecord.upstreamConid, as: UInt64.self)
+        p.storeBytes(of: phase.rawValue, toByteOffset: KeepRecord.phase, as: UInt8.self)
+        p.storeBytes(of: Int8(ConnectionState.ok.rawValue), toByteOffset: KeepRecord.clientState, as: Int8.self)
+        p.storeBytes(of: Int8(ConnectionState.ok.rawValue), toByteOffset: KeepRecord.upstreamState, as: Int8.self)
+        p.storeBytes(of: client, toByteOffset: KeepRecord.clientConid, as: UInt64.self)
+    }
+
+    private func socketPair() -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        _ = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
+        return (fds[0], fds[1])
+    }
+
+    private func inode(_ fd: Int32) -> ino_t {
+        var st = stat()
+        _ = fstat(fd, &st)
+        return st.st_ino
+    }
+
+    @Test func takingBackMatchesFdsToRecordsNewestFirstAndRefusesWhatDoesNotFit() throws {
+        let file = try SharedFile(name: "keep-test", size: 4 * KeepRecord.size)
+        defer { file.close() }
+        record(file, slot: 0, client: 5, upstream: 6)
+        record(file, slot: 1, client: 9, upstream: 10, phase: .draining)  // not a phase a relay comes back in
+        record(file, slot: 2, client: 11, upstream: 12)  // its upstream never came: refused
+        let (old, _) = socketPair(), (c, _) = socketPair(), (u, _) = socketPair(), (dead, _) = socketPair()
+        let (d1, _) = socketPair(), (d2, _) = socketPair(), (lone, _) = socketPair()
+        let older = try Parcel.pair(), newer = try Parcel.pair()
+        func send(_ q: (send: Int32, receive: Int32), _ items: [(Int32, KeepEntry)]) {
+            var bytes: [UInt8] = []
+            for (_, e) in items { e.append(to: &bytes) }
+            #expect(Parcel.send(q.send, bytes: bytes, fds: items.map(\.0)) == 0)
+        }
+        // An older shard holds a stale copy of the client and an ended relay's socket; the newer
+        // shard the live copies (a compaction that a death interrupted leaves both).
+        send(older, [(old, KeepEntry(role: .client, slot: 0, key: 5)), (dead, KeepEntry(role: .client, slot: 3, key: 77))])
+        send(newer, [(c, KeepEntry(role: .client, slot: 0, key: 5)), (u, KeepEntry(role: .upstream, slot: 0, key: 6)),
+                     (d1, KeepEntry(role: .client, slot: 1, key: 9)), (d2, KeepEntry(role: .upstream, slot: 1, key: 10)),
+                     (lone, KeepEntry(role: .client, slot: 2, key: 11))])
+        let back = RelayKeep.takeBack(queues: [older.receive, newer.receive], records: file)
+        #expect(back.relays.count == 1)
+        let r = try #require(back.relays.first)
+        #expect(r.clientConid == 5 && r.upstreamConid == 6)
+        #expect(inode(r.clientFD) == inode(c) && inode(r.upstreamFD) == inode(u))
+        #expect(back.broken.count == 2)
+        #expect(back.broken.contains { $0.contains("conid 9") && $0.contains("phase") })
+        #expect(back.broken.contains { $0.contains("conid 11") && $0.contains("upstream socket did not come back") })
+        #expect(back.strays == 2)  // the stale client copy and the ended relay's socket
+        for fd in [r.clientFD, r.upstreamFD, old, c, u, dead, d1, d2, lone, older.send, older.receive, newer.send, newer.receive] { closeFD(fd) }
+    }
+
+    @Test func aConnectingRelayWhoseUpstreamWasNotParkedIsTakenBackToConnectAgain() throws {
+        let file = try SharedFile(name: "keep-test", size: KeepRecord.size)
+        defer { file.close() }
+        record(file, slot: 0, client: 21, upstream: 0, phase: .connecting)
+        let (c, _) = socketPair()
+        let q = try Parcel.pair()
+        var bytes: [UInt8] = []
+        KeepEntry(role: .client, slot: 0, key: 21).append(to: &bytes)
+        #expect(Parcel.send(q.send, bytes: bytes, fds: [c]) == 0)
+        let back = RelayKeep.takeBack(queues: [q.receive], records: file)
+        #expect(back.relays.count == 1 && back.relays[0].upstreamFD == -1 && back.broken.isEmpty)
+        for fd in back.relays.map(\.clientFD) + [c, q.send, q.receive] { closeFD(fd) }
+    }
+}
