@@ -54,6 +54,16 @@ package struct TakenBack: @unchecked Sendable {
 extension RelayKeep {
     /// Reads a previous keep: drains its queue (every parked fd comes here once; the newest copy of
     /// each wins) and matches the fds to the live records. `records`: the file, mapped.
+    package static func takeBack(root: Int32, records: SharedFile) -> TakenBack {
+        // The root's queue: the shards' reading ends, oldest first.
+        var queues: [Int32] = []
+        while let (bytes, fds) = Parcel.receive(root, keepFDs: true) {
+            if KeepEntry.parse(bytes).first?.role == .shard { queues += fds } else { fds.forEach(closeFD) }
+        }
+        defer { queues.forEach(closeFD) }
+        return takeBack(queues: queues, records: records)
+    }
+
     package static func takeBack(queues: [Int32], records: SharedFile) -> TakenBack {
         var out = TakenBack()
         var sockets: [UInt64: (fd: Int32, slot: UInt32, role: KeepEntry.Role)] = [:]  // by conid
@@ -77,6 +87,8 @@ extension RelayKeep {
                 case .pipeWrite:
                     if let old = pipeEnds[e.key], old.write >= 0 { stray.append(old.write) }
                     pipeEnds[e.key, default: (-1, -1)].write = fd
+                case .shard:
+                    stray.append(fd)  // (only the root holds shards)
                 }
             }
         } }

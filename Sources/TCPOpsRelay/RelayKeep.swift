@@ -9,17 +9,19 @@
 //   docs/benchmarks.md). A relay's fds are parked once, when its upstream socket is made (batched
 //   per loop turn); a pipe's when the pool makes it. A queue holds what its sender's buffer
 //   allows (net.core.wmem_max, ~18 bytes a parked fd in full messages): when one is full a new
-//   pair (a shard) is made and stored.
+//   pair (a shard) is made.
 // - What changes (phase, conids, lifetimes and last activity, FINs passed, events raised, which pipe
 //   holds which direction's bytes) is a fixed-size record in a memory file (memfd, also in the fd
 //   store), written in place: at each call's settle point, and where a crash in between would lose
 //   or repeat something (a pipe taken or given back, an event raised) at once.
 // - Parked copies keep a connection open after tcpopsd's close(), so a kept connection that ends
 //   any way but both FINs passed is shut down (or aborted) first. Parked copies of ended relays are
-//   dropped by a compaction once the dead outnumber the live: the live ones are parked again in
-//   new shards, which are stored, then the old shards leave the store and are closed (the kernel
-//   drops what only they held). A crash in between leaves both: the next process takes each
-//   relay once, its newest copy.
+//   dropped by a compaction once the dead outnumber the live: the live ones are parked again in a
+//   new shard, then the old shards leave the root and are closed (the kernel drops what only they
+//   held). A crash in between leaves both: the next process takes each relay once, its newest copy.
+// - The shards' reading ends are themselves parked, in a root pair's queue: only the root is in
+//   systemd's fd store, so that a new shard or a compaction costs PID 1 nothing (a store or a
+//   removal costed it milliseconds, ~10 µs a relay at 6,000 relays a second).
 // - The bytes in flight are in the kernel: a kept relay splices everything (no copy through
 //   memory), so a byte is always in exactly one of the source socket, the pipe and the destination.
 import CShims
@@ -126,7 +128,7 @@ package enum KeepRecord {
 
 /// What a parked fd is, in the message that carries it (16 bytes each, in the fds' order).
 package struct KeepEntry: Equatable, Sendable {
-    package enum Role: UInt8, Sendable { case client = 1, upstream = 2, pipeRead = 3, pipeWrite = 4 }
+    package enum Role: UInt8, Sendable { case client = 1, upstream = 2, pipeRead = 3, pipeWrite = 4, shard = 5 }
     package var role: Role
     /// The record's slot (sockets), unused for pipes.
     package var slot: UInt32
@@ -158,18 +160,19 @@ package struct KeepEntry: Equatable, Sendable {
     }
 }
 
-/// One worker's keep: its parking queues (shards) and its record file.
+/// One worker's keep: its root and parking queues (shards), and its record file.
 public final class RelayKeep: TurnEndHandler {
     public let generation: UInt64
     public let worker: Int
-    /// A socket pair whose queue parks fds; its reading end is in systemd's fd store by `name`.
-    private struct Shard {
+    /// A socket pair whose queue parks fds.
+    private struct Pair {
         let send: Int32
         let receive: Int32
-        let name: String
     }
-    private var shards: [Shard] = []
-    private var shardsMade = 0
+    /// The root: its queue holds the shards' reading ends (oldest first); its reading end is in
+    /// systemd's fd store as `kq.GEN.WORKER`.
+    private let root: Pair
+    private var shards: [Pair] = []
     /// The records: in the fd store as `km.GEN.WORKER`.
     package let records: SharedFile
     public let header: KeepHeader
@@ -185,41 +188,45 @@ public final class RelayKeep: TurnEndHandler {
     private var pipes: [Int32: PipePool.Pipe] = [:]
     private unowned(unsafe) let loop: EventLoop
     private let logger: Logger
-    /// Stores a shard's reading end in systemd's fd store under a name (false: refused), and
-    /// takes one out.
-    private let store: (Int32, String) -> Bool
-    private let unstore: (String) -> Void
     /// Parking that failed (logged, rate-limited): those relays would not survive a crash.
     public private(set) var unkept: UInt64 = 0
     private var lastFailureLog: UInt64 = 0
     /// Every live relay of this worker (for a compaction): set by the worker.
     package var liveRelays: () -> [Relay] = { [] }
 
-    /// The fd store name of the record file, and the prefix of the shards' (`kq.GEN.WORKER.N`).
+    /// The fd store names of the root's reading end and of the record file.
     public static func names(generation: UInt64, worker: Int) -> (queue: String, records: String) {
         ("kq.\(generation).\(worker)", "km.\(generation).\(worker)")
     }
 
+    /// The root's reading end: to be stored (as `names.queue`).
+    public var queue: Int32 { root.receive }
+
     /// A keep with room for `relays` records (the file is sparse: only records in use cost memory)
-    /// and its first shard (stored with `store`).
-    public init(generation: UInt64, worker: Int, relays: Int, header: KeepHeader, loop: EventLoop, logger: Logger,
-                store: @escaping (Int32, String) -> Bool, unstore: @escaping (String) -> Void) throws(SystemError) {
+    /// and its first shard.
+    public init(generation: UInt64, worker: Int, relays: Int, header: KeepHeader, loop: EventLoop, logger: Logger) throws(SystemError) {
         self.generation = generation
         self.worker = worker
         self.header = header
         self.loop = loop
         self.logger = logger
-        self.store = store
-        self.unstore = unstore
         capacity = max(1024, relays)
-        records = try SharedFile(name: "tcpopsd-keep-\(worker)", size: capacity * KeepRecord.size)
+        let r = try Parcel.pair()
+        root = Pair(send: r.send, receive: r.receive)
+        do {
+            records = try SharedFile(name: "tcpopsd-keep-\(worker)", size: capacity * KeepRecord.size)
+        } catch {
+            closeFD(root.send)
+            closeFD(root.receive)
+            throw error
+        }
         if let e = openShard() {
-            records.close()
+            close()
             throw e
         }
     }
 
-    /// A new shard, stored; nil, or why not.
+    /// A new shard, its reading end parked in the root (after the others); nil, or why not.
     private func openShard() -> SystemError? {
         let pair: (send: Int32, receive: Int32)
         do {
@@ -228,14 +235,15 @@ public final class RelayKeep: TurnEndHandler {
             return error
         }
         Parcel.growSendBuffer(pair.send)
-        let name = "\(RelayKeep.names(generation: generation, worker: worker).queue).\(shardsMade)"
-        shardsMade += 1
-        guard store(pair.receive, name) else {
+        var bytes: [UInt8] = []
+        KeepEntry(role: .shard, slot: 0, key: 0).append(to: &bytes)
+        let err = Parcel.send(root.send, bytes: bytes, fds: [pair.receive])
+        guard err == 0 else {
             closeFD(pair.send)
             closeFD(pair.receive)
-            return SystemError("FDSTORE", EPERM)
+            return SystemError("sendmsg", err)
         }
-        shards.append(Shard(send: pair.send, receive: pair.receive, name: name))
+        shards.append(Pair(send: pair.send, receive: pair.receive))
         return nil
     }
 
@@ -244,9 +252,9 @@ public final class RelayKeep: TurnEndHandler {
 
     /// Closes the keep (a clean stop: systemd drops its copies too).
     public func close() {
-        for sh in shards {
-            closeFD(sh.send)
-            closeFD(sh.receive)
+        for p in shards + [root] {
+            closeFD(p.send)
+            closeFD(p.receive)
         }
         shards = []
         records.close()
@@ -478,9 +486,9 @@ public final class RelayKeep: TurnEndHandler {
 
     private var lastError: Int32 = 0
 
-    /// Parks every live relay's fds and every pipe in new shards, then drops the old shards (the
-    /// kernel closes what only they held). A crash in between leaves both: the next process takes
-    /// each relay once.
+    /// Parks every live relay's fds and every pipe in a new shard, then takes the old shards out
+    /// of the root and closes them (the kernel drops what only they held). A crash in between
+    /// leaves both: the next process takes each relay once.
     package func compact() {
         pending.removeAll(keepingCapacity: true)
         var live: [(fd: Int32, entry: KeepEntry)] = []
@@ -501,10 +509,12 @@ public final class RelayKeep: TurnEndHandler {
         }
         parked = 0
         let sent = send(live)
-        for sh in old {
-            unstore(sh.name)
-            closeFD(sh.send)
-            closeFD(sh.receive)
+        // The root holds the old shards first, then the new ones: the old ones' messages go (the
+        // kernel drops those copies of their reading ends), then our own ends are closed.
+        for _ in old where Parcel.receive(root.receive, capacity: 1, keepFDs: false) != nil {}
+        for p in old {
+            closeFD(p.send)
+            closeFD(p.receive)
         }
         dead = 0
         if !sent {

@@ -17,7 +17,7 @@ final class CrashKeep {
     let header: KeepHeader
     private let logger: Logger
     /// What previous processes left: their keeps by generation and worker.
-    private var old: [(generation: UInt64, worker: Int, queues: [(shard: Int, fd: Int32)], records: Int32?, names: [String])] = []
+    private var old: [(generation: UInt64, worker: Int, queue: Int32?, records: Int32?, names: [String])] = []
     private(set) var keeps: [RelayKeep] = []
 
     /// Whether an fd store name is the keep's.
@@ -29,7 +29,7 @@ final class CrashKeep {
     init?(stored: [(fd: Int32, name: String)], enabled: Bool, logger: Logger) {
         self.logger = logger
         var header: KeepHeader?
-        var byKey: [String: (generation: UInt64, worker: Int, queues: [(shard: Int, fd: Int32)], records: Int32?, names: [String])] = [:]
+        var byKey: [String: (generation: UInt64, worker: Int, queue: Int32?, records: Int32?, names: [String])] = [:]
         for (fd, name) in stored {
             if name == "kg" {
                 if header == nil, let h = KeepHeader(fd: fd) {
@@ -41,17 +41,16 @@ final class CrashKeep {
                 }
                 continue
             }
-            // kq.GEN.WORKER.SHARD (a queue), km.GEN.WORKER (the records).
+            // kq.GEN.WORKER (the root queue), km.GEN.WORKER (the records).
             let parts = name.split(separator: ".")
-            guard parts.count == (parts.first == "kq" ? 4 : 3), let g = UInt64(parts[1]), let w = Int(parts[2]),
-                  parts.first == "km" || Int(parts[3]) != nil else {
+            guard parts.count == 3, let g = UInt64(parts[1]), let w = Int(parts[2]) else {
                 closeFD(fd)
                 Notify.send("FDSTOREREMOVE=1\nFDNAME=\(name)")
                 continue
             }
             let key = "\(g).\(w)"
-            var entry = byKey[key] ?? (g, w, [], nil, [])
-            if parts[0] == "kq" { entry.queues.append((Int(parts[3])!, fd)) } else { entry.records = fd }
+            var entry = byKey[key] ?? (g, w, nil, nil, [])
+            if parts[0] == "kq" { entry.queue = fd } else { entry.records = fd }
             entry.names.append(name)
             byKey[key] = entry
         }
@@ -70,7 +69,7 @@ final class CrashKeep {
             }
         }
         guard let header else {
-            for o in old { (o.queues.map(\.fd) + [o.records].compactMap { $0 }).forEach(closeFD) }
+            for o in old { [o.queue, o.records].compactMap { $0 }.forEach(closeFD) }
             return nil
         }
         self.header = header
@@ -93,12 +92,11 @@ final class CrashKeep {
         let generation = header.nextGeneration()
         for w in workers {
             do {
-                let keep = try RelayKeep(generation: generation, worker: w.index, relays: relays, header: header, loop: w.loop, logger: logger,
-                                         store: { fd, name in Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(name)", fds: [fd]) },
-                                         unstore: { name in Notify.send("FDSTOREREMOVE=1\nFDNAME=\(name)") })
+                let keep = try RelayKeep(generation: generation, worker: w.index, relays: relays, header: header, loop: w.loop, logger: logger)
                 let names = RelayKeep.names(generation: generation, worker: w.index)
-                guard Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(names.records)", fds: [keep.records.fd]) else {
-                    Notify.send("FDSTOREREMOVE=1\nFDNAME=\(names.queue).0")
+                guard Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(names.queue)", fds: [keep.queue]),
+                      Notify.send("FDSTORE=1\nFDPOLL=0\nFDNAME=\(names.records)", fds: [keep.records.fd]) else {
+                    Notify.send("FDSTOREREMOVE=1\nFDNAME=\(names.queue)")
                     keep.close()
                     logger.log(.warning, "systemd's fd store refused worker \(w.index)'s crash keep: its relays will not survive a crash", id: .started)
                     continue
@@ -122,15 +120,14 @@ final class CrashKeep {
         var broken: [String] = []
         var strays = 0
         for o in old {
-            let queues = o.queues.sorted { $0.shard < $1.shard }.map(\.fd)  // oldest first: the newest copy wins
-            guard !queues.isEmpty, let m = o.records, let file = try? SharedFile(fd: m, minimum: KeepRecord.size) else {
+            guard let q = o.queue, let m = o.records, let file = try? SharedFile(fd: m, minimum: KeepRecord.size) else {
                 // Without its records nothing it parked can be placed: dropped (and closed by the kernel).
                 broken.append("keep \(o.generation).\(o.worker) came back incomplete")
-                for q in queues { while Parcel.receive(q, capacity: 1, keepFDs: false) != nil {} }
+                if let q = o.queue { while Parcel.receive(q, capacity: 1, keepFDs: false) != nil {} }
                 if let m = o.records { closeFD(m) }
                 continue
             }
-            let back = RelayKeep.takeBack(queues: queues, records: file)
+            let back = RelayKeep.takeBack(root: q, records: file)
             file.close()  // (closes `m`)
             broken += back.broken
             strays += back.strays
@@ -161,7 +158,7 @@ final class CrashKeep {
         let revived = Locked(0)
         let names = old.flatMap(\.names)
         // The queues, closed once their relays are parked anew (the record files are closed already).
-        let oldFDs = old.flatMap { $0.queues.map(\.fd) }
+        let oldFDs = old.compactMap(\.queue)
         old = []
         everyWorker(workers, { w in
             var n = 0
