@@ -93,6 +93,8 @@ bench: release
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
 	$(PYTHON) Benchmarks/bench.py --tcpopsd .build/release/tcpopsd $(if $(BASELINE),--baseline $(BASELINE)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ONLY),--only $(ONLY))
+	@# Crash safety on and off under a real systemd (a container; skipped, saying why, without one).
+	$(PYTHON) Benchmarks/crash_cost.py --tcpopsd .build/release/tcpopsd $(if $(ROUNDS),--rounds $(ROUNDS))
 
 # Binaries, units, the example configuration, the manual pages (written by hand in man/), tcpopsctl's
 # shell completions, the journal message catalog (journalctl -x) and the contract's pages, in their
