@@ -24,22 +24,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 ECHO_PORT, PORT = 5310, 15310
 
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def settle(pid, quiet=0.3):
-    last = cpu_ticks(pid)
-    while True:
-        time.sleep(quiet)
-        now = cpu_ticks(pid)
-        if now == last:
-            return now
-        last = now
-
-
 def descendant(root, comm):
     todo = [root]
     while todo:
@@ -53,18 +37,6 @@ def descendant(root, comm):
         except OSError:
             pass
     return None
-
-
-def wait_port(port, timeout=20):
-    import socket
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def syscalls_per_conn(tool, pid, seconds):
@@ -94,7 +66,10 @@ def main():
     # The container binds the folder of the build it is given.
     os.environ["TCPOPSD"] = os.path.abspath(args.tcpopsd)
     sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
+    sys.path.insert(0, HERE)
     from container import Container, unavailable  # noqa: E402
+    from bench import wait_port  # noqa: E402
+    from fdstore_cost import cpu_ticks, settle  # noqa: E402  (one process's CPU; PID 1 waited for until idle)
     why = unavailable()
     if why:
         print(f"# crash safety's cost: skipped (no systemd container: {why})")

@@ -136,3 +136,10 @@ int tcpops_disconnect(int fd) {
     sa.sa_family = AF_UNSPEC;
     return connect(fd, &sa, sizeof sa);
 }
+
+int tcpops_tcp_state(int fd) {
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return -1;
+    return ti.tcpi_state;
+}

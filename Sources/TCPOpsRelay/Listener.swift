@@ -99,9 +99,12 @@ public final class Listener: EventHandler {
                 refuseFull(client)
                 continue
             }
+            // Parked in the crash keep first (one sendmsg): from here a death of tcpopsd cannot reset
+            // this client; the next tcpopsd starts its relay if this one did not get that far.
+            let parked = settings.acceptProxy ? nil : ctx.keep?.parkAccepted(client, conid: ctx.newConid())
             // Only a wildcard listener needs to ask which local address a client reached.
             let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
-            if !Relay.start(ctx: ctx, listener: settings, metrics: metrics, clientFD: client, local: local, remote: peer) {
+            if !Relay.start(ctx: ctx, listener: settings, metrics: metrics, clientFD: client, local: local, remote: peer, parked: parked) {
                 backoff.pause(SystemError("socket", EMFILE))
                 return 0
             }

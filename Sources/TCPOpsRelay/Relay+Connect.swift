@@ -16,10 +16,12 @@ extension Relay {
     /// Returns false when the process ran out of a local resource (fds, memory) for the upstream
     /// socket: the client was closed, and the listener should pause.
     @discardableResult
+    /// `parked`: the client was parked in the crash keep at its accept, under this conid and record
+    /// slot (RelayKeep.parkAccepted); its record is written here.
     package static func start(ctx: RelayContext, listener: ListenerSettings, metrics: ListenerMetrics, clientFD: Int32, local: SocketAddress?,
-                      remote: SocketAddress?) -> Bool {
+                      remote: SocketAddress?, parked: (conid: UInt64, slot: Int32)? = nil) -> Bool {
         let now = ctx.loop.now
-        let client = Connection(conid: ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
+        let client = Connection(conid: parked?.conid ?? ctx.newConid(), side: .client, fd: clientFD, state: .accepting, now: now,
                                 eventsEnabled: listener.closedEvent)
         client.local = local
         client.remote = remote
@@ -34,7 +36,12 @@ extension Relay {
         // Parked at once (the crash keep): from here a death of tcpopsd cannot reset this client.
         // (A client whose PROXY header is awaited is parked with its upstream: bytes of the header
         // read before a death could not be given back.)
-        if !listener.acceptProxy { ctx.keep?.admitClient(relay) }
+        if let parked, let keep = ctx.keep {
+            relay.keepSlot = parked.slot
+            keep.save(relay)
+        } else if !listener.acceptProxy {
+            ctx.keep?.admitClient(relay)
+        }
         ctx.track(client)
         ctx.added(relay)
         ctx.accepted += 1

@@ -2,6 +2,7 @@
 // matched to their records, checked, and rebuilt into relays under the same conids, with the bytes
 // its pipes hold, its FINs and raised events, lifetimes and flags. Nothing here may crash: a relay
 // whose record or fds cannot be used is closed (both sides get a FIN) and logged.
+import CShims
 import Glibc
 import TCPOpsConfig
 import TCPOpsEvents
@@ -49,6 +50,9 @@ package struct TakenBack: @unchecked Sendable {
     /// no live record (ended relays, free pipes): closed.
     package var broken: [String] = []
     package var strays = 0
+    /// Clients parked at their accept whose relay was not recorded yet (a death in between): alive
+    /// (established, or their FIN came), to be started as new relays under their conids.
+    package var accepted: [(fd: Int32, conid: UInt64)] = []
 }
 
 extension RelayKeep {
@@ -148,8 +152,17 @@ extension RelayKeep {
                 out.relays.append(k)
             }
         }
-        // What no live record claims: ended relays' sockets and the pool's idle pipes.
-        for s in sockets.values { stray.append(s.fd) }
+        // What no live record claims: ended relays' sockets and the pool's idle pipes, and clients
+        // parked at their accept whose relay was not recorded yet. Those are alive (an ended relay's
+        // sockets were shut down: their state is past ESTABLISHED and CLOSE_WAIT).
+        for (conid, s) in sockets {
+            let state = tcpops_tcp_state(s.fd)
+            if s.role == .client, state == 1 || state == 8 {
+                out.accepted.append((s.fd, conid))
+            } else {
+                stray.append(s.fd)
+            }
+        }
         for e in pipeEnds.values { stray += [e.read, e.write].filter { $0 >= 0 } }
         out.strays = stray.count
         for fd in stray { closeFD(fd) }
@@ -170,6 +183,10 @@ extension KeptRelay {
             guard upstreamConid != 0, upstreamConid != clientConid else { return "its record is damaged (conids)" }
         } else if phase != .connecting {
             return "its upstream socket did not come back"
+        }
+        // Times and counts a relay could have (a damaged record's would overflow a deadline).
+        guard [clientLifetime, upstreamLifetime, clientActivity, upstreamActivity, clientOpenedAt, upstreamOpenedAt].allSatisfy({ $0 < 1 << 62 }) else {
+            return "its record is damaged (times)"
         }
         guard ConnectionState(rawValue: Int(clientState)) != nil, upstreamFD < 0 || ConnectionState(rawValue: Int(upstreamState)) != nil else {
             return "its record is damaged (states)"

@@ -52,7 +52,7 @@ public final class RelayShared: Sendable {
             guard let header else { return }
             let current = reservedTo.load(ordering: .relaxed)
             guard current == .max || id >= current else { return }
-            let to = id + RelayShared.conidBlock
+            let to = id &+ RelayShared.conidBlock
             header.conidsReserved = to
             reservedTo.store(to, ordering: .relaxed)
         }

@@ -50,7 +50,9 @@ public final class KeepHeader: @unchecked Sendable {
     /// The header a previous tcpopsd left (nil: not one).
     public init?(fd: Int32) {
         guard let f = try? SharedFile(fd: fd, minimum: KeepHeader.size) else { return nil }
-        guard f.u64(KeepHeader.magicAt).pointee == KeepHeader.magic else {
+        // Counters past 2^62 are damage, not history: continuing from them would wrap.
+        let sane = [KeepHeader.conidsReservedAt, KeepHeader.nextSeqAt, KeepHeader.generationAt].allSatisfy { f.u64($0).pointee < 1 << 62 }
+        guard f.u64(KeepHeader.magicAt).pointee == KeepHeader.magic, sane else {
             f.close()
             return nil
         }
@@ -265,6 +267,15 @@ public final class RelayKeep: TurnEndHandler {
     }
 
     // MARK: relays
+
+    /// A client was just accepted (nothing else done yet): its socket is parked at once, under
+    /// `conid` and a record slot its relay will write (nil: no room; it runs unkept).
+    package func parkAccepted(_ fd: Int32, conid: UInt64) -> (conid: UInt64, slot: Int32)? {
+        guard let slot = takeSlot() else { return nil }
+        park(fd, KeepEntry(role: .client, slot: UInt32(slot), key: conid))
+        flush()
+        return (conid, slot)
+    }
 
     /// A client was just accepted: its socket is parked at once (with whatever else waits), so
     /// that a death from here on cannot reset it; the next tcpopsd connects its upstream if this

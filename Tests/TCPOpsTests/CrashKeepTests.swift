@@ -64,13 +64,15 @@ import Testing
     }
 
     @Test func takingBackMatchesFdsToRecordsNewestFirstAndRefusesWhatDoesNotFit() throws {
-        let file = try SharedFile(name: "keep-test", size: 4 * KeepRecord.size)
+        let file = try SharedFile(name: "keep-test", size: 5 * KeepRecord.size)
         defer { file.close() }
         record(file, slot: 0, client: 5, upstream: 6)
         record(file, slot: 1, client: 9, upstream: 10, phase: .draining)  // not a phase a relay comes back in
         record(file, slot: 2, client: 11, upstream: 12)  // its upstream never came: refused
+        record(file, slot: 3, client: 13, upstream: 14)  // a lifetime no relay has: refused, not trapped on
+        (file.base + 3 * KeepRecord.size).storeBytes(of: UInt64.max, toByteOffset: KeepRecord.clientLifetime, as: UInt64.self)
         let (old, _) = socketPair(), (c, _) = socketPair(), (u, _) = socketPair(), (dead, _) = socketPair()
-        let (d1, _) = socketPair(), (d2, _) = socketPair(), (lone, _) = socketPair()
+        let (d1, _) = socketPair(), (d2, _) = socketPair(), (lone, _) = socketPair(), (t1, _) = socketPair(), (t2, _) = socketPair()
         let older = try Parcel.pair(), newer = try Parcel.pair()
         func send(_ q: (send: Int32, receive: Int32), _ items: [(Int32, KeepEntry)]) {
             var bytes: [UInt8] = []
@@ -82,17 +84,19 @@ import Testing
         send(older, [(old, KeepEntry(role: .client, slot: 0, key: 5)), (dead, KeepEntry(role: .client, slot: 3, key: 77))])
         send(newer, [(c, KeepEntry(role: .client, slot: 0, key: 5)), (u, KeepEntry(role: .upstream, slot: 0, key: 6)),
                      (d1, KeepEntry(role: .client, slot: 1, key: 9)), (d2, KeepEntry(role: .upstream, slot: 1, key: 10)),
-                     (lone, KeepEntry(role: .client, slot: 2, key: 11))])
+                     (lone, KeepEntry(role: .client, slot: 2, key: 11)),
+                     (t1, KeepEntry(role: .client, slot: 3, key: 13)), (t2, KeepEntry(role: .upstream, slot: 3, key: 14))])
         let back = RelayKeep.takeBack(queues: [older.receive, newer.receive], records: file)
         #expect(back.relays.count == 1)
         let r = try #require(back.relays.first)
         #expect(r.clientConid == 5 && r.upstreamConid == 6)
         #expect(inode(r.clientFD) == inode(c) && inode(r.upstreamFD) == inode(u))
-        #expect(back.broken.count == 2)
+        #expect(back.broken.count == 3)
+        #expect(back.broken.contains { $0.contains("conid 13") && $0.contains("times") })
         #expect(back.broken.contains { $0.contains("conid 9") && $0.contains("phase") })
         #expect(back.broken.contains { $0.contains("conid 11") && $0.contains("upstream socket did not come back") })
         #expect(back.strays == 2)  // the stale client copy and the ended relay's socket
-        for fd in [r.clientFD, r.upstreamFD, old, c, u, dead, d1, d2, lone, older.send, older.receive, newer.send, newer.receive] { closeFD(fd) }
+        for fd in [r.clientFD, r.upstreamFD, old, c, u, dead, d1, d2, lone, t1, t2, older.send, older.receive, newer.send, newer.receive] { closeFD(fd) }
     }
 
     @Test func aConnectingRelayWhoseUpstreamWasNotParkedIsTakenBackToConnectAgain() throws {
@@ -107,5 +111,49 @@ import Testing
         let back = RelayKeep.takeBack(queues: [q.receive], records: file)
         #expect(back.relays.count == 1 && back.relays[0].upstreamFD == -1 && back.broken.isEmpty)
         for fd in back.relays.map(\.clientFD) + [c, q.send, q.receive] { closeFD(fd) }
+    }
+
+    @Test func theHeaderCarriesItsCountersAndADamagedOneIsRefused() throws {
+        let h = try KeepHeader()
+        defer { h.file.close() }
+        h.conidsReserved = 8192
+        h.nextSeq = 77
+        h.raised()
+        h.raised()
+        h.streamed(1)
+        let back = try #require(KeepHeader(fd: dup(h.fd)))
+        #expect(back.conidsReserved == 8192 && back.nextSeq == 77)
+        #expect(back.takeUndelivered() == (stream: 1, hooks: 0))
+        #expect(back.takeUndelivered() == (stream: 0, hooks: 0))  // counted once
+        back.file.close()
+        h.conidsReserved = 1 << 63  // would wrap the conid counter: not trusted
+        #expect(KeepHeader(fd: dup(h.fd)) == nil)
+    }
+
+    @Test func aClientParkedAtItsAcceptWithoutARecordIsStartedAnewWhileAnEndedOneIsDropped() throws {
+        let file = try SharedFile(name: "keep-test", size: KeepRecord.size)
+        defer { file.close() }
+        let lfd = try Socket.listen(SocketAddress(family: .v4, bytes: [127, 0, 0, 1], port: 0), backlog: 4)
+        defer { closeFD(lfd) }
+        let at = try #require(Socket.localAddress(lfd))
+        func accepted() throws -> (mine: Int32, theirs: Int32) {
+            let (mine, _) = try Socket.connect(at)
+            for _ in 0..<1000 {
+                if let (c, _) = try Socket.accept(lfd) { return (mine, c) }
+                usleep(1000)
+            }
+            throw SystemError("accept", EAGAIN)
+        }
+        let alive = try accepted(), ended = try accepted()
+        Socket.shutdownBoth(ended.theirs)  // as a kept relay's end does
+        let q = try Parcel.pair()
+        var bytes: [UInt8] = []
+        KeepEntry(role: .client, slot: 0, key: 41).append(to: &bytes)
+        KeepEntry(role: .client, slot: 0, key: 40).append(to: &bytes)
+        #expect(Parcel.send(q.send, bytes: bytes, fds: [alive.theirs, ended.theirs]) == 0)
+        let back = RelayKeep.takeBack(queues: [q.receive], records: file)
+        #expect(back.relays.isEmpty && back.broken.isEmpty)
+        #expect(back.accepted.map(\.conid) == [41] && back.strays == 1)
+        for fd in back.accepted.map(\.fd) + [alive.mine, alive.theirs, ended.mine, ended.theirs, q.send, q.receive] { closeFD(fd) }
     }
 }

@@ -3,62 +3,41 @@ many times fast: a notify socket that keeps what FDSTORE=1 sends (by FDNAME) and
 FDSTOREREMOVE=1 names, and a supervisor that (re)starts tcpopsd with the stored fds passed as
 LISTEN_FDS/LISTEN_FDNAMES, as systemd does for a service with Restart=. The real thing is tested
 in test_container.py."""
-import array
+import fcntl
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 
-from helpers import BIN, die_with_parent, wait_for
+from helpers import BIN, NotifySocket, die_with_parent, wait_for
 
 
-class FDStore:
+class FDStore(NotifySocket):
+    """A notify socket that keeps what FDSTORE=1 sends, by FDNAME."""
+    max_fds = 253
+
     def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.lock = threading.Lock()
         self.fds = {}  # name -> fd (ours)
-        self.messages = []
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _run(self):
-        self.sock.settimeout(0.1)
-        while not self.stop:
-            try:
-                msg, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(253 * 4))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            fds = []
-            for level, typ, data in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    a = array.array("i")
-                    a.frombytes(data[:len(data) - len(data) % 4])
-                    fds += list(a)
-            text = msg.decode(errors="replace")
-            fields = dict(l.split("=", 1) for l in text.split("\n") if "=" in l)
-            with self.lock:
-                self.messages.append((time.monotonic(), text))
-                name = fields.get("FDNAME", "stored")
-                if fields.get("FDSTORE") == "1":
-                    for fd in fds:
-                        old = self.fds.pop(name, None)
-                        if old is not None:
-                            os.close(old)
-                        self.fds[name] = fd
-                    continue
-                if fields.get("FDSTOREREMOVE") == "1":
+    def received(self, text, fds):
+        fields = dict(l.split("=", 1) for l in text.split("\n") if "=" in l)
+        with self.lock:
+            self.messages.append((time.monotonic(), text))
+            name = fields.get("FDNAME", "stored")
+            if fields.get("FDSTORE") == "1":
+                for fd in fds:
                     old = self.fds.pop(name, None)
                     if old is not None:
                         os.close(old)
-            for fd in fds:
-                os.close(fd)
+                    self.fds[name] = fd
+                return
+            if fields.get("FDSTOREREMOVE") == "1":
+                old = self.fds.pop(name, None)
+                if old is not None:
+                    os.close(old)
+        for fd in fds:
+            os.close(fd)
 
     def has(self, line, since=0.0):
         with self.lock:
@@ -69,8 +48,7 @@ class FDStore:
             return sorted(self.fds)
 
     def close(self):
-        self.stop = True
-        self.sock.close()
+        super().close()
         self.thread.join(2)
         with self.lock:
             for fd in self.fds.values():
@@ -97,7 +75,7 @@ class Supervisor:
         # Above every fd the passed ones will take (3..), so that dup2 cannot clobber a source.
         high = []
         for name, fd in dups:
-            h = os.dup2(fd, 1000 + len(high))
+            h = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1000)  # the lowest free fd from 1000: clobbers none
             os.close(fd)
             high.append((name, h))
         env = dict(os.environ)
@@ -110,6 +88,8 @@ class Supervisor:
             env["LISTEN_FDNAMES"] = ":".join(n for n, _ in high)
 
         def place():
+            # (In the child: dup2 leaves the placed fds inheritable; every other fd of this
+            # process is close-on-exec, as Python makes them, so close_fds=False passes only these.)
             for i, (_, h) in enumerate(high):
                 os.dup2(h, 3 + i)
             for _, h in high:
@@ -120,7 +100,7 @@ class Supervisor:
         self.proc = subprocess.Popen(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", BIN, "--config", self.config,
                                       "--log-target", "stderr"] if high else [BIN, "--config", self.config, "--log-target", "stderr"],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=die_with_parent(place), pass_fds=list(range(3, 3 + len(high))))
+                                     preexec_fn=die_with_parent(place), close_fds=False)
         for _, h in high:
             os.close(h)
         self.starts += 1

@@ -122,7 +122,9 @@ def read_records(record_dir):
 
 
 class NotifySocket:
-    """A datagram socket passed to tcpopsd as NOTIFY_SOCKET; collects its messages."""
+    """A datagram socket passed to tcpopsd as NOTIFY_SOCKET; collects its messages (and closes the
+    fds that come with them: `received` says what else to do)."""
+    max_fds = 64
 
     def __init__(self, path, read=True):
         """read=False: a receiver that never reads (PID 1 stuck in a daemon-reload, say)."""
@@ -141,17 +143,22 @@ class NotifySocket:
         self.sock.settimeout(0.1)
         while not self.stop:
             try:
-                msg, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(64 * 4))
+                msg, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(self.max_fds * 4))
             except socket.timeout:
                 continue
             except OSError:
                 return
+            fds = []
             for level, typ, data in anc:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    for i in range(0, len(data) - len(data) % 4, 4):
-                        os.close(struct.unpack("i", data[i:i + 4])[0])
-            with self.lock:
-                self.messages.append((time.monotonic(), msg.decode()))
+                    fds += [struct.unpack("i", data[i:i + 4])[0] for i in range(0, len(data) - len(data) % 4, 4)]
+            self.received(msg.decode(errors="replace"), fds)
+
+    def received(self, text, fds):
+        for fd in fds:
+            os.close(fd)
+        with self.lock:
+            self.messages.append((time.monotonic(), text))
 
     def has(self, text):
         with self.lock:

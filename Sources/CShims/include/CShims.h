@@ -50,6 +50,8 @@ ssize_t tcpops_send_fds(int sock, const void *buf, size_t len, const int *fds, i
  * count in *nfds (with maxfds 0 the message's fds are dropped by the kernel unseen); -1 with errno. */
 ssize_t tcpops_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
 int tcpops_memfd(const char *name);
+/* A TCP socket's state (TCP_ESTABLISHED = 1, TCP_CLOSE_WAIT = 8, ...), or -1. */
+int tcpops_tcp_state(int fd);
 /* connect(AF_UNSPEC): a TCP socket's connection is aborted at once (an RST; a connect in
  * progress stops), whoever else holds the file. */
 int tcpops_disconnect(int fd);

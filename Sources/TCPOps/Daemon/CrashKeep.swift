@@ -112,13 +112,18 @@ final class CrashKeep {
     /// Rebuilds the relays previous processes kept, spread over the workers; the old keeps leave
     /// the store once the relays are parked in the new ones. `listener` finds a listener's
     /// settings by its name's hash.
-    func takeBack(_ workers: [RelayWorker], listener: @escaping (UInt64) -> ListenerSettings?) {
+    /// `listenerAt` finds the listener a client reached by its local address (for clients parked at
+    /// their accept, before their relay was recorded).
+    func takeBack(_ workers: [RelayWorker], listener: @escaping (UInt64) -> ListenerSettings?,
+                  listenerAt: @escaping (SocketAddress) -> ListenerSettings?) {
         guard !old.isEmpty else { return }
         let started = Clock.monotonicNanoseconds()
         var seen = Set<UInt64>()
         var taken: [KeptRelay] = []
         var broken: [String] = []
         var strays = 0
+        var accepted: [(fd: Int32, conid: UInt64)] = []
+        var unknown = 0
         for o in old {
             guard let q = o.queue, let m = o.records, let file = try? SharedFile(fd: m, minimum: KeepRecord.size) else {
                 // Without its records nothing it parked can be placed: dropped (and closed by the kernel).
@@ -131,6 +136,7 @@ final class CrashKeep {
             file.close()  // (closes `m`)
             broken += back.broken
             strays += back.strays
+            accepted += back.accepted
             for k in back.relays {
                 // The newest generation's copy of a relay wins (a crash while taking back leaves two).
                 guard seen.insert(k.clientConid).inserted else {
@@ -140,7 +146,6 @@ final class CrashKeep {
                 taken.append(k)
             }
         }
-        var unknown = 0
         var placed: [[(KeptRelay, ListenerSettings)]] = Array(repeating: [], count: workers.count)
         for (i, k) in taken.enumerated() {
             guard let l = listener(k.listenerHash) else {
@@ -150,11 +155,25 @@ final class CrashKeep {
             }
             placed[i % workers.count].append((k, l))
         }
+        // Clients accepted just before the death, their relays not begun: begun now (new conids:
+        // nobody saw theirs).
+        var fresh: [[(Int32, ListenerSettings, SocketAddress?)]] = Array(repeating: [], count: workers.count)
+        for (i, a) in accepted.enumerated() {
+            let local = Socket.localAddress(a.fd)
+            guard let local, let l = listenerAt(local) else {
+                unknown += 1
+                Socket.shutdownBoth(a.fd)
+                closeFD(a.fd)
+                continue
+            }
+            fresh[i % workers.count].append((a.fd, l, local))
+        }
         for b in broken.prefix(20) { logger.log(.warning, "a relay kept by the previous tcpopsd cannot be taken back: \(b); closed", id: .started) }
         if unknown > 0 {
             logger.log(.warning, "\(unknown) relay(s) kept by the previous tcpopsd belong to a listener no longer configured: closed", id: .started)
         }
         let jobs = placed.map { Handoff($0) }
+        let starts = fresh.map { Handoff($0) }
         let revived = Locked(0)
         let names = old.flatMap(\.names)
         // The queues, closed once their relays are parked anew (the record files are closed already).
@@ -164,6 +183,12 @@ final class CrashKeep {
             var n = 0
             for (k, l) in jobs[w.index].value {
                 if Relay.revive(ctx: w.ctx, listener: l, kept: k) { n += 1 }
+            }
+            for (fd, l, local) in starts[w.index].value {
+                Socket.adoptFD(fd)
+                Relay.start(ctx: w.ctx, listener: l, metrics: w.ctx.metrics.listener(l.name), clientFD: fd, local: local,
+                            remote: Socket.peerAddress(fd))
+                n += 1
             }
             w.ctx.keep?.flush()
             revived.withLock { $0 += n }

@@ -197,10 +197,14 @@ public final class Daemon {
         }
         if let k = crashKeep {
             if config.daemon.crashSafe && FDStore.configuredSize != nil { k.install(workers, relays: Int(min(fdLimit, 1 << 22) / 2)) }
-            k.takeBack(workers) { [unowned self] hash in
+            k.takeBack(workers, listener: { [unowned self] hash in
                 listeners.values.first { KeepRecord.hash($0.settings.name) == hash }?.settings
                     ?? config.listeners.first { KeepRecord.hash($0.name) == hash }
-            }
+            }, listenerAt: { [unowned self] local in
+                listeners.values.map(\.settings).first { s in
+                    s.listen == local || (s.listen.isWildcard && s.listen.port == local.port && s.listen.family == local.family)
+                }
+            })
         }
         fdStore = FDStore(logger: logger, shared: shared)
         FDStore.adopt(carried, marker: marker, workers: workers, shared: shared, logger: logger) { [unowned self] name in
