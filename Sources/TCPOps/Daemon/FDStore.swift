@@ -84,6 +84,10 @@ final class FDStore {
         return n
     }
 
+    /// The bytes of fd names a handover may store: LISTEN_FDNAMES= is one environment string,
+    /// at most 131,072 bytes (the listeners' and the markers' names share it).
+    static let namesBudget = 120_000
+
     /// How many relays the store can carry: two fds each, and one fd for the conid counter.
     var room: Int { FDStore.carryRoom(storeSize: size) }
     static func carryRoom(storeSize: Int) -> Int { max(0, storeSize - 1) / 2 }
@@ -150,14 +154,27 @@ final class FDStore {
         // The conid counter first, so that it has its place in the store whatever else fits; it is
         // replaced by the final count once the relays are stored.
         storeConidMarker(stored: nil)
-        let candidates = Locked<[(worker: Int, conid: UInt64)]>([])
+        // Each relay stored by name costs its two names in LISTEN_FDNAMES, which the next tcpopsd
+        // gets in its environment: one string of at most 128 KiB (MAX_ARG_STRLEN), past which systemd
+        // cannot start it at all (E2BIG: measured at 3,000 relays). Kept relays (the crash keep) need
+        // no names.
+        let candidates = Locked<[(worker: Int, conid: UInt64, nameBytes: Int)]>([])
         everyWorker(workers, { w in
             let quiet = w.ctx.liveRelays.filter { $0.quiet() }
-            candidates.withLock { $0 += quiet.map { (w.index, $0.client.conid) } }
+            candidates.withLock {
+                $0 += quiet.map { r in (w.index, r.client.conid, r.keepSlot >= 0 ? 0 : r.carried.reduce(0) { $0 + $1.name.utf8.count + 1 }) }
+            }
         }, then: { [self] in
-            let all = candidates.withLock { $0 }.sorted { $0.conid < $1.conid }
+            let all = candidates.withLock { $0 }.filter { $0.nameBytes > 0 }.sorted { $0.conid < $1.conid }
             var quota = [Int](repeating: 0, count: workers.count)
-            for c in all.prefix(room) { quota[c.worker] += 1 }
+            var taken = 0, bytes = 0
+            for c in all {
+                // (idle times may gain a digit before they are stored: a margin under 128 KiB)
+                guard taken < room, bytes + c.nameBytes <= FDStore.namesBudget else { break }
+                quota[c.worker] += 1
+                taken += 1
+                bytes += c.nameBytes
+            }
             let counts = Locked((stored: 0, overflow: 0))
             let main = workers[0]
             everyWorker(workers, { w in
@@ -180,8 +197,9 @@ final class FDStore {
         logger.log(.notice, "handed \(counts.stored) relay(s) to systemd's fd store", id: .stopping, [("TCPOPS_STORED", String(counts.stored))])
         if counts.overflow > 0 {
             logger.log(.warning, "\(counts.overflow) relay(s) did not fit in systemd's fd store (\(size) fds: room for "
-                       + "\(room) relays) and were closed; the oldest were carried. "
-                       + "Raise FileDescriptorStoreMax= and TCPOPSD_FDSTORE= together to carry more", id: .stopping,
+                       + "\(room) relays), or in the names systemd passes to the next tcpopsd (LISTEN_FDNAMES, under 128 KiB: "
+                       + "a few thousand relays), and were closed; the oldest were carried. "
+                       + "crash_safe = true carries every relay without names", id: .stopping,
                        [("TCPOPS_NOT_CARRIED", String(counts.overflow)), ("TCPOPS_FDSTORE", String(size))])
         }
         done()
