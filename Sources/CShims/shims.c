@@ -17,6 +17,17 @@ int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
     return accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
+int tcpops_accept_parked(int fd, struct sockaddr *addr, socklen_t *len, int park_sock, unsigned int slot, int *parked) {
+    unsigned char entry[16] = {1, 0, 0, 0, slot & 0xff, (slot >> 8) & 0xff, (slot >> 16) & 0xff, (slot >> 24) & 0xff};
+    *parked = 0;
+    int c = accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) return c;
+    int saved = errno;
+    if (tcpops_send_fds(park_sock, entry, sizeof entry, &c, 1) == (ssize_t)sizeof entry) *parked = 1;
+    errno = saved;
+    return c;
+}
+
 int tcpops_pipe2(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
 
 ssize_t tcpops_splice(int fd_in, int fd_out, size_t len) {

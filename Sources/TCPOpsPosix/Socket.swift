@@ -82,6 +82,22 @@ package enum Socket {
         return (client, withUnsafePointer(to: &ss) { SocketAddress(storage: $0) })
     }
 
+    /// `accept`, and the new socket parked at once in the crash keep (`park`: a shard's sending end;
+    /// `slot`: the record its relay will write). `parked` false: accepted, but not parked.
+    package static func accept(_ fd: Int32, parkingIn park: Int32, slot: UInt32) throws(SystemError)
+        -> (fd: Int32, peer: SocketAddress?, parked: Bool)? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var parked: Int32 = 0
+        let client = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
+                try sysNonBlocking("accept4") { tcpops_accept_parked(fd, sa, &len, park, slot, &parked) }
+            }
+        }
+        guard let client else { return nil }
+        return (client, withUnsafePointer(to: &ss) { SocketAddress(storage: $0) }, parked == 1)
+    }
+
     /// Starts a non-blocking connect. Returns the fd and whether it is already connected.
     /// A refusal that the kernel reports at once comes back as the thrown error.
     package static func connect(_ address: SocketAddress) throws(SystemError) -> (fd: Int32, connected: Bool) {

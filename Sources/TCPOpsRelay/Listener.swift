@@ -82,11 +82,30 @@ public final class Listener: EventHandler {
         for _ in 0..<64 {
             let client: Int32
             let peer: SocketAddress?
+            // With the crash keep, a client is parked by the accept itself (one C call, the two
+            // syscalls back to back): a death of tcpopsd right after cannot reset it.
+            let target = settings.acceptProxy ? nil : ctx.keep?.acceptTarget()
+            var parkedSlot: Int32?
             do {
-                guard let accepted = try Socket.accept(fd) else { return taken }
-                (client, peer) = accepted
+                if let target {
+                    guard let accepted = try Socket.accept(fd, parkingIn: target.park, slot: UInt32(target.slot)) else {
+                        ctx.keep?.unreserve(target.slot)
+                        return taken
+                    }
+                    (client, peer) = (accepted.fd, accepted.peer)
+                    parkedSlot = target.slot
+                    if accepted.parked {
+                        ctx.keep?.acceptParked()
+                    } else {
+                        ctx.keep?.parkAccepted(client, slot: target.slot)
+                    }
+                } else {
+                    guard let accepted = try Socket.accept(fd) else { return taken }
+                    (client, peer) = accepted
+                }
                 taken += 1
             } catch {
+                if let target { ctx.keep?.unreserve(target.slot) }
                 // A connection that died in the queue (or was refused by a firewall rule) costs
                 // nothing; anything else (out of fds or memory above all) pauses accepting.
                 if [ECONNABORTED, EPROTO, EPERM].contains(error.errno) { continue }
@@ -96,12 +115,15 @@ public final class Listener: EventHandler {
             if settings.acceptProxy {
                 guard admitProxied(client, from: peer) else { continue }
             } else if !ctx.hasRoom(for: 2) || !RelayContext.listenerHasRoom(settings, metrics, for: 2) {
+                if let slot = parkedSlot {
+                    Socket.abort(client)  // (the parked copy would keep it open past the close)
+                    ctx.keep?.refused(slot: slot)
+                }
                 refuseFull(client)
                 continue
             }
-            // Parked in the crash keep first (one sendmsg): from here a death of tcpopsd cannot reset
-            // this client; the next tcpopsd starts its relay if this one did not get that far.
-            let parked = settings.acceptProxy ? nil : ctx.keep?.parkAccepted(client, conid: ctx.newConid())
+            // Its record: the next tcpopsd starts its relay if this one did not get that far.
+            let parked = parkedSlot.map { (conid: ctx.newConid(), slot: $0) }
             // Only a wildcard listener needs to ask which local address a client reached.
             let local = settings.listen.isWildcard ? Socket.localAddress(client) : settings.listen
             if !Relay.start(ctx: ctx, listener: settings, metrics: metrics, clientFD: client, local: local, remote: peer, parked: parked) {

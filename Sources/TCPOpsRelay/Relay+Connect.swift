@@ -17,7 +17,7 @@ extension Relay {
     /// socket: the client was closed, and the listener should pause.
     @discardableResult
     /// `parked`: the client was parked in the crash keep at its accept, under this conid and record
-    /// slot (RelayKeep.parkAccepted); its record is written here.
+    /// slot (Listener: RelayKeep.acceptTarget and the accept that parks); its record is written here.
     package static func start(ctx: RelayContext, listener: ListenerSettings, metrics: ListenerMetrics, clientFD: Int32, local: SocketAddress?,
                       remote: SocketAddress?, parked: (conid: UInt64, slot: Int32)? = nil) -> Bool {
         let now = ctx.loop.now

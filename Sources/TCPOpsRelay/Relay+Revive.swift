@@ -72,6 +72,8 @@ extension RelayKeep {
         var out = TakenBack()
         var sockets: [UInt64: (fd: Int32, slot: UInt32, role: KeepEntry.Role)] = [:]  // by conid
         var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]  // by old read end
+        // Clients parked by their accept (no conid in the entry: their record has it), by slot.
+        var acceptedBySlot: [UInt32: Int32] = [:]
         var stray: [Int32] = []
         for queue in queues { while let (bytes, fds) = Parcel.receive(queue, keepFDs: true) {
             let entries = KeepEntry.parse(bytes)
@@ -82,6 +84,9 @@ extension RelayKeep {
                 }
                 let e = entries[i]
                 switch e.role {
+                case .client where e.key == 0:
+                    if let old = acceptedBySlot[e.slot] { stray.append(old) }
+                    acceptedBySlot[e.slot] = fd
                 case .client, .upstream:
                     if let old = sockets[e.key] { stray.append(old.fd) }
                     sockets[e.key] = (fd, e.slot, e.role)
@@ -133,6 +138,11 @@ extension RelayKeep {
                 k.clientFD = c.fd
                 sockets[k.clientConid] = nil
             }
+            // Parked by its accept: the newest such entry of the slot is this relay's client (an
+            // older one was an ended relay's, and a copy parked by conid since wins).
+            if let a = acceptedBySlot.removeValue(forKey: UInt32(slot)) {
+                if k.clientFD < 0 { k.clientFD = a } else { stray.append(a) }
+            }
             if let u = sockets[k.upstreamConid], u.slot == UInt32(slot), u.role == .upstream {
                 k.upstreamFD = u.fd
                 sockets[k.upstreamConid] = nil
@@ -162,6 +172,10 @@ extension RelayKeep {
             } else {
                 stray.append(s.fd)
             }
+        }
+        for fd in acceptedBySlot.values {
+            let state = tcpops_tcp_state(fd)
+            if state == 1 || state == 8 { out.accepted.append((fd, 0)) } else { stray.append(fd) }
         }
         for e in pipeEnds.values { stray += [e.read, e.write].filter { $0 >= 0 } }
         out.strays = stray.count

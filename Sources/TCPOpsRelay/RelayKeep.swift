@@ -268,13 +268,30 @@ public final class RelayKeep: TurnEndHandler {
 
     // MARK: relays
 
-    /// A client was just accepted (nothing else done yet): its socket is parked at once, under
-    /// `conid` and a record slot its relay will write (nil: no room; it runs unkept).
-    package func parkAccepted(_ fd: Int32, conid: UInt64) -> (conid: UInt64, slot: Int32)? {
-        guard let slot = takeSlot() else { return nil }
-        park(fd, KeepEntry(role: .client, slot: UInt32(slot), key: conid))
+    /// Where the next accept parks its client (tcpops_accept_parked): the newest shard's sending
+    /// end and a record slot taken for it (given back by `unreserve` when nothing was accepted).
+    package func acceptTarget() -> (park: Int32, slot: Int32)? {
+        guard let shard = shards.last, let slot = takeSlot() else { return nil }
+        return (shard.send, slot)
+    }
+
+    package func unreserve(_ slot: Int32) { freeSlots.append(slot) }
+
+    /// The accept parked its client (in the slot taken for it; its entry names no conid: the
+    /// record, written next, does).
+    package func acceptParked() { parked += 1 }
+
+    /// The accept could not park its client (the shard was full, say): parked here instead.
+    package func parkAccepted(_ fd: Int32, slot: Int32) {
+        park(fd, KeepEntry(role: .client, slot: UInt32(slot), key: 0))
         flush()
-        return (conid, slot)
+    }
+
+    /// An accepted and parked client was refused (max_connections): its slot is free again, its
+    /// parked copy dead.
+    package func refused(slot: Int32) {
+        freeSlots.append(slot)
+        died(1)
     }
 
     /// A client was just accepted: its socket is parked at once (with whatever else waits), so

@@ -131,7 +131,7 @@ import Testing
     }
 
     @Test func aClientParkedAtItsAcceptWithoutARecordIsStartedAnewWhileAnEndedOneIsDropped() throws {
-        let file = try SharedFile(name: "keep-test", size: KeepRecord.size)
+        let file = try SharedFile(name: "keep-test", size: 3 * KeepRecord.size)
         defer { file.close() }
         let lfd = try Socket.listen(SocketAddress(family: .v4, bytes: [127, 0, 0, 1], port: 0), backlog: 4)
         defer { closeFD(lfd) }
@@ -144,16 +144,27 @@ import Testing
             }
             throw SystemError("accept", EAGAIN)
         }
-        let alive = try accepted(), ended = try accepted()
+        let alive = try accepted(), ended = try accepted(), bare = try accepted(), recorded = try accepted()
         Socket.shutdownBoth(ended.theirs)  // as a kept relay's end does
+        // Slot 1 holds a relay recorded after its accept parked it (its entry names no conid), and
+        // an older entry of the slot (an ended relay's) before it.
+        record(file, slot: 1, client: 51, upstream: 52, phase: .connecting)
         let q = try Parcel.pair()
         var bytes: [UInt8] = []
         KeepEntry(role: .client, slot: 0, key: 41).append(to: &bytes)
         KeepEntry(role: .client, slot: 0, key: 40).append(to: &bytes)
-        #expect(Parcel.send(q.send, bytes: bytes, fds: [alive.theirs, ended.theirs]) == 0)
+        KeepEntry(role: .client, slot: 2, key: 0).append(to: &bytes)  // parked by its accept, no record yet
+        KeepEntry(role: .client, slot: 1, key: 0).append(to: &bytes)  // the older one
+        KeepEntry(role: .client, slot: 1, key: 0).append(to: &bytes)
+        #expect(Parcel.send(q.send, bytes: bytes, fds: [alive.theirs, ended.theirs, bare.theirs, ended.theirs, recorded.theirs]) == 0)
         let back = RelayKeep.takeBack(queues: [q.receive], records: file)
-        #expect(back.relays.isEmpty && back.broken.isEmpty)
-        #expect(back.accepted.map(\.conid) == [41] && back.strays == 1)
-        for fd in back.accepted.map(\.fd) + [alive.mine, alive.theirs, ended.mine, ended.theirs, q.send, q.receive] { closeFD(fd) }
+        #expect(back.broken.isEmpty)
+        #expect(back.relays.count == 1 && back.relays.first?.clientConid == 51 && back.relays.first?.upstreamFD == -1)
+        #expect(inode(try #require(back.relays.first).clientFD) == inode(recorded.theirs))
+        #expect(Set(back.accepted.map(\.conid)) == [41, 0] && back.strays == 2)
+        for fd in back.accepted.map(\.fd) + back.relays.map(\.clientFD)
+            + [alive.mine, alive.theirs, ended.mine, ended.theirs, bare.mine, bare.theirs, recorded.mine, recorded.theirs, q.send, q.receive] {
+            closeFD(fd)
+        }
     }
 }

@@ -189,3 +189,29 @@ def test_a_poisoned_record_is_closed_and_logged_not_a_crash_loop(tmp_path, echo)
         assert good.recv(5) == b"again"
     finally:
         sup.close()
+
+
+def test_a_client_refused_at_max_connections_is_reset_at_once_though_kept(tmp_path, echo):
+    """The accept parks each client before the relay decides anything: one it refuses must still get
+    its RST now (the parked copy would keep the connection open past a close)."""
+    sup, port = start(tmp_path, echo, listener={"max_connections": 2})
+    try:
+        a = connect(port)
+        a.sendall(b"a")
+        assert a.recv(1) == b"a"
+        b = connect(port)
+        b.settimeout(10)
+        try:
+            got = b.recv(1)
+        except ConnectionResetError:
+            got = "reset"
+        assert got == "reset"
+        a.sendall(b"still")
+        assert a.recv(5) == b"still"
+        # A crash later takes back the one relay, not the refused client.
+        sup.restart_after(signal.SIGKILL)
+        assert list(conids(tmp_path).values()) and len(conids(tmp_path)) == 1
+        a.sendall(b"again")
+        assert a.recv(5) == b"again"
+    finally:
+        sup.close()

@@ -14,6 +14,10 @@
 #include <spawn.h>
 
 int tcpops_accept4(int fd, struct sockaddr *addr, socklen_t *len);
+/* accept4, then at once (no code between the two calls) parks the new socket in the crash keep:
+ * one message on park_sock, the 16-byte entry of a client in record `slot` with no conid yet.
+ * Returns accept4's result; *parked is 1 when the park succeeded. */
+int tcpops_accept_parked(int fd, struct sockaddr *addr, socklen_t *len, int park_sock, unsigned int slot, int *parked);
 int tcpops_pipe2(int fds[2]);
 ssize_t tcpops_splice(int fd_in, int fd_out, size_t len);
 int tcpops_set_pipe_size(int fd, int size);
