@@ -405,13 +405,17 @@ public final class RelayKeep: TurnEndHandler {
         put(KeepRecord.clientConid, c.conid)
     }
 
+    /// `allCases` once: the synthesized property makes an array at each use, and `save` runs at
+    /// every settle point.
+    private static let reasons = CloseReason.allCases
+
     static func code(_ r: CloseReason?) -> UInt8 {
-        guard let r, let i = CloseReason.allCases.firstIndex(of: r) else { return 0 }
+        guard let r, let i = reasons.firstIndex(of: r) else { return 0 }
         return UInt8(i + 1)
     }
 
     static func reason(_ code: UInt8) -> CloseReason? {
-        code == 0 || Int(code) > CloseReason.allCases.count ? nil : CloseReason.allCases[Int(code) - 1]
+        code == 0 || Int(code) > reasons.count ? nil : reasons[Int(code) - 1]
     }
 
     static func write(_ a: SocketAddress, _ p: UnsafeMutableRawPointer) {
